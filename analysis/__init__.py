@@ -1,0 +1,1 @@
+"""From results folders to tables, figures and reports. Reads only the files runs write."""

@@ -1,0 +1,63 @@
+"""Task losses and split meters for classification and regression.
+
+Meters accumulate sums on the device over a whole split and move to the host once, in
+``compute`` (metrics are never averaged per batch)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from benchmarks.base import MetricSpec
+
+ACCURACY = MetricSpec("acc", higher_is_better=True, unit="%")
+MAE = MetricSpec("mae", higher_is_better=False)
+RMSE = MetricSpec("rmse", higher_is_better=False)
+
+
+def cross_entropy(pred: Tensor, target: Tensor) -> Tensor:
+    return F.cross_entropy(pred, target)
+
+
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    return F.mse_loss(pred.reshape(target.shape), target)
+
+
+class AccuracyMeter:
+    """Top-1 accuracy in percent over the split."""
+
+    def __init__(self) -> None:
+        self.correct = None
+        self.total = 0
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        hits = (pred.argmax(dim=1) == target).sum()
+        self.correct = hits if self.correct is None else self.correct + hits
+        self.total += target.numel()
+
+    def compute(self) -> dict[str, float]:
+        if not self.total:
+            raise ValueError("accuracy of an empty split")
+        return {"acc": 100.0 * float(self.correct) / self.total}
+
+
+class RegressionMeter:
+    """Mean absolute error and root mean squared error over every target element."""
+
+    def __init__(self) -> None:
+        self.abs_sum = None
+        self.sq_sum = None
+        self.count = 0
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        err = (pred.reshape(target.shape) - target).detach()
+        a, s = err.abs().sum(), err.square().sum()
+        self.abs_sum = a if self.abs_sum is None else self.abs_sum + a
+        self.sq_sum = s if self.sq_sum is None else self.sq_sum + s
+        self.count += target.numel()
+
+    def compute(self) -> dict[str, float]:
+        if not self.count:
+            raise ValueError("regression error of an empty split")
+        return {"mae": float(self.abs_sum) / self.count,
+                "rmse": (float(self.sq_sum) / self.count) ** 0.5}

@@ -1,0 +1,1 @@
+"""Turning files, generators or a package's bundled data into tensors."""

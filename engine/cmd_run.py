@@ -1,0 +1,92 @@
+"""``run``: train methods on one benchmark over seeds, then print the comparison table."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine import results as R
+from engine.errors import UserError
+from methods.registry import METHODS
+
+DEFAULT_BENCHMARK = "digits_tasks"
+# The default comparison: the baselines plus a few representative methods when present.
+DEFAULT_METHODS = ("stl", "ew", "uw", "dwa", "pcgrad", "mgda", "cagrad", "repmtl")
+
+
+def default_methods() -> list[str]:
+    return [m for m in DEFAULT_METHODS if m in METHODS]
+
+
+def default_argv() -> list[str]:
+    return ["run", "-b", DEFAULT_BENCHMARK, "-m", *default_methods(), "-s", "0"]
+
+
+def seed_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed {text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seed {value} is negative; seeds are integers >= 0")
+    return value
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser(
+        "run", parents=parents, help="train methods on a benchmark and compare them",
+        description="Train every METHOD on BENCH for every SEED through the same pipeline, "
+                    "write each run under OUT/<benchmark>/<method>/seed<k>-<hash>/, and print "
+                    "the comparison table. Complete runs are skipped unless --force.",
+        epilog="Examples:\n"
+               "  python run_bench.py run -b digits_tasks -m ew stl -s 0 1 2\n"
+               "  python run_bench.py run -b digits_tasks -m pcgrad+repmtl -s 0 "
+               "--set train.epochs=3 --set method.repmtl.lambda_tsr=0.9\n"
+               "  python run_bench.py run -b nyuv2 -m repmtl -s 0 --profile paper "
+               "--data-root /data/nyuv2 --device cuda",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-b", "--benchmark", default=DEFAULT_BENCHMARK, metavar="BENCH",
+                   help=f"benchmark name (default {DEFAULT_BENCHMARK}; `list benchmarks` shows all)")
+    p.add_argument("-m", "--methods", nargs="+", default=None, metavar="METHOD",
+                   help="methods or compositions such as pcgrad+repmtl (default: "
+                        f"{' '.join(default_methods())})")
+    p.add_argument("-s", "--seeds", nargs="+", type=seed_arg, default=[0], metavar="SEED",
+                   help="non-negative integer seeds (default 0), e.g. -s 0 1 2")
+    p.add_argument("--profile", default="quick", metavar="P",
+                   help="hyperparameter profile of the benchmark: quick (default) or paper")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, repeatable: train.lr=1e-3, train.epochs=2, "
+                        "data.train_size=500, engine.jacobian=batched, method.cagrad.c=0.4")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
+                   help="results root (default results/)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="data folder of benchmarks read from disk (nyuv2, office31, ...)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain runs that are already complete (and ignore checkpoints)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from analysis.table import comparison_table
+    from engine.runner import build_requests, run_all
+
+    methods = args.methods or default_methods()
+    requests = build_requests(args.benchmark, methods, args.seeds, args.profile, args.overrides,
+                              args.device, args.data_root)
+    outcomes = run_all(requests, args.out, force=args.force, progress=not args.no_progress)
+    failed = [o for o in outcomes if o.status not in (R.STATUS_COMPLETE, "skipped")]
+    names = list(dict.fromkeys(r.method_name for r in requests))
+    print(comparison_table(args.out, args.benchmark, names))
+    print(f"\nresults in {args.out / args.benchmark}")
+    for o in outcomes:
+        if o.status == "skipped":
+            print(f"skipped {o.run_dir}: {o.reason}", file=sys.stderr)
+    for o in failed:
+        print(f"{o.status}: {o.run_dir}: {o.reason}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(outcomes)} runs did not complete", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,305 @@
+"""Run configuration: dataclass defaults <- profile TOML <- ``--set key=value``.
+
+Keys are dotted paths into four sections:
+
+- ``train.*``  optimisation (epochs, batch size, optimizer, learning-rate schedule)
+- ``engine.*`` how gradients are computed (Jacobian path, chunk size, NaN checks)
+- ``data.*``   the benchmark's own options (its ``Config`` dataclass)
+- ``method.<component>.*`` each method's hyperparameters (``method.cagrad.c=0.4``); the
+  component may be left out when only one component of the composition has that field
+  (``method.c=0.4``).
+
+Every value is checked against its field's type; an unknown key is refused with the
+closest valid names. The resolved config is hashed (seed, device and paths excluded) to
+name the run's folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, check_choice, check_range, closest
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "step", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    """sgd | adam | adamw"""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    """SGD only."""
+    scheduler: str = "none"
+    """none | step (multiply the lr by gamma every step_size epochs) | cosine"""
+    step_size: int = 100
+    gamma: float = 0.5
+    max_steps_per_epoch: int = 0
+    """0 = whole epochs; N > 0 cuts every epoch to N steps (smoke tests)."""
+    eval_batch_size: int = 0
+    """0 = the training batch size."""
+
+    def validate(self) -> None:
+        check_range("train.epochs", self.epochs, 1)
+        check_range("train.batch_size", self.batch_size, 1)
+        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        check_range("train.lr", self.lr, 0, low_open=True)
+        check_range("train.weight_decay", self.weight_decay, 0)
+        check_range("train.momentum", self.momentum, 0, 1)
+        check_choice("train.scheduler", self.scheduler, SCHEDULERS)
+        check_range("train.step_size", self.step_size, 1)
+        check_range("train.gamma", self.gamma, 0, low_open=True)
+        check_range("train.max_steps_per_epoch", self.max_steps_per_epoch, 0)
+        check_range("train.eval_batch_size", self.eval_batch_size, 0)
+
+
+@dataclass
+class EngineConfig:
+    jacobian: str = "auto"
+    """How per-task gradients of the shared parameters are computed: loop (T backward
+    passes), batched (one vmapped backward, chunked), auto (loop on the CPU, batched on
+    accelerators)."""
+    chunk_size: int = 0
+    """Tasks per batched backward; 0 = all at once."""
+    multi_input_forward: str = "per_task"
+    """Multi-input benchmarks: per_task (one encoder forward per task, the reference
+    protocol) or stacked (one forward of all tasks' batches; changes BatchNorm statistics)."""
+    nan_check_every: int = 1
+    """Check the losses for NaN/inf every N steps (each check syncs with the device)."""
+    deterministic: bool = True
+    """Ask torch for deterministic algorithms (identical metrics for a config and seed)."""
+
+    def validate(self) -> None:
+        check_choice("engine.jacobian", self.jacobian, ("auto", "loop", "batched"))
+        check_range("engine.chunk_size", self.chunk_size, 0)
+        check_choice("engine.multi_input_forward", self.multi_input_forward, ("per_task", "stacked"))
+        check_range("engine.nan_check_every", self.nan_check_every, 1)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one run. ``seed``, ``device`` and paths are not hashed."""
+
+    benchmark: str
+    method: str
+    seed: int
+    profile: str
+    train: TrainConfig
+    engine: EngineConfig
+    data: Any
+    methods: dict[str, Any]
+    device: str = "auto"
+    data_root: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "benchmark": self.benchmark, "method": self.method, "seed": self.seed,
+            "profile": self.profile, "device": self.device, "data_root": self.data_root,
+            "train": dataclasses.asdict(self.train), "engine": dataclasses.asdict(self.engine),
+            "data": dataclasses.asdict(self.data),
+            "methods": {k: dataclasses.asdict(v) for k, v in self.methods.items()},
+        }
+
+    def hash(self) -> str:
+        payload = self.to_dict()
+        for key in ("seed", "device", "data_root"):
+            payload.pop(key)
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+# --------------------------------------------------------------------------- values
+
+def parse_value(text: str) -> Any:
+    """A --set value: a TOML literal (1e-3, true, [1, 100], "x") or else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the field type ``tp``; return it converted where lossless."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: unsupported value {value!r}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [parse_value(v.strip()) for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r}: expected a list, e.g. [1, 2]")
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}={value!r}: expected a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected a string")
+    raise ConfigError(f"{key}: field type {_type_name(tp)} is not supported in configs")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def apply_values(obj: Any, values: dict[str, Any], prefix: str) -> Any:
+    """A copy of dataclass ``obj`` with ``values`` (field -> value) checked and applied."""
+    types_ = field_types(type(obj))
+    changes = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}"
+        if name not in types_:
+            raise ConfigError(f"unknown key {key!r}; "
+                              f"{closest(name, types_).replace('did you mean ', f'did you mean {prefix}.')}")
+        changes[name] = coerce(key, value, types_[name])
+    return dataclasses.replace(obj, **changes)
+
+
+# --------------------------------------------------------------------------- profiles
+
+def load_profile(profile_dir: Path, benchmark: str, profile: str) -> dict[str, dict[str, Any]]:
+    """The ``[<profile>.<section>]`` tables of ``<profile_dir>/<benchmark>.toml``."""
+    path = profile_dir / f"{benchmark}.toml"
+    if not path.exists():
+        if profile == "quick":
+            return {}
+        raise ConfigError(f"benchmark {benchmark!r} has no profile file {path}")
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    if profile not in profiles:
+        raise ConfigError(f"benchmark {benchmark!r} has no profile {profile!r}; "
+                          f"available: {', '.join(sorted(profiles))}")
+    return profiles[profile]
+
+
+def group_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``KEY=VALUE`` strings into (key, value) pairs."""
+    out = []
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key or "." not in key:
+            raise ConfigError(f"--set {pair!r} is malformed; expected SECTION.KEY=VALUE, "
+                              f"e.g. train.lr=1e-3 or method.cagrad.c=0.4")
+        out.append((key, parse_value(text.strip())))
+    return out
+
+
+@dataclass
+class Sections:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    data: Any = None
+    methods: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, key: str, value: Any, source: str) -> None:
+        section, _, rest = key.partition(".")
+        if section in ("train", "engine", "data"):
+            if "." in rest:
+                raise ConfigError(f"{source}: unknown key {key!r}")
+            setattr(self, section, apply_values(getattr(self, section), {rest: value}, section))
+        elif section == "method":
+            component, _, name = rest.rpartition(".")
+            if not component:
+                owners = [c for c, cfg in self.methods.items() if name in field_types(type(cfg))]
+                if len(owners) != 1:
+                    valid = [f"method.{c}.{f}" for c, cfg in self.methods.items()
+                             for f in field_types(type(cfg))]
+                    what = "is ambiguous" if owners else "is unknown"
+                    hint = (f"valid: {', '.join(valid)}" if valid else
+                            "the method has no hyperparameters")
+                    raise ConfigError(f"{source}: key {key!r} {what}; {hint}")
+                component = owners[0]
+            if component not in self.methods:
+                raise ConfigError(f"{source}: {key!r} names {component!r}, which is not part of "
+                                  f"the method; components: {', '.join(self.methods) or 'none'}")
+            self.methods[component] = apply_values(self.methods[component], {name: value},
+                                                   f"method.{component}")
+        else:
+            raise ConfigError(f"{source}: unknown section in {key!r}; expected train., engine., "
+                              f"data. or method.")
+
+
+def flatten_profile(tables: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Profile tables -> (dotted key, value); ``[quick.method.cagrad]`` nests one level more."""
+    out = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out.append((prefix, value))
+
+    walk("", tables)
+    return out
+
+
+def resolve(benchmark: str, method: str, seed: int, profile: str, overrides: list[str],
+            data_config_cls: type, method_configs: dict[str, Any], profile_dir: Path,
+            device: str = "auto", data_root: str | None = None) -> RunConfig:
+    """Build the fully resolved RunConfig, validating every section."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed {seed!r} is invalid; expected a non-negative integer")
+    sections = Sections(data=data_config_cls(), methods=dict(method_configs))
+    for key, value in flatten_profile(load_profile(profile_dir, benchmark, profile)):
+        if key.startswith("method.") and key.split(".")[1] not in sections.methods:
+            continue  # a profile may tune methods that this run does not use
+        sections.apply(key, value, f"profile {profile!r} of {benchmark}")
+    for key, value in group_overrides(overrides):
+        sections.apply(key, value, "--set")
+    sections.train.validate()
+    sections.engine.validate()
+    if hasattr(sections.data, "validate"):
+        sections.data.validate()
+    for cfg in sections.methods.values():
+        cfg.validate()
+    return RunConfig(benchmark=benchmark, method=method, seed=seed, profile=profile,
+                     train=sections.train, engine=sections.engine, data=sections.data,
+                     methods=sections.methods, device=device, data_root=data_root)

@@ -1,0 +1,50 @@
+"""Hard parameter sharing: one shared encoder, one head per task (or, for single-task
+learning, one encoder per task)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from benchmarks.base import Batch, Benchmark
+
+
+class MultiTaskModel(nn.Module):
+    """Encoder(s) and heads of a benchmark. ``forward`` returns, per task present in the
+    batch, the representation its head consumed (Z) and its prediction."""
+
+    def __init__(self, benchmark: Benchmark, separate_encoders: bool = False,
+                 stacked_forward: bool = False):
+        super().__init__()
+        self.task_names = benchmark.task_names
+        self.multi_input = benchmark.multi_input
+        self.separate = separate_encoders
+        self.stacked = stacked_forward and benchmark.multi_input and not separate_encoders
+        count = len(self.task_names) if separate_encoders else 1
+        self.encoders = nn.ModuleList(benchmark.make_encoder() for _ in range(count))
+        self.heads = nn.ModuleDict({t.name: benchmark.make_head(t) for t in benchmark.tasks})
+        self.last_shared = None if separate_encoders else benchmark.last_shared_layer(self.encoders[0])
+
+    def encoder_for(self, task: str) -> nn.Module:
+        return self.encoders[self.task_names.index(task)] if self.separate else self.encoders[0]
+
+    def forward(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        tasks = [t for t in self.task_names if t in batch.targets]
+        if not self.multi_input and not self.separate:
+            z = self.encoders[0](batch.inputs)
+            reps = {t: z for t in tasks}
+        elif self.stacked:
+            sizes = [batch.inputs[t].shape[0] for t in tasks]
+            zs = self.encoders[0](torch.cat([batch.inputs[t] for t in tasks])).split(sizes)
+            reps = dict(zip(tasks, zs))
+        else:
+            reps = {t: self.encoder_for(t)(batch.input_for(t)) for t in tasks}
+        preds = {t: self.heads[t](reps[t]) for t in tasks}
+        return reps, preds
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        if self.separate:
+            return []
+        return [p for p in self.encoders[0].parameters() if p.requires_grad]
+
+    def head_parameters(self, task: str) -> list[nn.Parameter]:
+        return [p for p in self.heads[task].parameters() if p.requires_grad]

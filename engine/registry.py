@@ -1,0 +1,105 @@
+"""A name -> object registry, shared by methods and benchmarks, and plugin loading.
+
+Plugins add entries without editing the project, either as a file or module named on the
+command line (``--plugin PATH_OR_MODULE``) or as an installed package declaring an entry
+point in the group ``mtl_harness.plugins`` (see docs/plugins.md).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from engine.errors import UserError, closest
+
+T = TypeVar("T")
+
+ENTRY_POINT_GROUP = "mtl_harness.plugins"
+
+
+class Registry(Generic[T]):
+    """Named entries of one kind ("method", "benchmark"), filled by a decorator."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            if not name or not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"{self.kind} name {name!r} must be letters, digits, '_' or '-'")
+            if name in self._entries and self._entries[name] is not obj:
+                raise UserError(f"{self.kind} {name!r} is registered twice "
+                                f"({_where(self._entries[name])} and {_where(obj)})")
+            self._entries[name] = obj
+            return obj
+        return decorator
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UserError(f"unknown {self.kind} {name!r}; {closest(name, self._entries)} "
+                            f"(`python run_bench.py list {self.kind}s` lists them)") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def _where(obj: object) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def import_submodules(package_name: str) -> None:
+    """Import every module of a package, so that its decorators register the built-ins."""
+    package = importlib.import_module(package_name)
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package_name}.{info.name}")
+
+
+_loaded_plugins: set[str] = set()
+
+
+def load_plugin(spec: str) -> None:
+    """Import a plugin given as a path to a .py file or as a dotted module name."""
+    if spec in _loaded_plugins:
+        return
+    path = Path(spec)
+    if spec.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise UserError(f"plugin file {spec!r} does not exist")
+        module_name = f"mtl_plugin_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise UserError(f"plugin {spec!r} cannot be imported as a Python file")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[module_name] = module
+        loader_spec.loader.exec_module(module)
+    else:
+        try:
+            importlib.import_module(spec)
+        except ModuleNotFoundError as exc:
+            raise UserError(f"plugin {spec!r} is neither a .py file nor an importable module "
+                            f"({exc})") from None
+    _loaded_plugins.add(spec)
+
+
+def load_entry_point_plugins() -> None:
+    """Import every installed plugin that declares the ``mtl_harness.plugins`` entry point."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value in _loaded_plugins:
+            continue
+        ep.load()
+        _loaded_plugins.add(ep.value)

@@ -1,0 +1,116 @@
+"""Results on disk: one folder per run, every file written atomically.
+
+``results/<benchmark>/<method>/seed<k>-<config hash>/``
+  config.json    the fully resolved config (and its hash)
+  env.json       Python, torch and package versions, device, git commit
+  metrics.jsonl  one record per epoch and split (train, val, test)
+  summary.json   status (running / complete / failed / diverged), reason, wall time, peak memory
+  checkpoint.pt  the state at the end of the last finished epoch
+  traceback.txt  for failed runs
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+ENV = "env.json"
+CHECKPOINT = "checkpoint.pt"
+TRACEBACK = "traceback.txt"
+
+STATUS_RUNNING = "running"
+STATUS_COMPLETE = "complete"
+STATUS_FAILED = "failed"
+STATUS_DIVERGED = "diverged"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    text = "".join(json.dumps(_json_safe(r), sort_keys=True) + "\n" for r in records)
+    atomic_write_bytes(path, text.encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_dir(out: Path, benchmark: str, method: str, seed: int, config_hash: str) -> Path:
+    return out / benchmark / method / f"seed{seed}-{config_hash}"
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    packages = {}
+    for name in ("torch", "torchvision", "numpy", "scipy", "pandas", "scikit-learn", "matplotlib"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    env = {"python": sys.version.split()[0], "platform": platform.platform(),
+           "packages": packages, "device": str(device), "git_commit": git_commit(),
+           "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda}
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory: the CUDA allocator's peak on a GPU, else the process's peak RSS (which
+    covers everything the process did before, not only this run)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

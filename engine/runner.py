@@ -1,0 +1,212 @@
+"""Building runs from the command line's request and running them, one after another.
+
+Every run of a request is built (config resolved, method composition checked against the
+benchmark) before the first one trains, so a typo is refused before any time is spent. A
+run that fails or diverges leaves its reason on disk and the others go on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import benchmarks  # noqa: F401  (registers the built-in benchmarks)
+import methods  # noqa: F401  (registers the built-in methods)
+from benchmarks.base import Benchmark
+from benchmarks.registry import BENCHMARKS, PROFILE_DIR
+from engine import results as R
+from engine.config import RunConfig, resolve
+from engine.errors import UserError
+from engine.trainer import Diverged, Trainer
+from methods.base import Aggregator
+from methods.registry import METHODS, Composition, canonical_name, parse_method
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """auto -> CUDA when present, else the CPU; anything else is checked, not assumed."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"--device {spec!r} is not a device; expected auto, cpu, cuda, cuda:N "
+                        f"or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UserError(f"--device {spec}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise UserError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def check_compatible(composition: Composition, spec: str, bench_cls: type[Benchmark]) -> None:
+    """Refuse, with the reason, a method that cannot run on this benchmark."""
+    needs = composition.needs
+    primary = METHODS.get(composition.primary)
+    if bench_cls.multi_input and (needs.shared_representation or
+                                  (issubclass(primary, Aggregator) and primary.space == "rep")):
+        raise UserError(f"{spec} needs one representation shared by all tasks, but "
+                        f"{bench_cls.name} is multi-input (each task has its own batch)")
+
+
+@dataclass
+class RunRequest:
+    """One (benchmark, method, seed) to train, with its resolved config."""
+
+    config: RunConfig
+    composition: Composition
+    method_name: str
+
+    def dir(self, out: Path) -> Path:
+        return R.run_dir(out, self.config.benchmark, self.method_name, self.config.seed,
+                         self.config.hash())
+
+
+def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], profile: str,
+                   overrides: list[str], device: str, data_root: str | None) -> list[RunRequest]:
+    bench_cls = BENCHMARKS.get(benchmark)
+    requests = []
+    for spec in method_specs:
+        composition = parse_method(spec)
+        check_compatible(composition, spec, bench_cls)
+        method_configs = {name: METHODS.get(name).Config() for name in composition.components}
+        for seed in seeds:
+            config = resolve(benchmark, canonical_name(spec), seed, profile, overrides,
+                             bench_cls.Config, method_configs, PROFILE_DIR, device, data_root)
+            requests.append(RunRequest(config, composition, canonical_name(spec)))
+    return requests
+
+
+@dataclass
+class RunOutcome:
+    request: RunRequest
+    run_dir: Path
+    status: str
+    reason: str = ""
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+
+
+def make_benchmark(config: RunConfig, device: torch.device) -> Benchmark:
+    bench_cls = BENCHMARKS.get(config.benchmark)
+    root = Path(config.data_root) if config.data_root else None
+    if bench_cls.needs_data_root and root is None:
+        raise UserError(f"benchmark {config.benchmark} reads its data from disk; pass "
+                        f"--data-root DIR (see docs/benchmarks.md)")
+    return bench_cls(config.data, root, device)
+
+
+def execute(request: RunRequest, out: Path, force: bool = False, progress: bool = True,
+            benchmark_cache: dict | None = None) -> RunOutcome:
+    """Train one run unless it is already complete. Never raises for a failed run: the
+    failure is written to its summary and returned."""
+    config = request.config
+    run_dir = request.dir(out)
+    summary_path = run_dir / R.SUMMARY
+    if summary_path.exists() and not force:
+        try:
+            previous = R.read_json(summary_path)
+        except ValueError:
+            previous = {}
+        if previous.get("status") == R.STATUS_COMPLETE:
+            return RunOutcome(request, run_dir, "skipped", "already complete (use --force to rerun)")
+    if force and run_dir.exists():
+        for name in (R.CHECKPOINT, "checkpoint.prev.pt", R.METRICS, R.TRACEBACK):
+            (run_dir / name).unlink(missing_ok=True)
+    device = resolve_device(config.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    R.atomic_write_json(run_dir / R.CONFIG, {**config.to_dict(), "config_hash": config.hash()})
+    R.atomic_write_json(run_dir / R.ENV, R.environment(device))
+    summary = {"status": R.STATUS_RUNNING, "benchmark": config.benchmark,
+               "method": request.method_name, "seed": config.seed, "config_hash": config.hash(),
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    R.atomic_write_json(summary_path, summary)
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer = None
+    try:
+        torch.use_deterministic_algorithms(config.engine.deterministic, warn_only=True)
+        key = (config.benchmark, repr(config.data), str(device), config.data_root)
+        if benchmark_cache is not None and key in benchmark_cache:
+            benchmark = benchmark_cache[key]
+        else:
+            benchmark = make_benchmark(config, device)
+            if benchmark_cache is not None:
+                benchmark_cache[key] = benchmark
+        summary["tasks"] = {t.name: {m.name: {"higher_is_better": m.higher_is_better,
+                                               "unit": m.unit} for m in t.metrics}
+                            for t in benchmark.tasks}
+        summary["setting"] = benchmark.setting
+        trainer = Trainer(config, benchmark, request.composition, device, run_dir, progress)
+        fit = trainer.fit(resume=not force)
+        summary.update(status=R.STATUS_COMPLETE, reason="", epochs=fit.epochs_done,
+                       steps=fit.steps, resumed_from_epoch=fit.resumed_from)
+    except Diverged as exc:
+        summary.update(status=R.STATUS_DIVERGED, reason=str(exc), diverged_step=exc.step,
+                       diverged_epoch=exc.epoch, diverged_what=exc.what)
+    except UserError as exc:
+        summary.update(status=R.STATUS_FAILED, reason=str(exc))
+    except Exception as exc:  # a failed run must not stop the others; its traceback is kept
+        tb = traceback.format_exc()
+        R.atomic_write_bytes(run_dir / R.TRACEBACK, tb.encode())
+        summary.update(status=R.STATUS_FAILED, reason=f"{type(exc).__name__}: {exc}",
+                       traceback=R.TRACEBACK)
+    wall = time.perf_counter() - start
+    summary.update(wall_time_s=wall, peak_memory_bytes=R.peak_memory_bytes(device),
+                   device=str(device))
+    if trainer is not None:
+        summary.update(jacobian_path=trainer.engine.jacobian_path,
+                       jacobian_fallback=trainer.engine.fallback_reason,
+                       multi_input_forward=(config.engine.multi_input_forward
+                                            if trainer.benchmark.multi_input else None),
+                       methods=_method_summaries(trainer))
+    R.atomic_write_json(summary_path, summary)
+    return RunOutcome(request, run_dir, summary["status"], summary.get("reason", ""), wall)
+
+
+def _method_summaries(trainer: Trainer) -> dict:
+    out = {}
+    for name, method in trainer.methods.items():
+        report = getattr(method, "run_report", None)
+        if callable(report):
+            out[name] = report()
+    return out
+
+
+def run_all(requests: list[RunRequest], out: Path, force: bool = False,
+            progress: bool = True) -> list[RunOutcome]:
+    check_writable(out)
+    outcomes = []
+    cache: dict = {}
+    from tqdm.auto import tqdm
+
+    for request in tqdm(requests, desc="runs", disable=not progress or len(requests) < 2,
+                        unit="run"):
+        outcome = execute(request, out, force=force, progress=progress, benchmark_cache=cache)
+        outcomes.append(outcome)
+        if outcome.status not in (R.STATUS_COMPLETE, "skipped"):
+            log.warning("%s: %s (%s)", outcome.run_dir, outcome.status, outcome.reason)
+    return outcomes

@@ -1,0 +1,261 @@
+"""The one training loop that serves every method and benchmark.
+
+Seeds: the run seed is split (numpy SeedSequence) into independent streams for the model's
+initialisation, the order of the training batches, the method's randomness and everything
+else (dropout). So for a given seed every method starts from the same weights and sees
+exactly the same batches in the same order, whatever randomness the method itself draws.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from benchmarks.base import Batch, Benchmark
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.config import RunConfig
+from engine.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
+from engine.models import MultiTaskModel
+from engine.results import METRICS, write_jsonl
+from methods.base import Method, Regularizer
+from methods.registry import METHODS, Composition
+
+
+class Diverged(Exception):
+    """A task loss (or a penalty) became NaN or infinite."""
+
+    def __init__(self, step: int, epoch: int, what: str):
+        super().__init__(f"non-finite {what} at step {step} (epoch {epoch})")
+        self.step, self.epoch, self.what = step, epoch, what
+
+
+def derive_seeds(seed: int, count: int = 4) -> list[int]:
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(count)]
+
+
+def build_optimizer(params: list, train) -> torch.optim.Optimizer:
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum,
+                               weight_decay=train.weight_decay)
+    cls = torch.optim.Adam if train.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train):
+    if train.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=train.step_size, gamma=train.gamma)
+    if train.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+    return None
+
+
+@dataclass
+class FitResult:
+    epochs_done: int
+    steps: int
+    records: list[dict]
+    resumed_from: int
+
+
+class Trainer:
+    """Builds model, method and optimizer for one run and trains it epoch by epoch,
+    writing metrics and a checkpoint after each epoch."""
+
+    def __init__(self, config: RunConfig, benchmark: Benchmark, composition: Composition,
+                 device: torch.device, run_dir: Path, progress: bool = True):
+        self.config = config
+        self.benchmark = benchmark
+        self.device = device
+        self.run_dir = run_dir
+        self.progress = progress
+        self.task_names = benchmark.task_names
+        needs = composition.needs
+        init_seed, data_seed, method_seed, other_seed = derive_seeds(config.seed)
+
+        torch.manual_seed(init_seed)
+        self.model = MultiTaskModel(
+            benchmark, separate_encoders=needs.separate_encoders,
+            stacked_forward=config.engine.multi_input_forward == "stacked").to(device)
+        self.primary: Method = METHODS.get(composition.primary)(
+            config.methods[composition.primary], self.task_names)
+        self.regularizers: list[Regularizer] = [
+            METHODS.get(name)(config.methods[name], self.task_names)
+            for name in composition.regularizers]
+        self.methods = nn.ModuleDict({composition.primary: self.primary,
+                                      **{r.name: r for r in self.regularizers}}).to(device)
+        self.method_params = [p for m in self.methods.values() for p in m.trainable_parameters()]
+        self.optimizer = build_optimizer(list(self.model.parameters()) + self.method_params,
+                                         config.train)
+        self.scheduler = build_scheduler(self.optimizer, config.train)
+        self.engine = GradientEngine(self.model, self.task_names, config.engine.jacobian,
+                                     config.engine.chunk_size, device)
+        self.data_generator = torch.Generator().manual_seed(data_seed)
+        self.method_generator = torch.Generator(device=device).manual_seed(method_seed)
+        torch.manual_seed(other_seed)
+        self.after_step = needs.after_step
+        self.step = 0
+        self.train_batch = config.train.batch_size
+        self.eval_batch = config.train.eval_batch_size or config.train.batch_size
+
+    # ------------------------------------------------------------------ losses
+    def compute_losses(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
+        reps, preds = self.model(batch)
+        losses = torch.stack([task.loss(preds[task.name], batch.targets[task.name])
+                              for task in self.benchmark.tasks])
+        return reps, losses
+
+    def _recompute(self, batch: Batch) -> Tensor:
+        return self.compute_losses(batch)[1]
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, epoch: int, bar) -> dict:
+        self.model.train()
+        self.methods.train()
+        stats = EpochStats()
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        bad_tasks = torch.zeros(len(self.task_names) + 1, dtype=torch.bool, device=self.device)
+        check_every = self.config.engine.nan_check_every
+        limit = self.config.train.max_steps_per_epoch
+        start = time.perf_counter()
+        steps = 0
+        for batch in self.benchmark.batches("train", self.train_batch, self.data_generator):
+            if limit and steps >= limit:
+                break
+            reps, raw = self.compute_losses(batch)
+            losses = raw
+            for reg in self.regularizers:
+                losses = reg.transform_losses(losses)
+            ctx = TrainStepContext(self.engine, batch, reps, raw, losses, self.step, epoch,
+                                   self.method_generator, stats, self._recompute)
+            self.optimizer.zero_grad(set_to_none=True)
+            weights, penalty = apply_update(self.primary, self.regularizers, ctx, self.method_params)
+            values = raw.detach()
+            finite = torch.isfinite(values)
+            finite = torch.cat([finite, torch.isfinite(penalty).reshape(1) if penalty is not None
+                                else finite.new_ones(1)])
+            first_bad = (bad_step < 0) & ~finite.all()
+            bad_step = torch.where(first_bad, self.step, bad_step)
+            bad_tasks = torch.where(first_bad, ~finite, bad_tasks)
+            if (steps + 1) % check_every == 0 and bool(bad_step >= 0):
+                self._raise_diverged(bad_step, bad_tasks, epoch)
+            self.optimizer.step()
+            if self.after_step:
+                for m in self.methods.values():
+                    if m.needs.after_step:
+                        m.after_step(ctx)
+            stats.add_losses(values)
+            if weights is not None:
+                stats.add_weights(weights)
+            if penalty is not None:
+                stats.log("penalty", penalty)
+            self.step += 1
+            steps += 1
+            if bar is not None:
+                bar.update(1)
+        if bool(bad_step >= 0):
+            self._raise_diverged(bad_step, bad_tasks, epoch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        means = stats.means()
+        for m in self.methods.values():
+            m.on_epoch_end(epoch, stats.loss_sum / max(stats.steps, 1))
+        record = {"epoch": epoch, "split": "train", "steps": steps,
+                  "losses": dict(zip(self.task_names, means["loss"])),
+                  "lr": self.optimizer.param_groups[0]["lr"]}
+        if means["weights"] is not None:
+            record["weights"] = dict(zip(self.task_names, means["weights"]))
+        if means["logged"]:
+            record["method"] = means["logged"]
+        record["step_time_s"] = elapsed / max(steps, 1)
+        return record
+
+    def _raise_diverged(self, bad_step: Tensor, bad_tasks: Tensor, epoch: int) -> None:
+        names = [*self.task_names, "penalty"]
+        what = ", ".join(n for n, bad in zip(names, bad_tasks.tolist()) if bad)
+        raise Diverged(int(bad_step), epoch, f"loss of {what}")
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str, epoch: int) -> dict:
+        self.model.eval()
+        meters = {t.name: t.meter() for t in self.benchmark.tasks}
+        loss_sums = {t: 0.0 for t in self.task_names}
+        loss_sums_t: dict[str, Tensor] = {}
+        counts = {t: 0 for t in self.task_names}
+        for batch in self.benchmark.batches(split, self.eval_batch, None):
+            _, preds = self.model(batch)
+            for task in self.benchmark.tasks:
+                if task.name not in batch.targets:
+                    continue
+                target = batch.targets[task.name]
+                n = target.shape[0]
+                value = task.loss(preds[task.name], target) * n
+                loss_sums_t[task.name] = value if task.name not in loss_sums_t else loss_sums_t[task.name] + value
+                counts[task.name] += n
+                meters[task.name].update(preds[task.name], target)
+        for name, value in loss_sums_t.items():
+            loss_sums[name] = float(value) / counts[name]
+        return {"epoch": epoch, "split": split, "losses": loss_sums,
+                "metrics": {name: meter.compute() for name, meter in meters.items()}}
+
+    # ------------------------------------------------------------------ the run
+    def state(self, epoch: int, records: list[dict]) -> dict:
+        rng = {"torch": torch.get_rng_state(), "data": self.data_generator.get_state(),
+               "method": self.method_generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"epoch": epoch, "step": self.step, "config_hash": self.config.hash(),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "methods": self.methods.state_dict(), "rng": rng, "records": records}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.methods.load_state_dict(state["methods"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.data_generator.set_state(rng["data"])
+        self.method_generator.set_state(rng["method"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.step = state["step"]
+
+    def fit(self, resume: bool = True) -> FitResult:
+        records: list[dict] = []
+        start_epoch = 0
+        if resume:
+            state = load_checkpoint(self.run_dir, self.config.hash())
+            if state is not None:
+                self.load_state(state)
+                start_epoch = state["epoch"] + 1
+                records = state["records"]
+        epochs = self.config.train.epochs
+        steps_per_epoch = self.benchmark.batches_per_epoch("train", self.train_batch)
+        if self.config.train.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, self.config.train.max_steps_per_epoch)
+        bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, leave=False,
+                   desc=f"{self.config.benchmark}/{self.config.method}/seed{self.config.seed}",
+                   disable=not self.progress, unit="step")
+        try:
+            for epoch in range(start_epoch, epochs):
+                train_record = self.train_epoch(epoch, bar)
+                records.append(train_record)
+                records.append(self.evaluate("val", epoch))
+                records.append(self.evaluate("test", epoch))
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                save_checkpoint(self.run_dir, self.state(epoch, records))
+                write_jsonl(self.run_dir / METRICS, records)
+        finally:
+            bar.close()
+        return FitResult(epochs_done=epochs, steps=self.step, records=records,
+                         resumed_from=start_epoch)

@@ -1,0 +1,197 @@
+"""The method contract: what a multi-task optimization method gets and what it returns.
+
+Three kinds of method, combined by the engine into one update per training step:
+
+=============  ==============================================  ==============================
+kind           gets (through the step context)                 returns
+=============  ==============================================  ==============================
+Weighting      losses [T] (and, on demand, the Jacobian)       weights w [T] (+ objective)
+Aggregator     per-task gradients [T, D] of the shared          one direction [D]
+               parameters (space "param") or of the shared
+               representation Z (space "rep")
+Regularizer    Z, losses, per-task gradients w.r.t. Z           a scalar penalty added to the
+               (differentiable when declared)                   objective before backward
+=============  ==============================================  ==============================
+
+A method never runs its own backward over the network: it asks the context for what it
+needs (``ctx.jacobian()``, ``ctx.rep_grads()``, ...), which the engine computes once per
+step and caches. ``needs`` declares those requests so that an impossible combination is
+refused when the run is built, not in the middle of training.
+
+Methods are ``nn.Module`` so that learnable parameters (UW's log-variances) and buffers
+(EMAs) land in ``state_dict()`` and so in checkpoints; anything else goes through
+``get_extra_state``/``set_extra_state``. ``trainable_parameters()`` are trained by the run's
+optimizer; a method with an optimizer of its own (FAMO) returns none there.
+
+This module imports nothing from the engine, the benchmarks or the datasets.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method asks of the engine at each step."""
+
+    jacobian: bool = False
+    """Per-task gradients of the shared parameters, a [T, P] matrix."""
+    rep_grads: bool = False
+    """Per-task gradients of the loss w.r.t. the shared representation Z."""
+    second_order: bool = False
+    """The representation gradients are needed with a differentiable graph."""
+    shared_representation: bool = False
+    """One Z for all tasks: refused on multi-input benchmarks (each task its own batch)."""
+    separate_encoders: bool = False
+    """One encoder per task (single-task learning): nothing is shared."""
+    after_step: bool = False
+    """An extra hook after the optimizer step (e.g. FAMO re-evaluates the losses)."""
+
+    def describe(self) -> str:
+        parts = [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]
+        return ", ".join(parts) if parts else "losses only"
+
+    def __or__(self, other: Needs) -> Needs:
+        return Needs(**{f.name: getattr(self, f.name) or getattr(other, f.name)
+                        for f in dataclasses.fields(self)})
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's hyperparameters. Subclasses add fields with the paper's
+    defaults and override ``validate`` to refuse values outside their domain (raise
+    ``engine.errors.ConfigError`` via ``check_range``/``check_choice``)."""
+
+    def validate(self) -> None:
+        """Raise ConfigError for a value outside its domain."""
+
+
+class StepContext(Protocol):
+    """What the engine offers a method during one training step. Lazy and cached: the
+    Jacobian is computed on the first call to ``jacobian()``, and so on."""
+
+    task_names: tuple[str, ...]
+    step: int
+    """Global optimisation step, counted from 0."""
+    epoch: int
+    generator: torch.Generator
+    """The run's seeded generator for method randomness, on the training device."""
+
+    @property
+    def losses(self) -> Tensor:
+        """[T] task losses with their graph (after any regularizer's loss transform)."""
+
+    @property
+    def raw_losses(self) -> Tensor:
+        """[T] task losses exactly as the tasks computed them, with their graph."""
+
+    def jacobian(self) -> Tensor:
+        """[T, P] per-task gradients of the shared parameters (no graph)."""
+
+    def rep_grads(self, create_graph: bool = False) -> list[Tensor]:
+        """S_t = dL_t/dZ_t for every task, each shaped like Z_t."""
+
+    def reps(self) -> list[Tensor]:
+        """Z_t, the shared representation each task's head consumed (the same tensor for
+        every task on single-input benchmarks)."""
+
+    def last_shared_params(self) -> list[Tensor]:
+        """Parameters of the last layer of the shared encoder (GradNorm's choice)."""
+
+    def task_grads(self, params: list[Tensor], create_graph: bool = False) -> Tensor:
+        """[T, P'] per-task gradients w.r.t. the given parameters."""
+
+    def log(self, name: str, value: Tensor) -> None:
+        """Record a scalar statistic; the engine averages it over the epoch's steps."""
+
+    def recompute_losses(self) -> Tensor:
+        """[T] losses on the same batch with the current parameters, without graph
+        (for methods that look at the effect of the step they just took)."""
+
+
+class Method(nn.Module):
+    """Base of every method. Subclasses set the class attributes and implement their kind's
+    hook (``weigh``, ``aggregate`` or ``penalty``)."""
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    needs: ClassVar[Needs] = Needs()
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig, task_names: tuple[str, ...]):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.task_names = tuple(task_names)
+        self.num_tasks = len(self.task_names)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters that the run's optimizer trains beside the model's."""
+        return list(self.parameters())
+
+    def after_step(self, ctx: StepContext) -> None:
+        """Called after the optimizer step when ``needs.after_step`` is set."""
+
+    def on_epoch_end(self, epoch: int, mean_train_losses: Tensor) -> None:
+        """Called at the end of every training epoch with the epoch's mean task losses."""
+
+
+@dataclass
+class Aggregated:
+    """An aggregator's output: the update direction and, where the direction is a linear
+    combination of the task gradients, the weights of that combination (for the record)."""
+
+    direction: Tensor
+    weights: Tensor | None = None
+
+
+@dataclass
+class Weighted:
+    """A weighting's output. ``weights`` [T] are applied to the task losses and recorded;
+    ``objective`` (default: sum of weights * losses) is what gets backpropagated. When the
+    method used the Jacobian, the shared parameters receive Jᵀ·weights without another
+    backward pass, and ``objective`` reaches only the heads and the method's parameters."""
+
+    weights: Tensor
+    objective: Tensor | None = None
+
+
+class Weighting(Method):
+    """Turns the task losses into weights; the engine backpropagates the weighted sum."""
+
+    kind = "weighting"
+
+    def weigh(self, ctx: StepContext) -> Weighted:
+        raise NotImplementedError
+
+
+class Aggregator(Method):
+    """Turns per-task gradients [T, D] into one direction [D]. ``space`` says whether the
+    gradients are taken w.r.t. the shared parameters ("param") or the shared
+    representation ("rep"; then the direction is backpropagated through the encoder)."""
+
+    kind = "aggregator"
+    space: ClassVar[str] = "param"
+
+    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
+        raise NotImplementedError
+
+
+class Regularizer(Method):
+    """Adds a penalty on the shared representation to the objective. Composes with any
+    weighting or aggregator: the penalty's gradient is added to the primary update."""
+
+    kind = "regularizer"
+
+    def transform_losses(self, losses: Tensor) -> Tensor:
+        """The task losses the primary method sees (identity unless an option says so)."""
+        return losses
+
+    def penalty(self, ctx: StepContext) -> Tensor:
+        raise NotImplementedError
