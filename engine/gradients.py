@@ -150,6 +150,10 @@ class TrainStepContext:
         return self._raw_losses
 
     @property
+    def shared_sizes(self) -> list[int]:
+        return self.engine.sizes
+
+    @property
     def jacobian_computed(self) -> bool:
         return self._jacobian is not None
 

@@ -90,11 +90,17 @@ class StepContext(Protocol):
     def raw_losses(self) -> Tensor:
         """[T] task losses exactly as the tasks computed them, with their graph."""
 
+    @property
+    def shared_sizes(self) -> list[int]:
+        """Number of elements of each shared parameter, in the Jacobian's column order
+        (for methods that act per layer, e.g. MTAdam)."""
+
     def jacobian(self) -> Tensor:
         """[T, P] per-task gradients of the shared parameters (no graph)."""
 
-    def rep_grads(self, create_graph: bool = False) -> list[Tensor]:
-        """S_t = dL_t/dZ_t for every task, each shaped like Z_t."""
+    def rep_grads(self, create_graph: bool = False, raw: bool = False) -> list[Tensor]:
+        """S_t = dL_t/dZ_t for every task, each shaped like Z_t (of the raw losses when
+        ``raw``, else of ``losses``)."""
 
     def reps(self) -> list[Tensor]:
         """Z_t, the shared representation each task's head consumed (the same tensor for
