@@ -79,12 +79,22 @@ class EngineConfig:
     """Check the losses for NaN/inf every N steps (each check syncs with the device)."""
     deterministic: bool = True
     """Ask torch for deterministic algorithms (identical metrics for a config and seed)."""
+    curve_every: int = 10
+    """Record the mean training losses every N steps in curve.jsonl (0 = off)."""
+    conflict_every: int = 0
+    """Record pairwise cosines and norms of the task gradients every N steps in
+    conflict.jsonl (0 = off; each record costs T extra backward passes)."""
+    conflict_space: str = "param"
+    """Gradients for conflict statistics: param (shared parameters) or rep (w.r.t. Z)."""
 
     def validate(self) -> None:
         check_choice("engine.jacobian", self.jacobian, ("auto", "loop", "batched"))
         check_range("engine.chunk_size", self.chunk_size, 0)
         check_choice("engine.multi_input_forward", self.multi_input_forward, ("per_task", "stacked"))
         check_range("engine.nan_check_every", self.nan_check_every, 1)
+        check_range("engine.curve_every", self.curve_every, 0)
+        check_range("engine.conflict_every", self.conflict_every, 0)
+        check_choice("engine.conflict_space", self.conflict_space, ("param", "rep"))
 
 
 @dataclass

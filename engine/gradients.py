@@ -127,6 +127,7 @@ class TrainStepContext:
     def __init__(self, engine: GradientEngine, batch, reps: dict[str, Tensor],
                  raw_losses: Tensor, losses: Tensor, step: int, epoch: int,
                  generator: torch.Generator, stats: EpochStats, loss_fn):
+        """``loss_fn(batch)`` recomputes the losses without a graph."""
         self.engine = engine
         self.task_names = engine.task_names
         self.batch = batch
@@ -191,8 +192,7 @@ class TrainStepContext:
         self.stats.log(name, value)
 
     def recompute_losses(self) -> Tensor:
-        with torch.no_grad():
-            return self._loss_fn(self.batch)
+        return self._loss_fn(self.batch)
 
 
 def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainStepContext,

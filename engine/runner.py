@@ -85,6 +85,9 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
         for seed in seeds:
             config = resolve(benchmark, canonical_name(spec), seed, profile, overrides,
                              bench_cls.Config, method_configs, PROFILE_DIR, device, data_root)
+            if bench_cls.multi_input and config.engine.conflict_space == "rep":
+                raise UserError(f"engine.conflict_space=rep needs one representation shared by "
+                                f"all tasks, but {benchmark} is multi-input; use param")
             requests.append(RunRequest(config, composition, canonical_name(spec)))
     return requests
 

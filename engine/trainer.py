@@ -22,6 +22,7 @@ from engine.config import RunConfig
 from engine.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
 from engine.models import MultiTaskModel
 from engine.results import METRICS, write_jsonl
+from engine.traces import Traces
 from methods.base import Method, Regularizer
 from methods.registry import METHODS, Composition
 
@@ -98,6 +99,9 @@ class Trainer:
         self.method_generator = torch.Generator(device=device).manual_seed(method_seed)
         torch.manual_seed(other_seed)
         self.after_step = needs.after_step
+        engine_cfg = config.engine
+        self.traces = Traces(self.task_names, engine_cfg.curve_every, engine_cfg.conflict_every,
+                             engine_cfg.conflict_space, getattr(benchmark, "trajectory_every", 0))
         self.step = 0
         self.train_batch = config.train.batch_size
         self.eval_batch = config.train.eval_batch_size or config.train.batch_size
@@ -110,7 +114,8 @@ class Trainer:
         return reps, losses
 
     def _recompute(self, batch: Batch) -> Tensor:
-        return self.compute_losses(batch)[1]
+        with torch.no_grad():
+            return self.compute_losses(batch)[1]
 
     # ------------------------------------------------------------------ training
     def train_epoch(self, epoch: int, bar) -> dict:
@@ -133,6 +138,8 @@ class Trainer:
             ctx = TrainStepContext(self.engine, batch, reps, raw, losses, self.step, epoch,
                                    self.method_generator, stats, self._recompute)
             self.optimizer.zero_grad(set_to_none=True)
+            if self.traces.wants_conflict(self.step):
+                self.traces.add_conflict(self.step, epoch, self._conflict_grads(ctx))
             weights, penalty = apply_update(self.primary, self.regularizers, ctx, self.method_params)
             values = raw.detach()
             finite = torch.isfinite(values)
@@ -149,6 +156,10 @@ class Trainer:
                     if m.needs.after_step:
                         m.after_step(ctx)
             stats.add_losses(values)
+            self.traces.add_losses(self.step, epoch, values)
+            if self.traces.wants_trajectory(self.step + 1):
+                self.traces.add_trajectory(self.step + 1, self.benchmark.trajectory_point(self.model),
+                                           self._recompute(batch))
             if weights is not None:
                 stats.add_weights(weights)
             if penalty is not None:
@@ -162,6 +173,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
+        self.traces.flush(self.step, epoch)
         means = stats.means()
         for m in self.methods.values():
             m.on_epoch_end(epoch, stats.loss_sum / max(stats.steps, 1))
@@ -174,6 +186,14 @@ class Trainer:
             record["method"] = means["logged"]
         record["step_time_s"] = elapsed / max(steps, 1)
         return record
+
+    def _conflict_grads(self, ctx: TrainStepContext) -> Tensor:
+        """Per-task gradients of the raw losses for the conflict statistics. Computed
+        beside the method's own requests (not cached in the context), so recording them
+        never changes the update."""
+        if self.config.engine.conflict_space == "rep":
+            return torch.stack([g.reshape(-1) for g in ctx.rep_grads(raw=True)])
+        return self.engine.jacobian(ctx.raw_losses)
 
     def _raise_diverged(self, bad_step: Tensor, bad_tasks: Tensor, epoch: int) -> None:
         names = [*self.task_names, "penalty"]
@@ -213,7 +233,8 @@ class Trainer:
         return {"epoch": epoch, "step": self.step, "config_hash": self.config.hash(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                "methods": self.methods.state_dict(), "rng": rng, "records": records}
+                "methods": self.methods.state_dict(), "rng": rng, "records": records,
+                "traces": self.traces.state()}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -228,6 +249,7 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = state["step"]
+        self.traces.load_state(state.get("traces", {}))
 
     def fit(self, resume: bool = True) -> FitResult:
         records: list[dict] = []
@@ -245,6 +267,10 @@ class Trainer:
         bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, leave=False,
                    desc=f"{self.config.benchmark}/{self.config.method}/seed{self.config.seed}",
                    disable=not self.progress, unit="step")
+        if start_epoch == 0 and self.traces.wants_trajectory(0):
+            first = next(iter(self.benchmark.batches("train", self.train_batch, None)))
+            self.traces.add_trajectory(0, self.benchmark.trajectory_point(self.model),
+                                       self._recompute(first))
         try:
             for epoch in range(start_epoch, epochs):
                 train_record = self.train_epoch(epoch, bar)
@@ -255,6 +281,7 @@ class Trainer:
                     self.scheduler.step()
                 save_checkpoint(self.run_dir, self.state(epoch, records))
                 write_jsonl(self.run_dir / METRICS, records)
+                self.traces.write(self.run_dir)
         finally:
             bar.close()
         return FitResult(epochs_done=epochs, steps=self.step, records=records,
