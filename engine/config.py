@@ -248,32 +248,38 @@ class Sections:
     data: Any = None
     methods: dict[str, Any] = field(default_factory=dict)
 
-    def apply(self, key: str, value: Any, source: str) -> None:
+    def apply(self, key: str, value: Any, source: str, lenient_methods: bool = False) -> bool:
+        """Apply one key; returns False when ``lenient_methods`` let a method key that
+        concerns none of this run's components pass (one --set serves several methods)."""
         section, _, rest = key.partition(".")
         if section in ("train", "engine", "data"):
             if "." in rest:
                 raise ConfigError(f"{source}: unknown key {key!r}")
             setattr(self, section, apply_values(getattr(self, section), {rest: value}, section))
-        elif section == "method":
-            component, _, name = rest.rpartition(".")
-            if not component:
-                owners = [c for c, cfg in self.methods.items() if name in field_types(type(cfg))]
-                if len(owners) != 1:
-                    valid = [f"method.{c}.{f}" for c, cfg in self.methods.items()
-                             for f in field_types(type(cfg))]
-                    what = "is ambiguous" if owners else "is unknown"
-                    hint = (f"valid: {', '.join(valid)}" if valid else
-                            "the method has no hyperparameters")
-                    raise ConfigError(f"{source}: key {key!r} {what}; {hint}")
-                component = owners[0]
-            if component not in self.methods:
-                raise ConfigError(f"{source}: {key!r} names {component!r}, which is not part of "
-                                  f"the method; components: {', '.join(self.methods) or 'none'}")
-            self.methods[component] = apply_values(self.methods[component], {name: value},
-                                                   f"method.{component}")
-        else:
+            return True
+        if section != "method":
             raise ConfigError(f"{source}: unknown section in {key!r}; expected train., engine., "
                               f"data. or method.")
+        component, _, name = rest.rpartition(".")
+        if not component:
+            owners = [c for c, cfg in self.methods.items() if name in field_types(type(cfg))]
+            if not owners and lenient_methods:
+                return False
+            if len(owners) != 1:
+                valid = [f"method.{c}.{f}" for c, cfg in self.methods.items()
+                         for f in field_types(type(cfg))]
+                what = "is ambiguous" if owners else "is unknown"
+                hint = f"valid: {', '.join(valid)}" if valid else "the method has no hyperparameters"
+                raise ConfigError(f"{source}: key {key!r} {what}; {hint}")
+            component = owners[0]
+        if component not in self.methods:
+            if lenient_methods:
+                return False
+            raise ConfigError(f"{source}: {key!r} names {component!r}, which is not part of "
+                              f"the method; components: {', '.join(self.methods) or 'none'}")
+        self.methods[component] = apply_values(self.methods[component], {name: value},
+                                               f"method.{component}")
+        return True
 
 
 def flatten_profile(tables: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -293,8 +299,13 @@ def flatten_profile(tables: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def resolve(benchmark: str, method: str, seed: int, profile: str, overrides: list[str],
             data_config_cls: type, method_configs: dict[str, Any], profile_dir: Path,
-            device: str = "auto", data_root: str | None = None) -> RunConfig:
-    """Build the fully resolved RunConfig, validating every section."""
+            device: str = "auto", data_root: str | None = None,
+            unused: set[str] | None = None) -> RunConfig:
+    """Build the fully resolved RunConfig, validating every section.
+
+    With ``unused`` given, a ``method.*`` override that concerns none of this run's
+    components is not an error but is added to ``unused``: the caller checks that every
+    override served at least one of its runs."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed {seed!r} is invalid; expected a non-negative integer")
     sections = Sections(data=data_config_cls(), methods=dict(method_configs))
@@ -303,7 +314,8 @@ def resolve(benchmark: str, method: str, seed: int, profile: str, overrides: lis
             continue  # a profile may tune methods that this run does not use
         sections.apply(key, value, f"profile {profile!r} of {benchmark}")
     for key, value in group_overrides(overrides):
-        sections.apply(key, value, "--set")
+        if not sections.apply(key, value, "--set", lenient_methods=unused is not None):
+            unused.add(key)
     sections.train.validate()
     sections.engine.validate()
     if hasattr(sections.data, "validate"):

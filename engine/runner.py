@@ -78,17 +78,29 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
                    overrides: list[str], device: str, data_root: str | None) -> list[RunRequest]:
     bench_cls = BENCHMARKS.get(benchmark)
     requests = []
+    unused_per_run: list[set[str]] = []
     for spec in method_specs:
         composition = parse_method(spec)
         check_compatible(composition, spec, bench_cls)
         method_configs = {name: METHODS.get(name).Config() for name in composition.components}
         for seed in seeds:
+            unused: set[str] = set()
             config = resolve(benchmark, canonical_name(spec), seed, profile, overrides,
-                             bench_cls.Config, method_configs, PROFILE_DIR, device, data_root)
+                             bench_cls.Config, method_configs, PROFILE_DIR, device, data_root,
+                             unused=unused)
+            unused_per_run.append(unused)
             if bench_cls.multi_input and config.engine.conflict_space == "rep":
                 raise UserError(f"engine.conflict_space=rep needs one representation shared by "
                                 f"all tasks, but {benchmark} is multi-input; use param")
             requests.append(RunRequest(config, composition, canonical_name(spec)))
+    never_used = set.intersection(*unused_per_run) if unused_per_run else set()
+    if never_used:
+        # Resolve strictly for the first run to get the precise message.
+        first = requests[0]
+        resolve(benchmark, first.config.method, first.config.seed, profile,
+                [o for o in overrides if o.partition("=")[0].strip() in never_used],
+                bench_cls.Config, {n: METHODS.get(n).Config() for n in first.composition.components},
+                PROFILE_DIR, device, data_root)
     return requests
 
 
