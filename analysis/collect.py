@@ -1,7 +1,12 @@
 """Read results folders into tidy pandas DataFrames.
 
-``load_runs`` lists every run folder (complete or not, with its status and reason);
-``load_metrics`` returns one row per (run, epoch, split, task, metric).
+Only the files that runs write are read (``summary.json``, ``config.json``,
+``metrics.jsonl``, ``curve.jsonl``, ``conflict.jsonl``, ``trajectory.jsonl``,
+``checkpoint.pt``), so everything works on results copied from a cluster.
+
+``load_runs`` lists every run folder, complete or not, with its status and the reason it
+cannot be used (``usable`` is False for failed, diverged, running, corrupt or incomplete runs);
+``load_metrics`` returns one row per (run, epoch, split, task, metric) of the usable runs.
 """
 from __future__ import annotations
 
@@ -10,16 +15,40 @@ from pathlib import Path
 
 import pandas as pd
 
-RUN_COLUMNS = ["benchmark", "method", "seed", "config_hash", "status", "reason", "run_dir"]
-METRIC_COLUMNS = ["benchmark", "method", "seed", "config_hash", "epoch", "split", "task",
-                  "metric", "value", "higher_is_better"]
+RUN_COLUMNS = ["benchmark", "method", "seed", "config_hash", "status", "reason", "usable",
+               "protocol", "profile", "setting", "run_dir"]
+METRIC_COLUMNS = ["benchmark", "method", "seed", "config_hash", "run_dir", "epoch", "split",
+                  "task", "metric", "value", "higher_is_better", "unit"]
+
+# The evaluation protocol of LibMTL on NYUv2/Cityscapes: no validation split, so "val" is the
+# test split and any selection on it selects on test.
+LIBMTL_PROTOCOL = "libmtl"
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """The parsed JSON object at ``path``; None when missing, unreadable or not an object."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every record of a JSON-lines file. Raises OSError/ValueError on a missing file or a bad
+    line, so that callers decide how to report it."""
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{Path(path).name} line {number}: {exc}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{Path(path).name} line {number}: not a JSON object")
+        records.append(record)
+    return records
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -29,45 +58,98 @@ def find_run_dirs(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def run_protocol(config: dict, summary: dict) -> str:
+    """The evaluation protocol a run recorded (``data.protocol`` of its config, or a
+    ``protocol`` entry of its summary or of the summary's ``extra``); "" when none."""
+    for source in (summary, summary.get("extra") or {}, config.get("data") or {}):
+        if isinstance(source, dict) and source.get("protocol"):
+            return str(source["protocol"])
+    return ""
+
+
+def _check_metrics(run_dir: Path) -> str:
+    """Why the run's metrics.jsonl cannot be used, or "" when it can."""
+    try:
+        records = read_jsonl(run_dir / "metrics.jsonl")
+    except OSError:
+        return "metrics.jsonl missing or unreadable"
+    except ValueError as exc:
+        return f"metrics.jsonl corrupt ({exc})"
+    if not any(r.get("split") == "test" and r.get("metrics") for r in records):
+        return "metrics.jsonl has no test metrics"
+    return ""
+
+
 def load_runs(root: Path) -> pd.DataFrame:
+    """One row per run folder under ``root`` (see RUN_COLUMNS)."""
     rows = []
     for run_dir in find_run_dirs(root):
-        summary = _read_json(run_dir / "summary.json")
-        config = _read_json(run_dir / "config.json") or {}
+        summary = read_json(run_dir / "summary.json")
+        config = read_json(run_dir / "config.json") or {}
+        src = summary if summary is not None else config
+        row = {"benchmark": src.get("benchmark", config.get("benchmark")),
+               "method": src.get("method", config.get("method")),
+               "seed": src.get("seed", config.get("seed")),
+               "config_hash": src.get("config_hash", config.get("config_hash")),
+               "protocol": run_protocol(config, summary or {}),
+               "profile": config.get("profile", ""),
+               "setting": (summary or {}).get("setting", ""), "run_dir": str(run_dir)}
         if summary is None:
-            rows.append({"benchmark": config.get("benchmark"), "method": config.get("method"),
-                         "seed": config.get("seed"), "config_hash": config.get("config_hash"),
-                         "status": "corrupt", "reason": "summary.json missing or unreadable",
-                         "run_dir": str(run_dir)})
-            continue
-        rows.append({"benchmark": summary.get("benchmark"), "method": summary.get("method"),
-                     "seed": summary.get("seed"), "config_hash": summary.get("config_hash"),
-                     "status": summary.get("status"), "reason": summary.get("reason", ""),
-                     "run_dir": str(run_dir)})
-    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+            row.update(status="corrupt", reason="summary.json missing or unreadable", usable=False)
+        elif summary.get("status") != "complete":
+            status = summary.get("status") or "unknown"
+            reason = summary.get("reason") or ("still running or interrupted" if status == "running"
+                                               else "no reason recorded")
+            row.update(status=status, reason=reason, usable=False)
+        elif not row["benchmark"] or not row["method"]:
+            row.update(status="corrupt", reason="summary.json names no benchmark or method",
+                       usable=False)
+        else:
+            problem = _check_metrics(run_dir)
+            row.update(status="corrupt" if problem else "complete", reason=problem,
+                       usable=not problem)
+        rows.append(row)
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    runs["usable"] = runs["usable"].astype(bool)
+    return runs
 
 
-def load_metrics(root: Path, status: str = "complete") -> pd.DataFrame:
-    """Metric rows of the runs whose summary has ``status`` (all runs when None)."""
-    runs = load_runs(root)
-    if status is not None:
-        runs = runs[runs.status == status]
+def load_metrics(root: Path | None = None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Metric rows (val and test, every epoch) of the usable runs (of ``runs`` when given,
+    else of ``load_runs(root)``)."""
+    if runs is None:
+        runs = load_runs(root)
     rows = []
-    for run in runs.itertuples():
+    for run in runs[runs.usable].itertuples():
         run_dir = Path(run.run_dir)
-        summary = _read_json(run_dir / "summary.json") or {}
-        directions = summary.get("tasks", {})
-        try:
-            lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-            records = [json.loads(line) for line in lines if line.strip()]
-        except (OSError, ValueError):
-            continue
-        for rec in records:
-            for task, metrics in rec.get("metrics", {}).items():
+        summary = read_json(run_dir / "summary.json") or {}
+        directions = summary.get("tasks") or {}
+        for rec in read_jsonl(run_dir / "metrics.jsonl"):
+            for task, metrics in (rec.get("metrics") or {}).items():
                 for metric, value in metrics.items():
-                    hib = directions.get(task, {}).get(metric, {}).get("higher_is_better")
+                    info = (directions.get(task) or {}).get(metric) or {}
                     rows.append({"benchmark": run.benchmark, "method": run.method,
                                  "seed": run.seed, "config_hash": run.config_hash,
-                                 "epoch": rec["epoch"], "split": rec["split"], "task": task,
-                                 "metric": metric, "value": value, "higher_is_better": hib})
+                                 "run_dir": run.run_dir, "epoch": rec.get("epoch"),
+                                 "split": rec.get("split"), "task": task, "metric": metric,
+                                 "value": float("nan") if value is None else float(value),
+                                 "higher_is_better": info.get("higher_is_better"),
+                                 "unit": info.get("unit", "")})
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+
+def load_train_records(run_dir: Path) -> list[dict]:
+    """The per-epoch training records (losses, weights, method statistics) of one run."""
+    return [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if r.get("split") == "train"]
+
+
+def load_optional_jsonl(run_dir: Path, name: str) -> tuple[list[dict], str]:
+    """Records of an optional per-run file (curve.jsonl, conflict.jsonl, trajectory.jsonl):
+    ``(records, problem)`` with ``problem`` "" when the file is fine or simply absent."""
+    path = Path(run_dir) / name
+    if not path.exists():
+        return [], ""
+    try:
+        return read_jsonl(path), ""
+    except (OSError, ValueError) as exc:
+        return [], f"{name} unreadable ({exc})"

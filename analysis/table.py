@@ -1,48 +1,334 @@
-"""The comparison table printed at the end of ``run``: test metrics at the last epoch,
-mean ± std over seeds, and Δp_task (%) against the ``stl`` runs when present."""
+"""Comparison tables in the layout of the Rep-MTL paper.
+
+Rows are methods (one row per method and config hash), columns every task metric (↑ higher
+is better, ↓ lower), then Δp_task, Δp_metric, Δm% and the mean rank; cells are mean ± std
+over seeds and the number of seeds is a column. The Δ measures are computed per seed against
+the mean of the baseline and then averaged (so they carry a spread too). The baseline is the
+``stl`` runs of the same benchmark and protocol when present, else the published STL row of
+the paper benchmarks (in the published units), else there is none and the Δ columns are
+left out with a note. The mean rank ranks the rows other than ``stl`` (the compared set,
+stored in ``Comparison.compared``) on the mean of every metric.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from analysis.collect import load_metrics
+from analysis.collect import LIBMTL_PROTOCOL, load_metrics, load_runs
+from analysis.measures import delta_m, delta_p_metric, delta_p_task, mean_rank
+from analysis.reference import SOURCE, canonical_task, load_published, unit_factor
+from analysis.select import describe, select
+
+STL = "stl"
+DELTA_COLUMNS = [("delta_p_task", "Δp_task (%) ↑", True), ("delta_p_metric", "Δp_metric (%) ↑", True),
+                 ("delta_m", "Δm% ↓", False)]
 
 
-def delta_p_task(values: pd.Series, baseline: pd.Series, higher: pd.Series, tasks: pd.Series) -> float:
-    """Δp_task (%): the mean over tasks of the mean signed relative change of its metrics."""
-    sign = higher.map(lambda h: 1.0 if h else -1.0)
-    rel = sign * (values - baseline) / baseline
-    return float(100.0 * rel.groupby(tasks).mean().mean())
+@dataclass
+class Comparison:
+    """One comparison table (one benchmark and protocol) with everything needed to render it."""
+    benchmark: str
+    protocol: str
+    selection: str
+    columns: list[tuple[str, str]]
+    higher: list[bool]
+    units: dict[tuple[str, str], str]
+    mean: pd.DataFrame
+    std: pd.DataFrame
+    seeds: pd.Series
+    deltas: pd.DataFrame | None
+    ranks: pd.Series
+    compared: list[str]
+    baseline: str | None
+    per_seed: pd.DataFrame
+    row_method: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        """The numeric table (for CSV): per metric ``<task>_<metric>`` and ``..._std``, the Δ
+        measures with their std, the mean rank and the number of seeds."""
+        out = pd.DataFrame(index=self.mean.index)
+        out.index.name = "method"
+        for col in self.columns:
+            name = f"{col[0]}_{col[1]}"
+            out[name] = self.mean[col]
+            out[f"{name}_std"] = self.std[col]
+        if self.deltas is not None:
+            for key, _, _ in DELTA_COLUMNS:
+                out[key] = self.deltas[key]
+                out[f"{key}_std"] = self.deltas[f"{key}_std"]
+        out["mean_rank"] = self.ranks
+        out["seeds"] = self.seeds
+        return out
+
+    def note(self) -> str:
+        lines = [f"{self.benchmark}: {self.selection}; mean ± std over seeds (column 'seeds'; "
+                 "no std for one seed)."]
+        if self.deltas is not None:
+            lines.append(f"Δ measures relative to {self.baseline}. Δp_task, Δp_metric: higher "
+                         "is better; Δm%: lower is better (= −Δp_metric).")
+        lines.append("Mean rank (lower is better) over the metric columns among: "
+                     + ", ".join(self.compared) + ".")
+        lines.extend(self.notes)
+        return "\n".join(lines)
 
 
-def comparison_table(root: Path, benchmark: str, methods: list[str] | None = None) -> str:
-    df = load_metrics(root)
-    df = df[(df.benchmark == benchmark) & (df.split == "test")]
+def _row_labels(selected: pd.DataFrame) -> tuple[pd.Series, list[str]]:
+    """Label of every (method, config_hash): the method name, or ``method [hash]`` when the
+    method was run with more than one config."""
+    notes = []
+    groups = selected[["method", "config_hash"]].drop_duplicates()
+    counts = groups.groupby("method").config_hash.nunique()
+    labels = {}
+    for m, h in groups.itertuples(index=False):
+        labels[(m, h)] = f"{m} [{h}]" if counts[m] > 1 else m
+    for m in counts[counts > 1].index:
+        hashes = sorted(groups[groups.method == m].config_hash)
+        notes.append(f"Runs of {m} with different configs are grouped by config hash "
+                     f"({', '.join(hashes)}).")
+    label = pd.Series([labels[(m, h)] for m, h in zip(selected.method, selected.config_hash)],
+                      index=selected.index)
+    return label, notes
+
+
+def _stl_baseline(per_seed: pd.DataFrame, row_method: dict[str, str], notes: list[str]):
+    rows = [r for r, m in row_method.items() if m == STL]
+    if not rows:
+        return None, None, None
+    counts = per_seed.groupby(level="row").size()
+    row = max(rows, key=lambda r: counts[r])
+    if len(rows) > 1:
+        notes.append(f"Several stl configs: the baseline is {row} (most seeds).")
+    return (per_seed.xs(row, level="row").mean(), None,
+            f"the stl runs ({row}, {counts[row]} seeds, same protocol)")
+
+
+def _published_baseline(benchmark: str, columns, units, notes: list[str]):
+    pub = load_published(benchmark)
+    if pub is None:
+        return None, None, None
+    pcols = {(canonical_task(t), m): (t, m) for t, m in columns}
+    matched = [c for c in pub.values.columns if c in pcols]
+    if not matched:
+        notes.append("The published table has none of these metrics; no Δ measures.")
+        return None, None, None
+    base = pd.Series({pcols[c]: pub.stl[c] for c in matched})
+    factors = {pcols[c]: unit_factor(units.get(pcols[c]), pub.units[c]) for c in matched}
+    if len(matched) < len(columns):
+        notes.append("Δ measures use only the metrics the published table has: "
+                     + ", ".join(f"{t}_{m}" for t, m in base.index) + ".")
+    return base, factors, f"the published STL row ({SOURCE}), our values converted to its units"
+
+
+def _deltas(per_seed: pd.DataFrame, base: pd.Series, factors: dict | None,
+            higher: dict, rows: list[str]) -> pd.DataFrame:
+    cols = list(base.index)
+    scale = np.array([factors[c] if factors else 1.0 for c in cols])
+    hib = [higher[c] for c in cols]
+    tasks = [c[0] for c in cols]
+    out = {}
+    for row in rows:
+        seeds = per_seed.xs(row, level="row")[cols].to_numpy() * scale
+        seeds = seeds[~np.isnan(seeds).any(axis=1)]
+        vals = {"delta_p_task": [delta_p_task(s, base.to_numpy(), hib, tasks) for s in seeds],
+                "delta_p_metric": [delta_p_metric(s, base.to_numpy(), hib) for s in seeds],
+                "delta_m": [delta_m(s, base.to_numpy(), hib) for s in seeds]}
+        out[row] = {}
+        for key, v in vals.items():
+            out[row][key] = float(np.mean(v)) if v else np.nan
+            out[row][f"{key}_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else np.nan
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def build_comparison(selected: pd.DataFrame, benchmark: str, protocol: str, selection: str,
+                     methods: list[str] | None = None) -> Comparison | None:
+    """The comparison table of the selected values of one benchmark and protocol (rows of
+    ``analysis.select.select``), restricted to ``methods`` when given; None when empty."""
+    df = selected[(selected.benchmark == benchmark)]
     if methods is not None:
         df = df[df.method.isin(methods)]
     if df.empty:
-        return f"(no complete runs of {benchmark} under {root})"
-    last = df.groupby(["method", "seed", "config_hash"]).epoch.transform("max")
-    df = df[df.epoch == last]
-    df = df.assign(column=df.task + "." + df.metric
-                   + df.higher_is_better.map({True: " ↑", False: " ↓"}).fillna(""))
-    per_seed = df.pivot_table(index=["method", "seed"], columns="column", values="value")
-    mean = per_seed.groupby("method").mean()
-    std = per_seed.groupby("method").std().fillna(0.0)
-    seeds = per_seed.groupby("method").size()
-    table = mean.map(lambda v: f"{v:.3f}")
-    for col in mean.columns:
-        table[col] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean[col], std[col])]
+        return None
+    label, notes = _row_labels(df)
+    df = df.assign(row=label, column=list(zip(df.task, df.metric)))
+    columns = list(dict.fromkeys(df.column))
     meta = df.drop_duplicates("column").set_index("column")
-    if "stl" in mean.index:
-        base = mean.loc["stl"]
-        higher = meta.loc[mean.columns, "higher_is_better"].astype(bool)
-        tasks = meta.loc[mean.columns, "task"]
-        table["Δp_task % ↑"] = [f"{delta_p_task(mean.loc[m], base, higher, tasks):+.2f}"
-                                for m in mean.index]
-    table["seeds"] = seeds
-    order = (["stl"] if "stl" in table.index else []) + [m for m in table.index if m != "stl"]
-    table = table.loc[order]
-    note = "test split, last epoch; mean ± std over seeds"
-    return f"{benchmark} ({note})\n{table.to_string()}"
+    higher = {c: bool(meta.loc[[c], "higher_is_better"].iloc[0]) for c in columns}
+    units = {c: meta.loc[[c], "unit"].iloc[0] or "" for c in columns}
+    per_seed = df.pivot_table(index=["row", "seed"], columns="column", values="value",
+                              aggfunc="mean")
+    per_seed = per_seed[columns]
+    order_methods = list(dict.fromkeys(([STL] if STL in set(df.method) else [])
+                                       + (methods or sorted(set(df.method) - {STL}))))
+    row_method = dict(zip(df.row, df.method))
+    rows = [r for m in order_methods for r in sorted(set(df.row[df.method == m]))]
+    mean = per_seed.groupby(level="row").mean().loc[rows]
+    std = per_seed.groupby(level="row").std(ddof=1).reindex(rows)  # NaN for one seed
+    seeds = per_seed.groupby(level="row").size().loc[rows]
+    if protocol == LIBMTL_PROTOCOL:
+        notes.append("LibMTL protocol: these runs have no validation split (val = test), so any "
+                     "selection on validation selects on the test split.")
+    base, factors, baseline = _stl_baseline(per_seed, row_method, notes)
+    if base is None:
+        base, factors, baseline = _published_baseline(benchmark, columns, units, notes)
+    deltas = None
+    if base is not None:
+        try:
+            deltas = _deltas(per_seed, base, factors, higher, rows)
+        except ValueError as exc:
+            notes.append(f"No Δ measures: {exc}.")
+            baseline = None
+    else:
+        notes.append("No stl runs and no published baseline for this benchmark: Δ measures "
+                     "omitted.")
+    compared = [r for r in rows if row_method[r] != STL] or rows
+    ranks = mean_rank(mean.loc[compared], [higher[c] for c in columns]).reindex(rows)
+    return Comparison(benchmark, protocol, selection, columns, [higher[c] for c in columns],
+                      units, mean, std, seeds, deltas, ranks, compared, baseline, per_seed,
+                      row_method, notes)
+
+
+def comparisons(root: Path, rule: str = "last", k: int = 3, benchmark: str | None = None,
+                methods: list[str] | None = None) -> tuple[list[Comparison], pd.DataFrame]:
+    """Every comparison table under ``root`` (one per benchmark and protocol) and the runs
+    left out (status, reason)."""
+    runs = load_runs(root)
+    if benchmark is not None:
+        runs = runs[runs.benchmark == benchmark]
+    selected, problems = select(load_metrics(runs=runs), rule, k)
+    excluded = runs[~runs.usable][["benchmark", "method", "seed", "status", "reason", "run_dir"]]
+    if problems:
+        extra = runs[runs.run_dir.isin(problems)].assign(
+            status="not selectable", reason=lambda d: d.run_dir.map(problems))
+        excluded = pd.concat([excluded, extra[excluded.columns]], ignore_index=True)
+        selected = selected[~selected.run_dir.isin(problems)]
+    protocol = dict(zip(runs.run_dir, runs.protocol))
+    selected = selected.assign(protocol=selected.run_dir.map(protocol))
+    out = []
+    for (bench, proto), part in selected.groupby(["benchmark", "protocol"], sort=True):
+        table = build_comparison(part, bench, proto, describe(rule, k), methods)
+        if table is not None:
+            out.append(table)
+    return out, excluded.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- rendering
+
+def _decimals(values: pd.Series) -> int:
+    finite = values.abs()[np.isfinite(values)]
+    if finite.empty:
+        return 2
+    top = finite.max()
+    return 2 if top >= 1 else 4
+
+
+def _best_two(values: pd.Series, higher: bool, compared: list[str]) -> tuple[set, set]:
+    vals = values.loc[[c for c in compared if c in values.index]].dropna()
+    if len(vals) < 2:
+        return set(), set()
+    ordered = sorted(set(vals), reverse=higher)
+    best = set(vals.index[vals == ordered[0]])
+    second = set(vals.index[vals == ordered[1]]) if len(ordered) > 1 else set()
+    return best, second
+
+
+def display_columns(table: Comparison) -> list[tuple[str, pd.Series, pd.Series | None, bool]]:
+    """(header, means, stds, higher_is_better) of every displayed numeric column."""
+    cols = []
+    for c, hib in zip(table.columns, table.higher):
+        unit = table.units.get(c)
+        head = f"{c[0]} {c[1]}" + (f" ({unit})" if unit else "") + (" ↑" if hib else " ↓")
+        cols.append((head, table.mean[c], table.std[c], hib))
+    if table.deltas is not None:
+        for key, head, hib in DELTA_COLUMNS:
+            cols.append((head, table.deltas[key], table.deltas[f"{key}_std"], hib))
+    cols.append(("mean rank ↓", table.ranks, None, False))
+    return cols
+
+
+def cells(table: Comparison, style: str) -> tuple[list[str], list[list[str]]]:
+    """Header and body of the table as strings; ``style`` is text, md or tex (best in bold,
+    second underlined; in text the best is marked with *)."""
+    header = ["method"]
+    body = [[r if style != "tex" else _tex(r)] for r in table.mean.index]
+    for head, mean, std, hib in display_columns(table):
+        header.append(head if style != "tex" else _tex_header(head))
+        dec = _decimals(mean)
+        best, second = _best_two(mean, hib, table.compared)
+        for i, row in enumerate(table.mean.index):
+            m = mean.get(row, np.nan)
+            if pd.isna(m):
+                body[i].append("–")
+                continue
+            text = f"{m:.{dec}f}"
+            if std is not None and not pd.isna(std[row]):
+                text += f" ± {std[row]:.{dec}f}"
+            if style == "tex":
+                text = text.replace("±", r"$\pm$")
+            body[i].append(_mark(text, style, row in best, row in second))
+    header.append("seeds")
+    for i, row in enumerate(table.mean.index):
+        body[i].append(str(int(table.seeds[row])))
+    return header, body
+
+
+def _mark(text: str, style: str, best: bool, second: bool) -> str:
+    if style == "tex":
+        return rf"\textbf{{{text}}}" if best else (rf"\underline{{{text}}}" if second else text)
+    if style == "md":
+        return f"**{text}**" if best else (f"<u>{text}</u>" if second else text)
+    return f"{text} *" if best else text
+
+
+def _tex(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"),
+                 ("#", r"\#")):
+        text = text.replace(a, b)
+    return text
+
+
+def _tex_header(head: str) -> str:
+    head = _tex(head)
+    for a, b in (("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"), ("Δ", r"$\Delta$")):
+        head = head.replace(a, b)
+    return head
+
+
+def to_markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def to_latex(header: list[str], body: list[list[str]], caption: str) -> str:
+    spec = "l" + "c" * (len(header) - 1)
+    lines = [r"\begin{table}[t]", r"\centering", r"\resizebox{\linewidth}{!}{%",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(header) + r" \\",
+             r"\midrule"]
+    lines += [" & ".join(row) + r" \\" for row in body]
+    lines += [r"\bottomrule", r"\end{tabular}}", rf"\caption{{{_tex(caption)}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_text(table: Comparison) -> str:
+    header, body = cells(table, "text")
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    fmt = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                for i, (c, w) in enumerate(zip(row, widths)))
+    return "\n".join([fmt(header)] + [fmt(r) for r in body]
+                     + ["(* best among the compared set)", table.note()])
+
+
+def comparison_table(root: Path, benchmark: str, methods: list[str] | None = None,
+                     rule: str = "last", k: int = 3) -> str:
+    """The comparison table(s) of ``benchmark`` under ``root`` as text (printed by ``run``)."""
+    tables, excluded = comparisons(root, rule, k, benchmark, methods)
+    if methods is not None:
+        excluded = excluded[excluded.method.isin(methods)]
+    parts = [to_text(t) for t in tables] or [f"(no complete runs of {benchmark} under {root})"]
+    for r in excluded.itertuples():
+        parts.append(f"left out: {r.run_dir} ({r.status}: {r.reason})")
+    return "\n\n".join(parts)

@@ -1,0 +1,75 @@
+"""Summary measures of multi-task performance (pure functions of small arrays).
+
+Definitions (benchmark_facts §7; LibMTL, Rep-MTL, CAGrad, Nash-MTL, FAMO), with M_m the
+method's value of metric k, M_b the single-task baseline's, s_k = +1 when higher is better
+and −1 otherwise:
+
+- ``delta_p_task`` (%, higher is better): (1/T) Σ_t (1/n_t) Σ_{k∈t} s_k (M_m,k − M_b,k)/M_b,k
+- ``delta_p_metric`` (%, higher is better): (1/K) Σ_k s_k (M_m,k − M_b,k)/M_b,k
+- ``delta_m`` (Δm%, LOWER is better): −``delta_p_metric``
+- ``mean_rank``: the average over metrics of each method's rank among the compared set, after
+  negating higher-is-better metrics; ties share the average rank.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def relative_changes(values: Sequence[float], baseline: Sequence[float],
+                     higher: Sequence[bool]) -> np.ndarray:
+    """Signed relative change s_k (M_m,k − M_b,k)/M_b,k of every metric (a fraction)."""
+    values = np.asarray(values, dtype=float)
+    baseline = np.asarray(baseline, dtype=float)
+    sign = np.where(np.asarray(higher, dtype=bool), 1.0, -1.0)
+    if np.any(baseline == 0):
+        raise ValueError("a baseline metric is 0: relative changes are undefined")
+    return sign * (values - baseline) / baseline
+
+
+def delta_p_task(values, baseline, higher, tasks: Sequence[str]) -> float:
+    """Δp_task in %: the mean over tasks of the mean signed relative change of its metrics."""
+    rel = pd.Series(relative_changes(values, baseline, higher))
+    return float(100.0 * rel.groupby(np.asarray(tasks)).mean().mean())
+
+
+def delta_p_metric(values, baseline, higher) -> float:
+    """Δp_metric in %: the mean signed relative change over all metrics at once."""
+    return float(100.0 * relative_changes(values, baseline, higher).mean())
+
+
+def delta_m(values, baseline, higher) -> float:
+    """Δm% (lower is better): the mean relative degradation over all metrics = −Δp_metric."""
+    return -delta_p_metric(values, baseline, higher)
+
+
+def rank_matrix(table: pd.DataFrame, higher: Sequence[bool]) -> pd.DataFrame:
+    """Rank of every method (row) on every metric (column): 1 is best; higher-is-better
+    columns are negated first; ties get the average rank; a missing value gets no rank."""
+    values = table.to_numpy(dtype=float)
+    ranks = np.full(values.shape, np.nan)
+    for j, hib in enumerate(higher):
+        ok = ~np.isnan(values[:, j])
+        key = -values[ok, j] if hib else values[ok, j]
+        ranks[ok, j] = stats.rankdata(key, method="average")
+    ranks = pd.DataFrame(ranks, index=table.index, columns=table.columns)
+    return ranks
+
+
+def mean_rank(table: pd.DataFrame, higher: Sequence[bool]) -> pd.Series:
+    """Mean rank over metrics of each method among the rows of ``table`` (the compared set)."""
+    return rank_matrix(table, higher).mean(axis=1)
+
+
+def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Welch's unequal-variance t-test of mean(a) vs mean(b): ``(t, two-sided p)``; NaN when
+    either side has fewer than two values or both have zero variance."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2 or (np.var(a) == 0 and np.var(b) == 0):
+        return float("nan"), float("nan")
+    result = stats.ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.pvalue)

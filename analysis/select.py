@@ -1,0 +1,71 @@
+"""Which epoch's test metrics represent a run: the selection rule, chosen at analysis time.
+
+- ``last``: the test metrics of the last recorded epoch.
+- ``best_val``: the test metrics of the epoch that is best on the validation split. "Best"
+  must combine metrics of different scales and directions, so each validation metric ranks
+  the epochs (higher-is-better metrics negated, ties averaged) and the epoch with the lowest
+  mean rank wins; among equals the later epoch is taken. Under the LibMTL protocol the
+  validation split IS the test split, so this selects on test (tables say so).
+- ``last_k``: the mean of the test metrics over the last k recorded epochs.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.measures import rank_matrix
+from engine.errors import check_choice, check_range
+
+RULES = ("last", "best_val", "last_k")
+KEY = ["benchmark", "method", "config_hash", "seed", "run_dir"]
+
+
+def describe(rule: str, k: int) -> str:
+    return {"last": "test metrics at the last epoch",
+            "best_val": "test metrics at the best validation epoch (lowest mean rank over "
+                        "validation metrics)",
+            "last_k": f"test metrics averaged over the last {k} epochs"}[rule]
+
+
+def _best_val_epoch(val: pd.DataFrame) -> int:
+    table = val.pivot_table(index="epoch", columns=["task", "metric"], values="value")
+    higher = [bool(val[(val.task == t) & (val.metric == m)].higher_is_better.iloc[0])
+              for t, m in table.columns]
+    score = rank_matrix(table, higher).mean(axis=1)
+    best = score[score == score.min()]
+    return int(best.index.max())
+
+
+def select(metrics: pd.DataFrame, rule: str = "last", k: int = 3
+           ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The selected test values: one row per run, task and metric (with ``epoch``, the
+    selected epoch, or the last of the k averaged). Also ``{run_dir: reason}`` for runs that
+    cannot be selected under ``rule`` (no validation records, fewer than k epochs)."""
+    check_choice("--select", rule, RULES)
+    if rule == "last_k":
+        check_range("--k", k, 1)
+    rows, problems = [], {}
+    for run_dir, run in metrics.groupby("run_dir", sort=False):
+        test = run[run.split == "test"]
+        epochs = sorted(test.epoch.unique())
+        if rule == "last":
+            chosen = [epochs[-1]]
+        elif rule == "last_k":
+            if len(epochs) < k:
+                problems[run_dir] = f"{len(epochs)} test epochs recorded, fewer than k={k}"
+                continue
+            chosen = epochs[-k:]
+        else:
+            val = run[(run.split == "val") & run.epoch.isin(epochs)]
+            if val.empty:
+                problems[run_dir] = "no validation metrics recorded for best_val selection"
+                continue
+            chosen = [_best_val_epoch(val)]
+        part = test[test.epoch.isin(chosen)]
+        agg = (part.groupby(KEY + ["task", "metric"], sort=False)
+               .agg(value=("value", "mean"), higher_is_better=("higher_is_better", "first"),
+                    unit=("unit", "first"), epoch=("epoch", "max")).reset_index())
+        rows.append(agg)
+    if not rows:
+        return pd.DataFrame(columns=KEY + ["task", "metric", "value", "higher_is_better",
+                                           "unit", "epoch"]), problems
+    return pd.concat(rows, ignore_index=True), problems
