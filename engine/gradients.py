@@ -213,7 +213,8 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
         if ctx.jacobian_computed:
             engine.set_shared_grads(ctx.jacobian().T @ weights.detach().to(ctx.jacobian().dtype))
             inputs = engine.all_head_params + [p for p in method_params if p.requires_grad]
-            torch.autograd.backward(objective, inputs=inputs, retain_graph=penalty is not None)
+            if inputs:  # heads may have no parameters (toy2d)
+                torch.autograd.backward(objective, inputs=inputs, retain_graph=penalty is not None)
             if penalty is not None:
                 penalty.backward()
         else:
@@ -229,8 +230,9 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
             torch.autograd.backward(reps[0], agg.direction.view_as(reps[0]), inputs=engine.shared,
                                     retain_graph=True)
         weights = agg.weights
-        torch.autograd.backward(ctx.losses.sum(), inputs=engine.all_head_params,
-                                retain_graph=penalty is not None)
+        if engine.all_head_params:  # heads may have no parameters (toy2d)
+            torch.autograd.backward(ctx.losses.sum(), inputs=engine.all_head_params,
+                                    retain_graph=penalty is not None)
         if penalty is not None:
             penalty.backward()
     else:
