@@ -1,0 +1,37 @@
+"""MGDA-UB: Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS
+2018, Sec. 3.3 (the upper bound).
+
+MGDA solved on the gradients w.r.t. the shared representation Z instead of the shared
+parameters: one backward pass per task through the heads only. Minimising the upper bound
+||Σ_t α_t ∇_Z L_t||² (Theorem 1) gives α; the encoder then receives Σ_t α_t ∇_Z L_t,
+backpropagated once (the same as backpropagating Σ_t α_t L_t into the encoder).
+
+Hyperparameters (``method.mgda_ub.*``): those of ``mgda`` (normalization none | l2 | loss |
+loss+, max_iter 250, tol 1e-5), same defaults. Weight scale: α sums to 1.
+
+Z is flattened over the batch, as in the authors' code (which takes the gradient of each
+loss w.r.t. the batch of representations). Single-input benchmarks only (one Z for all
+tasks). Deviations: those of ``mgda`` (see methods/mgda.py); heads receive the gradient of
+their own loss, as LibMTL's representation-gradient mode does, while the authors' code
+scales it by α_t.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from methods.base import Needs
+from methods.mgda import _MinNormAggregator
+from methods.registry import register_method
+
+
+@register_method("mgda_ub")
+class MGDAUB(_MinNormAggregator):
+    description = ("MGDA-UB (Sener & Koltun 2018): MGDA on the gradients w.r.t. the shared "
+                   "representation (weights sum to 1)")
+    needs = Needs(rep_grads=True, shared_representation=True)
+    space = "rep"
+
+    @dataclass
+    class Config(_MinNormAggregator.Config):
+        key: ClassVar[str] = "method.mgda_ub"
