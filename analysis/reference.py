@@ -130,14 +130,16 @@ def recompute_deltas(pub: Published) -> pd.DataFrame:
 
 
 def published_vs_reproduced(pub: Published, reproduced: pd.DataFrame,
-                            units: dict[tuple[str, str], str]) -> pd.DataFrame:
-    """Rows: the reproduced methods that the paper also reports; for every metric the
+                            units: dict[tuple[str, str], str],
+                            methods: dict[str, str] | None = None) -> pd.DataFrame:
+    """Rows: the reproduced rows whose method the paper also reports; for every metric the
     published value, ours (converted to the published unit) and the difference (ours −
-    published). ``reproduced`` has rows = method names and (task, metric) columns."""
+    published). ``reproduced`` has row labels as index and (task, metric) columns;
+    ``methods`` maps a row label to its method name (default: the label itself)."""
     rows = []
     tasks = {canonical_task(t): t for t, _ in reproduced.columns}
-    for method in reproduced.index:
-        prow = pub.row(method)
+    for label in reproduced.index:
+        prow = pub.row((methods or {}).get(label, label))
         if prow is None:
             continue
         for (ptask, metric) in pub.values.columns:
@@ -145,10 +147,10 @@ def published_vs_reproduced(pub: Published, reproduced: pd.DataFrame,
             if ours_col not in reproduced.columns:
                 continue
             factor = unit_factor(units.get(ours_col), pub.units[(ptask, metric)])
-            ours = float(reproduced.loc[method, ours_col]) * factor
+            ours = float(reproduced.loc[label, ours_col]) * factor
             published = float(prow[(ptask, metric)])
-            rows.append({"method": method, "task": ptask, "metric": metric,
-                         "unit": pub.units[(ptask, metric)], "published": published,
-                         "ours": ours, "difference": ours - published})
-    return pd.DataFrame(rows, columns=["method", "task", "metric", "unit", "published", "ours",
-                                       "difference"])
+            rows.append({"method": label, "published_method": prow.name, "task": ptask,
+                         "metric": metric, "unit": pub.units[(ptask, metric)],
+                         "published": published, "ours": ours, "difference": ours - published})
+    return pd.DataFrame(rows, columns=["method", "published_method", "task", "metric", "unit",
+                                       "published", "ours", "difference"])

@@ -45,6 +45,9 @@ class Comparison:
     baseline: str | None
     per_seed: pd.DataFrame
     row_method: dict[str, str]
+    base: pd.Series | None = None
+    base_factors: dict | None = None
+    base_row: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def frame(self) -> pd.DataFrame:
@@ -94,12 +97,21 @@ def _row_labels(selected: pd.DataFrame) -> tuple[pd.Series, list[str]]:
     return label, notes
 
 
-def _stl_baseline(per_seed: pd.DataFrame, row_method: dict[str, str], notes: list[str]):
+def _stl_row(per_seed: pd.DataFrame, row_method: dict[str, str]) -> str | None:
+    """The stl row that serves as the baseline: the one with the most seeds."""
     rows = [r for r, m in row_method.items() if m == STL]
     if not rows:
-        return None, None, None
+        return None
     counts = per_seed.groupby(level="row").size()
-    row = max(rows, key=lambda r: counts[r])
+    return max(rows, key=lambda r: counts[r])
+
+
+def _stl_baseline(per_seed: pd.DataFrame, row_method: dict[str, str], notes: list[str]):
+    row = _stl_row(per_seed, row_method)
+    if row is None:
+        return None, None, None
+    rows = [r for r, m in row_method.items() if m == STL]
+    counts = per_seed.groupby(level="row").size()
     if len(rows) > 1:
         notes.append(f"Several stl configs: the baseline is {row} (most seeds).")
     return (per_seed.xs(row, level="row").mean(), None,
@@ -188,7 +200,8 @@ def build_comparison(selected: pd.DataFrame, benchmark: str, protocol: str, sele
     ranks = mean_rank(mean.loc[compared], [higher[c] for c in columns]).reindex(rows)
     return Comparison(benchmark, protocol, selection, columns, [higher[c] for c in columns],
                       units, mean, std, seeds, deltas, ranks, compared, baseline, per_seed,
-                      row_method, notes)
+                      row_method, base if deltas is not None else None, factors,
+                      _stl_row(per_seed, row_method) if factors is None else None, notes)
 
 
 def comparisons(root: Path, rule: str = "last", k: int = 3, benchmark: str | None = None,
@@ -250,8 +263,8 @@ def display_columns(table: Comparison) -> list[tuple[str, pd.Series, pd.Series |
 
 
 def cells(table: Comparison, style: str) -> tuple[list[str], list[list[str]]]:
-    """Header and body of the table as strings; ``style`` is text, md or tex (best in bold,
-    second underlined; in text the best is marked with *)."""
+    """Header and body of the table as strings; ``style`` is text, md, html or tex (best in
+    bold, second underlined; in text the best is marked with *)."""
     header = ["method"]
     body = [[r if style != "tex" else _tex(r)] for r in table.mean.index]
     for head, mean, std, hib in display_columns(table):
@@ -280,6 +293,8 @@ def _mark(text: str, style: str, best: bool, second: bool) -> str:
         return rf"\textbf{{{text}}}" if best else (rf"\underline{{{text}}}" if second else text)
     if style == "md":
         return f"**{text}**" if best else (f"<u>{text}</u>" if second else text)
+    if style == "html":
+        return f"<b>{text}</b>" if best else (f"<u>{text}</u>" if second else text)
     return f"{text} *" if best else text
 
 

@@ -13,6 +13,7 @@ from engine.registry import load_entry_point_plugins, load_plugin
 COMMANDS = (
     "engine.cmd_run",
     "engine.cmd_list",
+    "analysis.cmd_report",
 )
 
 

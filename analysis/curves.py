@@ -1,0 +1,222 @@
+"""Power-law fits of training curves (curve.jsonl): L(t) = a·t^(−α) + c per task and method.
+
+Window rules (the power-law region), applied to each run's curve of one task:
+1. steps t ≥ 1 only; the warm-up is dropped: points with t < ``warmup_fraction`` (1%) of the
+   last recorded step;
+2. the window stops before the first learning-rate drop (an epoch whose recorded lr is more
+   than 1% below the previous epoch's, from metrics.jsonl): points of that epoch and later
+   are dropped, because a drop starts a new regime;
+3. at most ``points`` (40) points, taken nearest to log-spaced steps over the window so
+   that late, dense points do not dominate; at least ``min_points`` (8) are needed.
+
+Fit: ``scipy.optimize.least_squares`` on the residuals log(â·t^(−α̂) + ĉ) − log L (a loss on
+log residuals treats early and late points alike) with the robust soft-L1 loss (scale 0.05),
+a = exp(θ) > 0, 1e-6 ≤ α ≤ 10, 0 ≤ c ≤ (1 − 1e-6)·min L; several starts (c₀ = 0, ½ min L,
+0.9 min L), the lowest cost wins. Reported: α, a, c, R² of log L, ``c_at_bound`` when ĉ
+lies within 1e-3·min L of either bound (then c and α trade off and α is less meaningful),
+and an extrapolation check: the fit on the first 70% of the window's points predicts the rest;
+the mean relative error of that prediction is ``extrapolation_error``.
+
+Across seeds: α per seed, its mean, and a seed-bootstrap 95% interval (seeds resampled with
+replacement, 2000 times, percentile interval of the mean); one seed gives no interval.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from analysis.collect import load_optional_jsonl, load_train_records
+from analysis.plots import grid, plt, save
+
+WARMUP_FRACTION = 0.01
+LR_DROP = 0.99
+MAX_POINTS = 40
+MIN_POINTS = 8
+EXTRAPOLATION_SPLIT = 0.7
+BOUND_TOL = 1e-3
+
+
+@dataclass
+class PowerLawFit:
+    a: float
+    alpha: float
+    c: float
+    r2: float
+    c_at_bound: bool
+    n: int
+
+    def predict(self, t: np.ndarray) -> np.ndarray:
+        return self.a * np.asarray(t, dtype=float) ** (-self.alpha) + self.c
+
+
+def power_law_window(steps: np.ndarray, losses: np.ndarray, lr_drop_step: float | None = None,
+                     warmup_fraction: float = WARMUP_FRACTION, points: int = MAX_POINTS
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The log-spaced points of the power-law region (see the module docstring)."""
+    steps = np.asarray(steps, dtype=float)
+    losses = np.asarray(losses, dtype=float)
+    keep = (steps >= 1) & np.isfinite(losses) & (losses > 0)
+    steps, losses = steps[keep], losses[keep]
+    if steps.size == 0:
+        return steps, losses
+    keep = steps >= warmup_fraction * steps.max()
+    if lr_drop_step is not None:
+        keep &= steps < lr_drop_step
+    steps, losses = steps[keep], losses[keep]
+    if steps.size <= points:
+        return steps, losses
+    targets = np.geomspace(steps[0], steps[-1], points)
+    idx = np.unique([int(np.argmin(np.abs(np.log(steps) - np.log(t)))) for t in targets])
+    return steps[idx], losses[idx]
+
+
+def fit_power_law(steps, losses) -> PowerLawFit:
+    """Fit L(t) = a·t^(−α) + c (see the module docstring); raises ValueError on fewer than
+    MIN_POINTS points."""
+    t = np.asarray(steps, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    if t.size < MIN_POINTS:
+        raise ValueError(f"{t.size} points in the power-law window, fewer than {MIN_POINTS}")
+    logy = np.log(y)
+    cmax = (1 - 1e-6) * y.min()
+
+    def residuals(p):
+        return np.log(np.exp(p[0]) * t ** (-p[1]) + p[2]) - logy
+
+    slope, intercept = np.polyfit(np.log(t), logy, 1)
+    alpha0 = float(np.clip(-slope, 1e-3, 5.0))
+    best = None
+    for c0 in (0.0, 0.5 * y.min(), 0.9 * y.min()):
+        a0 = max(float(np.mean((y - c0) * t ** alpha0)), 1e-12)
+        sol = least_squares(residuals, [np.log(a0), alpha0, min(c0, cmax)],
+                            bounds=([-np.inf, 1e-6, 0.0], [np.inf, 10.0, cmax]),
+                            loss="soft_l1", f_scale=0.05, max_nfev=2000)
+        if best is None or sol.cost < best.cost:
+            best = sol
+    a, alpha, c = float(np.exp(best.x[0])), float(best.x[1]), float(best.x[2])
+    res = residuals(best.x)
+    r2 = 1.0 - float(np.sum(res ** 2)) / max(float(np.sum((logy - logy.mean()) ** 2)), 1e-300)
+    at_bound = c <= BOUND_TOL * y.min() or c >= cmax - BOUND_TOL * y.min()
+    return PowerLawFit(a, alpha, c, r2, bool(at_bound), int(t.size))
+
+
+def extrapolation_error(steps, losses, split: float = EXTRAPOLATION_SPLIT) -> float:
+    """Mean relative error on the last (1 − split) of the points of a fit on the first part."""
+    steps, losses = np.asarray(steps, float), np.asarray(losses, float)
+    cut = int(round(split * steps.size))
+    if cut < MIN_POINTS or cut >= steps.size:
+        return float("nan")
+    fit = fit_power_law(steps[:cut], losses[:cut])
+    return float(np.mean(np.abs(fit.predict(steps[cut:]) - losses[cut:]) / losses[cut:]))
+
+
+def bootstrap_interval(values, draws: int = 2000, level: float = 0.95, seed: int = 0
+                       ) -> tuple[float, float]:
+    """Percentile interval of the mean over resampled seeds; NaN for fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(draws, values.size), replace=True).mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def lr_drop_step(run_dir: Path, curve: pd.DataFrame) -> float | None:
+    """The first step of the first epoch whose lr fell below LR_DROP × the previous epoch's."""
+    records = sorted(load_train_records(run_dir), key=lambda r: r.get("epoch", 0))
+    for prev, cur in zip(records, records[1:]):
+        if prev.get("lr") and cur.get("lr") is not None and cur["lr"] < LR_DROP * prev["lr"]:
+            later = curve[curve.epoch >= cur["epoch"]]
+            return float(later.step.min()) if not later.empty else None
+    return None
+
+
+def load_curves(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Long table (benchmark, method, seed, run_dir, step, epoch, task, loss, lr_drop_step)."""
+    rows, problems = [], {}
+    for run in runs[runs.usable].itertuples():
+        records, problem = load_optional_jsonl(Path(run.run_dir), "curve.jsonl")
+        if problem:
+            problems[run.run_dir] = problem
+        if not records:
+            continue
+        part = pd.DataFrame([{"step": r.get("step"), "epoch": r.get("epoch"), "task": task,
+                              "loss": np.nan if v is None else float(v)}
+                             for r in records for task, v in (r.get("losses") or {}).items()])
+        drop = lr_drop_step(Path(run.run_dir), part)
+        rows.append(part.assign(benchmark=run.benchmark, method=run.method, seed=run.seed,
+                                run_dir=run.run_dir, lr_drop_step=drop))
+    cols = ["benchmark", "method", "seed", "run_dir", "step", "epoch", "task", "loss", "lr_drop_step"]
+    return (pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)), problems
+
+
+FIT_COLUMNS = ["benchmark", "method", "task", "alpha", "alpha_lo", "alpha_hi", "seeds", "a", "c",
+               "r2", "c_at_bound", "extrapolation_error", "points", "note"]
+
+
+def fit_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per benchmark, method and task: α (mean over seeds) with its seed-bootstrap interval,
+    mean a, c, R², extrapolation error; ``c_at_bound`` when any seed's c is at a bound."""
+    rows = []
+    for (bench, method, task), part in curves.groupby(["benchmark", "method", "task"], sort=True):
+        fits, extrap, notes = [], [], []
+        for run_dir, run in part.groupby("run_dir", sort=True):
+            run = run.sort_values("step")
+            drop = run.lr_drop_step.iloc[0]
+            t, y = power_law_window(run.step.to_numpy(), run.loss.to_numpy(),
+                                    None if pd.isna(drop) else float(drop))
+            try:
+                fits.append(fit_power_law(t, y))
+                extrap.append(extrapolation_error(t, y))
+            except ValueError as exc:
+                notes.append(f"seed {run.seed.iloc[0]}: {exc}")
+        alphas = [f.alpha for f in fits]
+        lo, hi = bootstrap_interval(alphas)
+        rows.append({"benchmark": bench, "method": method, "task": task,
+                     "alpha": float(np.mean(alphas)) if fits else np.nan, "alpha_lo": lo,
+                     "alpha_hi": hi, "seeds": len(fits),
+                     "a": float(np.mean([f.a for f in fits])) if fits else np.nan,
+                     "c": float(np.mean([f.c for f in fits])) if fits else np.nan,
+                     "r2": float(np.mean([f.r2 for f in fits])) if fits else np.nan,
+                     "c_at_bound": any(f.c_at_bound for f in fits),
+                     "extrapolation_error": float(np.nanmean(extrap)) if any(np.isfinite(extrap)) else np.nan,
+                     "points": int(np.mean([f.n for f in fits])) if fits else 0,
+                     "note": "; ".join(notes)})
+    return pd.DataFrame(rows, columns=FIT_COLUMNS)
+
+
+def plot_curves(curves: pd.DataFrame, stem: Path, title: str) -> Path:
+    """Log-log training curves (mean over seeds), one panel per task, one colour per method,
+    with the power-law fit of the mean curve over its window (dashed)."""
+    tasks = list(dict.fromkeys(curves.task))
+    fig, axes = grid(len(tasks), 4.2, 3.2)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, task in zip(axes, tasks):
+        for i, (method, part) in enumerate(curves[curves.task == task].groupby("method", sort=True)):
+            color = colors[i % len(colors)]
+            mean = part.groupby("step").loss.mean()
+            ax.plot(mean.index, mean.to_numpy(), ".", ms=3, color=color, alpha=0.6)
+            drop = part.lr_drop_step.min()
+            t, y = power_law_window(mean.index.to_numpy(), mean.to_numpy(),
+                                    None if pd.isna(drop) else float(drop))
+            label = method
+            try:
+                fit = fit_power_law(t, y)
+                ax.plot(t, fit.predict(t), "--", color=color)
+                label += f" (α={fit.alpha:.2f})"
+            except ValueError:
+                label += " (no fit)"
+            ax.plot([], [], ".-", color=color, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{task} train loss")
+        ax.set_title(task)
+        ax.legend()
+    fig.suptitle(title + "  (dots: data, dashed: a·t^(−α)+c)")
+    return save(fig, stem)

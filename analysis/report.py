@@ -1,0 +1,224 @@
+"""The report: every table and figure the analysis makes of one results folder.
+
+``build_report(root, out)`` writes ``out/report.md`` and ``out/report.html`` (one page, the
+figures embedded), ``out/tables/*.csv`` and ``*.tex`` (every table) and
+``out/figures/*.png`` and ``*.pdf``. Sections, each present when the results have its data:
+comparison tables (per benchmark and protocol), published vs reproduced (paper benchmarks),
+negative transfer, task weights, gradient conflict, training-curve power laws, weight
+spectra, toy trajectories, and the runs left out with their reasons.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import conflict, curves, spectra, toy, transfer, weights
+from analysis.collect import load_runs
+from analysis.document import Document
+from analysis.reference import SOURCE, load_published, published_vs_reproduced, recompute_deltas
+from analysis.select import describe
+from analysis.table import Comparison, cells, comparisons
+
+SECTIONS = ("tables", "published", "transfer", "weights", "conflict", "curves", "spectra", "toy")
+FORMATS = ("md", "html", "tex", "csv")
+
+
+def _slug(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", "_".join(p for p in parts if p)).strip("_").lower()
+
+
+def _comparison_section(doc: Document, table: Comparison) -> None:
+    name = _slug("comparison", table.benchmark, table.protocol)
+    title = table.benchmark + (f" (protocol {table.protocol})" if table.protocol else "")
+    doc.heading(1, f"Comparison: {title}")
+    doc.styled_table(name, cells(table, "md"), cells(table, "html"), cells(table, "tex"),
+                     table.frame(), f"{title}: {table.selection}; best in bold, second underlined")
+    doc.para(table.note())
+
+
+def _published_section(doc: Document, table: Comparison) -> None:
+    pub = load_published(table.benchmark)
+    if pub is None:
+        return
+    doc.heading(2, f"Published vs reproduced: {table.benchmark}")
+    diff = published_vs_reproduced(pub, table.mean, table.units, table.row_method)
+    if diff.empty:
+        doc.para("None of the methods run here appear in the published table.")
+    else:
+        wide = diff.pivot_table(index=["method", "published_method"],
+                                columns=["task", "metric"], values=["ours", "published", "difference"],
+                                sort=False)
+        rows = []
+        for (method, pname) in wide.index:
+            for kind in ("ours", "published", "difference"):
+                row = {"method": method if kind == "ours" else "", "values": kind}
+                row.update({f"{t} {m}": wide.loc[(method, pname), (kind, t, m)]
+                            for _, t, m in wide.columns if _ == kind})
+                if table.deltas is not None and kind == "ours":
+                    row["Δp_task (%)"] = table.deltas.loc[method, "delta_p_task"]
+                elif kind == "published":
+                    row["Δp_task (%)"] = pub.delta_p_task[pname]
+                else:
+                    row["Δp_task (%)"] = (table.deltas.loc[method, "delta_p_task"] - pub.delta_p_task[pname]
+                                          if table.deltas is not None else np.nan)
+                rows.append(row)
+        doc.frame_table(_slug("published_vs_reproduced", table.benchmark, table.protocol),
+                        pd.DataFrame(rows), f"{table.benchmark}: ours ({table.selection}; "
+                        f"converted to the published units) vs published ({SOURCE}); "
+                        "difference = ours − published")
+        doc.para("Units of the published table: " + ", ".join(
+            f"{t} {m}: {u or 'as printed'}" for (t, m), u in pub.units.items()) + ". Our Δp_task "
+                 f"is relative to {table.baseline or 'no baseline'}.")
+    recomputed = recompute_deltas(pub)
+    doc.frame_table(_slug("published", table.benchmark),
+                    pub.values.set_axis([f"{t}_{m}" for t, m in pub.values.columns], axis=1)
+                    .join(recomputed).reset_index(),
+                    f"The published table ({SOURCE}) with Δp_task and Δp_metric recomputed from "
+                    "its means against its STL row, beside the printed Δp_task")
+
+
+def _transfer_section(doc: Document, table: Comparison) -> None:
+    report = transfer.negative_transfer(table)
+    if report is None or report.empty:
+        return
+    doc.heading(2, f"Negative transfer: {table.benchmark}")
+    name = _slug("negative_transfer", table.benchmark, table.protocol)
+    doc.frame_table(name + "_summary", transfer.summary(report),
+                    "Per method: tasks with negative transfer (mean change vs STL < 0), how many "
+                    "are significant (Welch t-test p < 0.05), and the worst task")
+    doc.frame_table(name, report, f"Change vs STL per task (%, signed so that > 0 is better), "
+                    f"mean and std over seeds; baseline: {table.baseline}")
+    png = transfer.heatmap(report, doc.figures_dir / name, f"{table.benchmark}: change vs STL (%)")
+    doc.figure(png, f"{table.benchmark}: relative change against STL per method and task")
+
+
+def _per_benchmark(frame: pd.DataFrame):
+    for bench, part in frame.groupby("benchmark", sort=True):
+        yield bench, part
+
+
+def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] = FORMATS,
+                 rule: str = "last", k: int = 3, benchmark: str | None = None,
+                 skip: tuple[str, ...] = ()) -> list[Path]:
+    """Write the report of the results under ``root`` into ``out`` (default
+    ``root/report``); return the files written."""
+    root = Path(root)
+    out = Path(out) if out is not None else root / "report"
+    runs = load_runs(root)
+    if benchmark is not None:
+        runs = runs[runs.benchmark == benchmark]
+    doc = Document(out, "Multi-task optimization report", tuple(formats))
+    doc.para(f"Results: {root.resolve()}  \nGenerated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+             f"{int(runs.usable.sum())} usable runs, {int((~runs.usable).sum())} left out.  \n"
+             f"Selection rule: {describe(rule, k)} (--select {rule}).")
+    tables, excluded = comparisons(root, rule, k, benchmark)
+    problems: dict[str, str] = {}
+    if "tables" not in skip:
+        for table in tables:
+            _comparison_section(doc, table)
+            if "published" not in skip:
+                _published_section(doc, table)
+            if "transfer" not in skip:
+                _transfer_section(doc, table)
+    usable = runs[runs.usable]
+    if "weights" not in skip:
+        w = weights.load_weights(usable)
+        for bench, part in _per_benchmark(w):
+            doc.heading(1, f"Task weights: {bench}")
+            png = weights.plot_weights(part, doc.figures_dir / _slug("weights", bench),
+                                       f"{bench}: task weights over training")
+            doc.figure(png, f"{bench}: mean applied task weight per epoch (band: range over seeds)")
+    if "conflict" not in skip:
+        steps, pairs, bad = conflict.load_conflicts(usable)
+        problems.update(bad)
+        for bench, part in _per_benchmark(steps):
+            doc.heading(1, f"Gradient conflict: {bench}")
+            doc.frame_table(_slug("conflict", bench), conflict.conflict_summary(part),
+                            "Averages over training: pairwise cosine, fraction of conflicting "
+                            "pairs (cosine < 0), gradient-norm ratio max/min")
+            doc.figure(conflict.plot_overview(part, doc.figures_dir / _slug("conflict", bench),
+                                              f"{bench}: gradient conflict"),
+                       f"{bench}: gradient conflict over training (mean over seeds)")
+            doc.figure(conflict.plot_pairs(pairs[pairs.benchmark == bench],
+                                           doc.figures_dir / _slug("conflict_pairs", bench),
+                                           f"{bench}: pairwise cosine"),
+                       f"{bench}: cosine of every task pair over training")
+    if "curves" not in skip:
+        data, bad = curves.load_curves(usable)
+        problems.update(bad)
+        for bench, part in _per_benchmark(data):
+            doc.heading(1, f"Power laws of the training curves: {bench}")
+            doc.frame_table(_slug("curve_fits", bench), curves.fit_curves(part),
+                            "L(t) = a·t^(−α) + c per method and task: α (mean over seeds) with "
+                            "its seed-bootstrap 95% interval, R² of log L, c_at_bound, relative "
+                            "error of the extrapolation from the first 70% of the window")
+            doc.figure(curves.plot_curves(part, doc.figures_dir / _slug("curves", bench),
+                                          f"{bench}: training curves"),
+                       f"{bench}: training loss per task (log-log) with power-law fits")
+    if "spectra" not in skip:
+        table, bad, eigs = spectra.load_spectra(usable)
+        problems.update(bad)
+        if not table.empty:
+            for bench, part in _per_benchmark(table):
+                summary = spectra.spectra_summary(part)
+                doc.heading(1, f"Weight spectra: {bench}")
+                per_group = (summary.groupby(["method", "group"], sort=True)
+                             .agg(mean_alpha=("alpha", "mean"), layers=("layer", "size"))
+                             .reset_index())
+                doc.frame_table(_slug("spectra_groups", bench), per_group,
+                                "Mean power-law exponent α over the layers of each group "
+                                "(2 ≤ α ≤ 6 well trained, > 6 under-trained, < 2 over-trained)")
+                doc.frame_table(_slug("spectra_layers", bench), summary,
+                                "α per layer (mean and std over seeds)")
+                doc.figure(spectra.plot_alpha_bars(summary, doc.figures_dir / _slug("alpha", bench),
+                                                   f"{bench}: α per layer"),
+                           f"{bench}: power-law exponent α of every layer, per method")
+                chosen = _chosen_layers(summary)
+                by_method = {m: e for (b, m), e in eigs.items() if b == bench}
+                doc.figure(spectra.plot_esd(by_method, chosen, doc.figures_dir / _slug("esd", bench),
+                                            f"{bench}: empirical spectral densities"),
+                           f"{bench}: ESD of chosen layers ({', '.join(chosen)}) with power-law fits")
+    if "toy" not in skip:
+        for bench, part in _per_benchmark(usable):
+            sub, bad = toy.load_trajectories(part)
+            problems.update(bad)
+            if not sub:
+                continue
+            doc.heading(1, f"Trajectories: {bench}")
+            doc.figure(toy.plot_parameter_space(sub, doc.figures_dir / _slug("toy_params", bench),
+                                                f"{bench}: parameter space"),
+                       f"{bench}: trajectories over the contours of the mean loss")
+            doc.figure(toy.plot_loss_space(sub, doc.figures_dir / _slug("toy_losses", bench),
+                                           f"{bench}: loss space"),
+                       f"{bench}: trajectories in loss space with the Pareto front")
+    _left_out(doc, excluded, problems)
+    return doc.write()
+
+
+def _chosen_layers(summary: pd.DataFrame) -> list[str]:
+    """ESD layers: the first, middle and last layer of the shared encoder (of stl's encoders
+    when no shared one exists) and the largest layer of each head (six at most)."""
+    shared = summary[summary.group == "encoder"]
+    enc = list(dict.fromkeys(shared.layer if not shared.empty else
+                             summary[summary.group.str.startswith("encoder")].layer))
+    chosen = [enc[0], enc[len(enc) // 2], enc[-1]] if enc else []
+    for _, part in summary[summary.group.str.startswith("head")].groupby("group", sort=True):
+        chosen.append(part.sort_values("eigenvalues").layer.iloc[-1])
+    return list(dict.fromkeys(chosen))[:6]
+
+
+def _left_out(doc: Document, excluded: pd.DataFrame, problems: dict[str, str]) -> None:
+    doc.heading(1, "Runs left out")
+    if excluded.empty:
+        doc.para("None: every run folder is complete and readable.")
+    else:
+        doc.frame_table("left_out", excluded, "Incomplete, failed, diverged or corrupt runs "
+                        "(left out of every table and figure), with the reason")
+    if problems:
+        doc.frame_table("unreadable_files",
+                        pd.DataFrame({"run_dir": list(problems), "problem": list(problems.values())}),
+                        "Optional files that could not be read (the rest of the run is used)")
