@@ -35,7 +35,9 @@ class CheckpointMismatch(UserError):
 
 def load_checkpoint(run_dir: Path, config_hash: str) -> dict | None:
     """The newest readable checkpoint of this run, or None. A corrupt file is set aside
-    (renamed ``*.corrupt``) and the previous one is tried."""
+    (renamed ``*.corrupt``) and the previous one is tried; the log says which one the run
+    resumes from, or that it starts from scratch."""
+    set_aside = []
     for name in (CHECKPOINT, PREVIOUS):
         path = run_dir / name
         if not path.exists():
@@ -48,11 +50,15 @@ def load_checkpoint(run_dir: Path, config_hash: str) -> dict | None:
             aside = path.with_suffix(".corrupt")
             os.replace(path, aside)
             log.warning("checkpoint %s is unreadable (%s); set aside as %s", path, exc, aside.name)
+            set_aside.append(name)
             continue
         if state.get("config_hash") != config_hash:
             raise CheckpointMismatch(
                 f"{path} belongs to config {state.get('config_hash')}, not {config_hash}; "
                 f"rerun with --force to start this run over")
-        log.info("resuming %s from the end of epoch %d (%s)", run_dir, state["epoch"], name)
+        log.log(logging.WARNING if set_aside else logging.INFO,
+                "resuming %s from the end of epoch %d (%s)", run_dir, state["epoch"], name)
         return state
+    if set_aside:
+        log.warning("no readable checkpoint left in %s; the run starts from scratch", run_dir)
     return None

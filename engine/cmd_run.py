@@ -37,7 +37,9 @@ def add_parser(sub, parents) -> None:
         "run", parents=parents, help="train methods on a benchmark and compare them",
         description="Train every METHOD on BENCH for every SEED through the same pipeline, "
                     "write each run under OUT/<benchmark>/<method>/seed<k>-<hash>/, and print "
-                    "the comparison table. Complete runs are skipped unless --force.",
+                    "the comparison table. An interrupted run resumes from its last checkpoint; "
+                    "complete runs are skipped unless --force, failed or diverged ones unless "
+                    "--retry-failed.",
         epilog="Examples:\n"
                "  python run_bench.py run -b digits_tasks -m ew stl -s 0 1 2\n"
                "  python run_bench.py run -b digits_tasks -m pcgrad+repmtl -s 0 "
@@ -63,6 +65,9 @@ def add_parser(sub, parents) -> None:
                    help="results root (default results/)")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="data folder of benchmarks read from disk (nyuv2, office31, ...)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="retrain runs that failed or diverged before, from their last checkpoint "
+                        "(without it they are skipped and reported)")
     p.add_argument("--force", action="store_true",
                    help="retrain runs that are already complete (and ignore checkpoints)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -76,16 +81,17 @@ def main(args: argparse.Namespace) -> int:
     methods = args.methods or default_methods()
     requests = build_requests(args.benchmark, methods, args.seeds, args.profile, args.overrides,
                               args.device, args.data_root)
-    outcomes = run_all(requests, args.out, force=args.force, progress=not args.no_progress)
-    failed = [o for o in outcomes if o.status not in (R.STATUS_COMPLETE, "skipped")]
+    outcomes = run_all(requests, args.out, force=args.force, progress=not args.no_progress,
+                       retry_failed=args.retry_failed)
+    failed = [o for o in outcomes if o.state in (R.STATUS_FAILED, R.STATUS_DIVERGED)]
     names = list(dict.fromkeys(r.method_name for r in requests))
     print(comparison_table(args.out, args.benchmark, names))
     print(f"\nresults in {args.out / args.benchmark}")
     for o in outcomes:
-        if o.status == "skipped":
+        if o.status == "locked" or (o.status == "skipped" and o.state == R.STATUS_COMPLETE):
             print(f"skipped {o.run_dir}: {o.reason}", file=sys.stderr)
     for o in failed:
-        print(f"{o.status}: {o.run_dir}: {o.reason}", file=sys.stderr)
+        print(f"{o.state}: {o.run_dir}: {o.reason}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(outcomes)} runs did not complete", file=sys.stderr)
         return 1

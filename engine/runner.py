@@ -22,11 +22,14 @@ from benchmarks.registry import BENCHMARKS, PROFILE_DIR
 from engine import results as R
 from engine.config import RunConfig, resolve
 from engine.errors import UserError
+from engine.locks import RunLock, RunLocked
+from engine.runlog import TensorBoardHook, log_epoch, run_log
 from engine.trainer import Diverged, Trainer
 from methods.base import Aggregator
 from methods.registry import METHODS, Composition, canonical_name, parse_method
 
 log = logging.getLogger(__name__)
+FINAL_STATUSES = (R.STATUS_COMPLETE, R.STATUS_FAILED, R.STATUS_DIVERGED)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -112,6 +115,16 @@ class RunOutcome:
     reason: str = ""
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)
+    previous: str = ""
+    """For a skipped run: the status on disk (complete, failed or diverged)."""
+
+    @property
+    def state(self) -> str:
+        """Where the run stands after this call: complete, failed, diverged or pending
+        (locked by another process, or interrupted)."""
+        if self.status == "skipped":
+            return self.previous
+        return self.status if self.status in FINAL_STATUSES else "pending"
 
 
 def check_writable(out: Path) -> None:
@@ -134,19 +147,55 @@ def make_benchmark(config: RunConfig, device: torch.device) -> Benchmark:
 
 
 def execute(request: RunRequest, out: Path, force: bool = False, progress: bool = True,
-            benchmark_cache: dict | None = None) -> RunOutcome:
-    """Train one run unless it is already complete. Never raises for a failed run: the
-    failure is written to its summary and returned."""
-    config = request.config
+            benchmark_cache: dict | None = None, retry_failed: bool = False,
+            tensorboard: bool = False) -> RunOutcome:
+    """Train one run, resuming from its checkpoint, unless it is complete, or it failed or
+    diverged and ``retry_failed`` is False (such runs are skipped and keep their status;
+    a retried run resumes from its last checkpoint). ``force`` retrains every run from
+    scratch. A run that another process is training is not touched: status "locked".
+    Never raises for a failed run: the failure is written to its summary and returned."""
     run_dir = request.dir(out)
+    skipped = _skip(request, run_dir, force, retry_failed)
+    if skipped is not None:
+        return skipped
+    try:
+        with RunLock(run_dir):
+            # Another process may have finished the run between the check and the lock.
+            skipped = _skip(request, run_dir, force, retry_failed)
+            if skipped is not None:
+                return skipped
+            with run_log(run_dir):
+                return _train(request, run_dir, force, progress, benchmark_cache, tensorboard)
+    except RunLocked as exc:
+        return RunOutcome(request, run_dir, "locked", str(exc))
+
+
+def _skip(request: RunRequest, run_dir: Path, force: bool, retry_failed: bool) -> RunOutcome | None:
     summary_path = run_dir / R.SUMMARY
-    if summary_path.exists() and not force:
-        try:
-            previous = R.read_json(summary_path)
-        except ValueError:
-            previous = {}
-        if previous.get("status") == R.STATUS_COMPLETE:
-            return RunOutcome(request, run_dir, "skipped", "already complete (use --force to rerun)")
+    if force or not summary_path.exists():
+        return None
+    try:
+        previous = R.read_json(summary_path)
+    except ValueError:
+        return None
+    status = previous.get("status")
+    if status == R.STATUS_COMPLETE:
+        return RunOutcome(request, run_dir, "skipped", "already complete (use --force to rerun)",
+                          previous=status)
+    if status in (R.STATUS_FAILED, R.STATUS_DIVERGED) and not retry_failed:
+        return RunOutcome(request, run_dir, "skipped",
+                          f"{status} before: {previous.get('reason', '')} (--retry-failed "
+                          f"retries it from its last checkpoint, --force from scratch)",
+                          previous=status)
+    return None
+
+
+def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
+           benchmark_cache: dict | None, tensorboard: bool) -> RunOutcome:
+    config = request.config
+    summary_path = run_dir / R.SUMMARY
+    log.info("run %s: %s on %s, seed %d, config %s", run_dir, request.method_name,
+             config.benchmark, config.seed, config.hash())
     if force and run_dir.exists():
         for name in (R.CHECKPOINT, "checkpoint.prev.pt", R.METRICS, R.TRACEBACK):
             (run_dir / name).unlink(missing_ok=True)
@@ -161,7 +210,7 @@ def execute(request: RunRequest, out: Path, force: bool = False, progress: bool 
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = None
+    trainer = board = None
     try:
         torch.use_deterministic_algorithms(config.engine.deterministic, warn_only=True)
         key = (config.benchmark, repr(config.data), str(device), config.data_root)
@@ -176,6 +225,10 @@ def execute(request: RunRequest, out: Path, force: bool = False, progress: bool 
                             for t in benchmark.tasks}
         summary["setting"] = benchmark.setting
         trainer = Trainer(config, benchmark, request.composition, device, run_dir, progress)
+        trainer.epoch_hooks.append(log_epoch)
+        if tensorboard:
+            board = TensorBoardHook(run_dir)
+            trainer.epoch_hooks.append(board)
         fit = trainer.fit(resume=not force)
         summary.update(status=R.STATUS_COMPLETE, reason="", epochs=fit.epochs_done,
                        steps=fit.steps, resumed_from_epoch=fit.resumed_from)
@@ -187,9 +240,14 @@ def execute(request: RunRequest, out: Path, force: bool = False, progress: bool 
     except Exception as exc:  # a failed run must not stop the others; its traceback is kept
         tb = traceback.format_exc()
         R.atomic_write_bytes(run_dir / R.TRACEBACK, tb.encode())
+        log.error("%s", tb)
         summary.update(status=R.STATUS_FAILED, reason=f"{type(exc).__name__}: {exc}",
                        traceback=R.TRACEBACK)
+    finally:
+        if board is not None:
+            board.close()
     wall = time.perf_counter() - start
+    log.info("run %s: %s %s (%.1f s)", run_dir, summary["status"], summary.get("reason", ""), wall)
     summary.update(wall_time_s=wall, peak_memory_bytes=R.peak_memory_bytes(device),
                    device=str(device))
     if trainer is not None:
@@ -212,7 +270,7 @@ def _method_summaries(trainer: Trainer) -> dict:
 
 
 def run_all(requests: list[RunRequest], out: Path, force: bool = False,
-            progress: bool = True) -> list[RunOutcome]:
+            progress: bool = True, retry_failed: bool = False) -> list[RunOutcome]:
     check_writable(out)
     outcomes = []
     cache: dict = {}
@@ -220,7 +278,8 @@ def run_all(requests: list[RunRequest], out: Path, force: bool = False,
 
     for request in tqdm(requests, desc="runs", disable=not progress or len(requests) < 2,
                         unit="run"):
-        outcome = execute(request, out, force=force, progress=progress, benchmark_cache=cache)
+        outcome = execute(request, out, force=force, progress=progress, benchmark_cache=cache,
+                          retry_failed=retry_failed)
         outcomes.append(outcome)
         if outcome.status not in (R.STATUS_COMPLETE, "skipped"):
             log.warning("%s: %s (%s)", outcome.run_dir, outcome.status, outcome.reason)

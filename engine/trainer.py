@@ -103,6 +103,8 @@ class Trainer:
         self.traces = Traces(self.task_names, engine_cfg.curve_every, engine_cfg.conflict_every,
                              engine_cfg.conflict_space, getattr(benchmark, "trajectory_every", 0))
         self.step = 0
+        # Called as hook(epoch, records) once an epoch is on disk (run.log, TensorBoard).
+        self.epoch_hooks: list = []
         self.train_batch = config.train.batch_size
         self.eval_batch = config.train.eval_batch_size or config.train.batch_size
 
@@ -279,9 +281,13 @@ class Trainer:
                 records.append(self.evaluate("test", epoch))
                 if self.scheduler is not None:
                     self.scheduler.step()
-                save_checkpoint(self.run_dir, self.state(epoch, records))
+                # Files first, checkpoint last: a run killed in between redoes this epoch
+                # and rewrites them, so they never lag behind the checkpoint.
                 write_jsonl(self.run_dir / METRICS, records)
                 self.traces.write(self.run_dir)
+                save_checkpoint(self.run_dir, self.state(epoch, records))
+                for hook in self.epoch_hooks:
+                    hook(epoch, records)
         finally:
             bar.close()
         return FitResult(epochs_done=epochs, steps=self.step, records=records,

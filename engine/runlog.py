@@ -1,0 +1,104 @@
+"""What a run reports while it trains: ``run.log`` in its folder, and TensorBoard events.
+
+``run_log(run_dir)`` sends every log record of the process (INFO and up, DEBUG with -v) to
+``<run dir>/run.log`` for as long as the run trains, appending, so that an interrupted and
+resumed run keeps one log. The console keeps its own level: only the file gets INFO.
+
+``TensorBoardHook`` writes each epoch's records (training losses and weights, val/test
+losses and metrics, learning rate) as scalars under ``<run dir>/tensorboard/``; it needs the
+``tensorboard`` package, which ``check_tensorboard()`` verifies before any run starts.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine.errors import UserError
+
+RUN_LOG = "run.log"
+TENSORBOARD_DIR = "tensorboard"
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    root = logging.getLogger()
+    level = min(root.getEffectiveLevel(), logging.INFO)
+    handler = logging.FileHandler(run_dir / RUN_LOG, encoding="utf-8")
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Handlers without a level of their own (the console) keep showing what they showed.
+    quiet = [h for h in root.handlers if h.level == logging.NOTSET]
+    for h in quiet:
+        h.setLevel(root.level)
+    old_level = root.level
+    root.setLevel(level)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(old_level)
+        for h in quiet:
+            h.setLevel(logging.NOTSET)
+
+
+def log_epoch(epoch: int, records: list[dict]) -> None:
+    """One line per split of a finished epoch, for run.log."""
+    for r in records:
+        if r.get("epoch") != epoch:
+            continue
+        parts = [f"{t}={_fmt(v)}" for t, v in r.get("losses", {}).items()]
+        for task, metrics in r.get("metrics", {}).items():
+            parts += [f"{task}.{m}={_fmt(v)}" for m, v in metrics.items()]
+        if "step_time_s" in r:
+            parts.append(f"step={r['step_time_s'] * 1000:.1f}ms")
+        log.info("epoch %d %s: %s", epoch, r["split"], " ".join(parts))
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def check_tensorboard() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package, which is not installed: "
+                        "pip install tensorboard (or leave out --tensorboard)") from None
+
+
+class TensorBoardHook:
+    """Epoch hook: the epoch's records as TensorBoard scalars, step = epoch."""
+
+    def __init__(self, run_dir: Path):
+        check_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR))
+
+    def __call__(self, epoch: int, records: list[dict]) -> None:
+        for r in records:
+            if r.get("epoch") != epoch:
+                continue
+            split = r["split"]
+            for task, value in r.get("losses", {}).items():
+                self._scalar(f"loss/{split}/{task}", value, epoch)
+            for task, metrics in r.get("metrics", {}).items():
+                for name, value in metrics.items():
+                    self._scalar(f"{split}/{task}/{name}", value, epoch)
+            for task, value in (r.get("weights") or {}).items():
+                self._scalar(f"weight/{task}", value, epoch)
+            if "lr" in r:
+                self._scalar("lr", r["lr"], epoch)
+        self.writer.flush()
+
+    def _scalar(self, tag: str, value, epoch: int) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.writer.add_scalar(tag, value, epoch)
+
+    def close(self) -> None:
+        self.writer.close()
