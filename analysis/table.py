@@ -173,6 +173,7 @@ def build_comparison(selected: pd.DataFrame, benchmark: str, protocol: str, sele
     per_seed = df.pivot_table(index=["row", "seed"], columns="column", values="value",
                               aggfunc="mean")
     per_seed = per_seed[columns]
+    per_seed.columns = pd.MultiIndex.from_tuples(columns, names=["task", "metric"])
     order_methods = list(dict.fromkeys(([STL] if STL in set(df.method) else [])
                                        + (methods or sorted(set(df.method) - {STL}))))
     row_method = dict(zip(df.row, df.method))
