@@ -25,8 +25,39 @@ from methods.base import Aggregator, Method, Regularizer, Weighted, Weighting
 log = logging.getLogger(__name__)
 
 
+class FlatGrads:
+    """A flat buffer whose slices are the ``.grad`` of a list of parameters.
+
+    Backward passes accumulate into the slices in place, so flattening the gradients of
+    all parameters is reading the buffer and writing a direction back is one copy: no
+    per-parameter work in the training step."""
+
+    def __init__(self, params: list[Tensor]):
+        self.params = params
+        self.sizes = [p.numel() for p in params]
+        dtypes = {p.dtype for p in params}
+        if len(dtypes) > 1:
+            raise ValueError(f"parameters of one group must share a dtype, got {sorted(map(str, dtypes))}")
+        self.buffer = (torch.zeros(sum(self.sizes), dtype=params[0].dtype, device=params[0].device)
+                       if params else None)
+        self._views = list(self.buffer.split(self.sizes)) if params else []
+        self.bind()
+
+    def bind(self) -> None:
+        for p, view in zip(self.params, self._views):
+            p.grad = view.view_as(p)
+
+    def zero(self) -> None:
+        if self.buffer is None:
+            return
+        if self.params[0].grad is None or self.params[0].grad.data_ptr() != self.buffer.data_ptr():
+            self.bind()  # something replaced the gradients (e.g. loading a state)
+        self.buffer.zero_()
+
+
 class GradientEngine:
-    """Per-model state of the gradient computations (parameter lists, the Jacobian path)."""
+    """Per-model state of the gradient computations: the shared and task-specific
+    parameters, their flat gradient buffers, the persistent Jacobian and its path."""
 
     def __init__(self, model, task_names: tuple[str, ...], jacobian: str, chunk_size: int,
                  device: torch.device):
@@ -35,7 +66,12 @@ class GradientEngine:
         self.shared = model.shared_parameters()
         self.heads = {t: model.head_parameters(t) for t in task_names}
         self.all_head_params = [p for t in task_names for p in self.heads[t]]
-        self.sizes = [p.numel() for p in self.shared]
+        shared_ids = {id(p) for p in self.shared}
+        # Everything else of the model (the heads; every encoder for single-task learning).
+        self.specific = [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
+        self.shared_grads = FlatGrads(self.shared)
+        self.specific_grads = FlatGrads(self.specific)
+        self.sizes = self.shared_grads.sizes
         self.num_shared = sum(self.sizes)
         if jacobian == "auto":
             # On a few CPU cores a loop of backward passes beats the vmapped one; on
@@ -44,11 +80,28 @@ class GradientEngine:
         self.jacobian_path = jacobian
         self.chunk_size = chunk_size
         self.fallback_reason: str | None = None
+        self._jacobian: Tensor | None = None
+
+    def zero_grad(self, method_params: list[Tensor]) -> None:
+        self.shared_grads.zero()
+        self.specific_grads.zero()
+        for p in method_params:
+            p.grad = None
 
     # ------------------------------------------------------------------ Jacobian
-    def jacobian(self, losses: Tensor) -> Tensor:
+    def _jacobian_buffer(self, rows: int) -> Tensor:
+        """The persistent [T, P] Jacobian, reused at every step (valid until the next)."""
+        if self._jacobian is None or self._jacobian.shape[0] != rows:
+            self._jacobian = self.shared_grads.buffer.new_empty((rows, self.num_shared))
+        return self._jacobian
+
+    def jacobian(self, losses: Tensor, with_heads: bool = False) -> Tensor:
+        """[T, P] per-task gradients of the shared parameters. With ``with_heads`` (loop
+        path only) each head also receives the gradient of its own loss on the way;
+        returns whether that happened as the attribute ``heads_done``."""
         if not self.shared:
             raise RuntimeError("the model has no shared parameters to take a Jacobian of")
+        self.heads_done = False
         if self.jacobian_path == "batched":
             try:
                 return self._jacobian_batched(losses)
@@ -56,38 +109,42 @@ class GradientEngine:
                 self.jacobian_path = "loop"
                 self.fallback_reason = f"batched Jacobian failed ({exc}); using the loop"
                 log.warning(self.fallback_reason)
-        return self._jacobian_loop(losses)
+        return self._jacobian_loop(losses, with_heads)
 
-    def _flatten(self, grads, rows: int | None = None) -> Tensor:
-        parts = []
-        for g, p in zip(grads, self.shared):
-            if g is None:
-                g = torch.zeros((rows, *p.shape) if rows else p.shape, device=p.device, dtype=p.dtype)
-            parts.append(g.reshape(rows, -1) if rows else g.reshape(-1))
-        return torch.cat(parts, dim=1 if rows else 0)
-
-    def _jacobian_loop(self, losses: Tensor) -> Tensor:
-        rows = [self._flatten(torch.autograd.grad(losses[t], self.shared, retain_graph=True,
-                                                  allow_unused=True))
-                for t in range(losses.shape[0])]
-        return torch.stack(rows)
+    def _jacobian_loop(self, losses: Tensor, with_heads: bool) -> Tensor:
+        jac = self._jacobian_buffer(losses.shape[0])
+        flat = self.shared_grads.buffer
+        for t, task in enumerate(self.task_names):
+            flat.zero_()
+            inputs = self.shared + self.heads[task] if with_heads else self.shared
+            torch.autograd.backward(losses[t], inputs=inputs, retain_graph=True)
+            jac[t].copy_(flat)
+        flat.zero_()
+        self.heads_done = with_heads
+        return jac
 
     def _jacobian_batched(self, losses: Tensor) -> Tensor:
         num = losses.shape[0]
+        jac = self._jacobian_buffer(num)
         chunk = self.chunk_size or num
         eye = torch.eye(num, device=losses.device, dtype=losses.dtype)
-        blocks = []
         for start in range(0, num, chunk):
             rows = eye[start:start + chunk]
             grads = torch.autograd.grad(losses, self.shared, grad_outputs=rows, retain_graph=True,
                                         is_grads_batched=True, allow_unused=True)
-            blocks.append(self._flatten(grads, rows=rows.shape[0]))
-        return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+            # One concatenation of views into the persistent buffer (no copies per parameter).
+            torch.cat([g.reshape(rows.shape[0], -1) if g is not None
+                       else p.new_zeros(rows.shape[0], p.numel())
+                       for g, p in zip(grads, self.shared)], dim=1, out=jac[start:start + chunk])
+        return jac
 
     def set_shared_grads(self, direction: Tensor) -> None:
-        """Make ``direction`` [P] the gradient of the shared parameters (views, no copy)."""
-        for p, g in zip(self.shared, direction.split(self.sizes)):
-            p.grad = g.view_as(p)
+        """Make ``direction`` [P] the gradient of the shared parameters (one copy)."""
+        self.shared_grads.buffer.copy_(direction)
+
+    def set_shared_combination(self, weights: Tensor, jacobian: Tensor) -> None:
+        """Shared gradient = Jᵀ·weights, written straight into the gradient buffer."""
+        torch.mv(jacobian.T, weights.to(jacobian.dtype), out=self.shared_grads.buffer)
 
 
 @dataclass
@@ -163,6 +220,14 @@ class TrainStepContext:
             self._jacobian = self.engine.jacobian(self._losses)
         return self._jacobian
 
+    def jacobian_with_heads(self) -> tuple[Tensor, bool]:
+        """The Jacobian, giving each head its own task's gradient on the way when it is
+        computed now; returns whether the heads got it."""
+        if self._jacobian is not None:
+            return self._jacobian, False
+        self._jacobian = self.engine.jacobian(self._losses, with_heads=True)
+        return self._jacobian, self.engine.heads_done
+
     def rep_grads(self, create_graph: bool = False, raw: bool = False) -> list[Tensor]:
         key = (create_graph, raw)
         if key not in self._rep_grads:
@@ -211,7 +276,7 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
         weights = out.weights
         objective = out.objective if out.objective is not None else (weights * ctx.losses).sum()
         if ctx.jacobian_computed:
-            engine.set_shared_grads(ctx.jacobian().T @ weights.detach().to(ctx.jacobian().dtype))
+            engine.set_shared_combination(weights.detach(), ctx.jacobian())
             inputs = engine.all_head_params + [p for p in method_params if p.requires_grad]
             if inputs:  # heads may have no parameters (toy2d)
                 torch.autograd.backward(objective, inputs=inputs, retain_graph=penalty is not None)
@@ -220,8 +285,10 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
         else:
             (objective if penalty is None else objective + penalty).backward()
     elif isinstance(primary, Aggregator):
+        heads_done = False
         if primary.space == "param":
-            agg = primary.aggregate(ctx.jacobian(), ctx)
+            jacobian, heads_done = ctx.jacobian_with_heads()
+            agg = primary.aggregate(jacobian, ctx)
             engine.set_shared_grads(agg.direction)
         else:
             reps = ctx.reps()
@@ -230,7 +297,7 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
             torch.autograd.backward(reps[0], agg.direction.view_as(reps[0]), inputs=engine.shared,
                                     retain_graph=True)
         weights = agg.weights
-        if engine.all_head_params:  # heads may have no parameters (toy2d)
+        if engine.all_head_params and not heads_done:  # heads may have no parameters (toy2d)
             torch.autograd.backward(ctx.losses.sum(), inputs=engine.all_head_params,
                                     retain_graph=penalty is not None)
         if penalty is not None:

@@ -226,3 +226,37 @@ def test_unused_ew_is_default_primary():
 
     assert parse_method("ew").primary == "ew"
     assert METHODS.get("ew") is EqualWeighting
+
+
+def test_flat_gradients_round_trip_exactly_and_keep_device_and_dtype(bench):
+    from engine.gradients import FlatGrads
+
+    torch.manual_seed(0)
+    model = MultiTaskModel(bench).double()
+    params = model.shared_parameters()
+    flat = FlatGrads(params)
+    direction = torch.randn(flat.buffer.numel(), dtype=torch.float64)
+    flat.buffer.copy_(direction)
+    for p, piece in zip(params, direction.split(flat.sizes)):
+        assert p.grad.dtype == p.dtype and p.grad.device == p.device and p.grad.shape == p.shape
+        assert torch.equal(p.grad.reshape(-1), piece)
+    # Backward accumulates into the same storage: reading the buffer is flattening.
+    flat.zero()
+    batch = next(bench.batches("train", 8, None))
+    _, preds = model(batch.__class__(batch.inputs.double(), batch.targets))
+    loss = bench.tasks[0].loss(preds["first"], batch.targets["first"])
+    loss.backward()
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        bench.tasks[0].loss(model(batch.__class__(batch.inputs.double(), batch.targets))[1]["first"],
+                            batch.targets["first"]), params)])
+    assert torch.equal(flat.buffer, expected)
+    assert all(p.grad.data_ptr() >= flat.buffer.data_ptr() for p in params)
+
+
+def test_updates_leave_gradients_in_the_flat_buffers(bench):
+    for method in (JacobianWeighting(MethodConfig(), TASKS), MeanAggregator(MethodConfig(), TASKS),
+                   FixedWeighting(MethodConfig(), TASKS)):
+        model, _, _ = step_grads(bench, method)
+        buffer = model.shared_parameters()[0].grad
+        start = buffer.untyped_storage().data_ptr()
+        assert all(p.grad.untyped_storage().data_ptr() == start for p in model.shared_parameters())
