@@ -139,7 +139,7 @@ class Trainer:
                 losses = reg.transform_losses(losses)
             ctx = TrainStepContext(self.engine, batch, reps, raw, losses, self.step, epoch,
                                    self.method_generator, stats, self._recompute)
-            self.optimizer.zero_grad(set_to_none=True)
+            self.engine.zero_grad(self.method_params)
             if self.traces.wants_conflict(self.step):
                 self.traces.add_conflict(self.step, epoch, self._conflict_grads(ctx))
             weights, penalty = apply_update(self.primary, self.regularizers, ctx, self.method_params)
