@@ -46,14 +46,14 @@ from methods.registry import register_method
 SCALE_MODES = ("min", "median", "rmse")
 
 
-def aligned_weights(gram: Tensor, scale_mode: str = "min") -> tuple[Tensor, Tensor]:
-    """Weights w [T] such that Σ_t w_t g_t is the sum of the aligned gradients, and the
-    condition number of the gradient system (over the kept eigenvalues)."""
+def alignment_matrix(gram: Tensor, scale_mode: str = "min") -> tuple[Tensor, Tensor]:
+    """B = V diag(√λ_scale / √λ_k) Vᵀ [T, T] (zero on the dropped eigen-directions), such
+    that the aligned gradients are the rows of B·J, and the condition number of the gradient
+    system (over the kept eigenvalues)."""
     eigenvalues, basis = torch.linalg.eigh(gram)
     tol = eigenvalues.max() * gram.shape[-1] * torch.finfo(gram.dtype).eps
     kept = eigenvalues > tol
-    inf = torch.full_like(eigenvalues, float("inf"))
-    smallest = torch.where(kept, eigenvalues, inf).min()
+    smallest = torch.where(kept, eigenvalues, torch.full_like(eigenvalues, float("inf"))).min()
     if scale_mode == "min":
         scale = smallest
     elif scale_mode == "median":
@@ -62,9 +62,15 @@ def aligned_weights(gram: Tensor, scale_mode: str = "min") -> tuple[Tensor, Tens
         scale = (eigenvalues * kept).sum() / kept.sum().clamp(min=1)
     factors = torch.where(kept, scale.sqrt() / eigenvalues.clamp(min=tol).sqrt(),
                           torch.zeros_like(eigenvalues))
-    weights = basis @ (factors * basis.sum(0))
     condition = (eigenvalues.max() / smallest).sqrt()
-    return weights, condition
+    return (basis * factors) @ basis.T, condition
+
+
+def aligned_weights(gram: Tensor, scale_mode: str = "min") -> tuple[Tensor, Tensor]:
+    """Weights w = B·1 [T]: Σ_t w_t g_t is the sum of the aligned gradients; and the
+    condition number."""
+    matrix, condition = alignment_matrix(gram, scale_mode)
+    return matrix.sum(1), condition
 
 
 @dataclass
