@@ -75,8 +75,9 @@ class EngineConfig:
     multi_input_forward: str = "per_task"
     """Multi-input benchmarks: per_task (one encoder forward per task, the reference
     protocol) or stacked (one forward of all tasks' batches; changes BatchNorm statistics)."""
-    nan_check_every: int = 1
-    """Check the losses for NaN/inf every N steps (each check syncs with the device)."""
+    nan_check_every: int = 10
+    """Check the losses for NaN/inf every N steps and at the end of every epoch (each check
+    waits for the device). The first non-finite step is recorded exactly either way."""
     deterministic: bool = True
     """Ask torch for deterministic algorithms (identical metrics for a config and seed)."""
     curve_every: int = 10

@@ -120,6 +120,31 @@ class Trainer:
             return self.compute_losses(batch)[1]
 
     # ------------------------------------------------------------------ training
+    def train_step(self, batch: Batch, epoch: int, stats: EpochStats):
+        """One optimisation step. Returns the raw task losses (detached), the applied
+        weights, the penalty and a finiteness flag per task (+ one for the penalty), all
+        on the device: nothing here waits for the host."""
+        reps, raw = self.compute_losses(batch)
+        losses = raw
+        for reg in self.regularizers:
+            losses = reg.transform_losses(losses)
+        ctx = TrainStepContext(self.engine, batch, reps, raw, losses, self.step, epoch,
+                               self.method_generator, stats, self._recompute)
+        self.engine.zero_grad(self.method_params)
+        if self.traces.wants_conflict(self.step):
+            self.traces.add_conflict(self.step, epoch, self._conflict_grads(ctx))
+        weights, penalty = apply_update(self.primary, self.regularizers, ctx, self.method_params)
+        values = raw.detach()
+        finite = torch.isfinite(values)
+        finite = torch.cat([finite, torch.isfinite(penalty).reshape(1) if penalty is not None
+                            else finite.new_ones(1)])
+        self.optimizer.step()
+        if self.after_step:
+            for m in self.methods.values():
+                if m.needs.after_step:
+                    m.after_step(ctx)
+        return values, weights, penalty, finite
+
     def train_epoch(self, epoch: int, bar) -> dict:
         self.model.train()
         self.methods.train()
@@ -133,30 +158,12 @@ class Trainer:
         for batch in self.benchmark.batches("train", self.train_batch, self.data_generator):
             if limit and steps >= limit:
                 break
-            reps, raw = self.compute_losses(batch)
-            losses = raw
-            for reg in self.regularizers:
-                losses = reg.transform_losses(losses)
-            ctx = TrainStepContext(self.engine, batch, reps, raw, losses, self.step, epoch,
-                                   self.method_generator, stats, self._recompute)
-            self.engine.zero_grad(self.method_params)
-            if self.traces.wants_conflict(self.step):
-                self.traces.add_conflict(self.step, epoch, self._conflict_grads(ctx))
-            weights, penalty = apply_update(self.primary, self.regularizers, ctx, self.method_params)
-            values = raw.detach()
-            finite = torch.isfinite(values)
-            finite = torch.cat([finite, torch.isfinite(penalty).reshape(1) if penalty is not None
-                                else finite.new_ones(1)])
+            values, weights, penalty, finite = self.train_step(batch, epoch, stats)
             first_bad = (bad_step < 0) & ~finite.all()
             bad_step = torch.where(first_bad, self.step, bad_step)
             bad_tasks = torch.where(first_bad, ~finite, bad_tasks)
             if (steps + 1) % check_every == 0 and bool(bad_step >= 0):
                 self._raise_diverged(bad_step, bad_tasks, epoch)
-            self.optimizer.step()
-            if self.after_step:
-                for m in self.methods.values():
-                    if m.needs.after_step:
-                        m.after_step(ctx)
             stats.add_losses(values)
             self.traces.add_losses(self.step, epoch, values)
             if self.traces.wants_trajectory(self.step + 1):
