@@ -1,0 +1,133 @@
+"""The mathematics of Rep-MTL's two regularizers, as small pure functions of the task
+saliencies (Wang, Li, Xu, "Rep-MTL", ICCV 2025, arXiv 2507.21049; Eqs. 3-9).
+
+Every function takes the saliencies stacked as ``S`` of shape [T, B, C, N]: task t, sample
+b, channel c, position n (the H'W' positions flattened; N = 1 for vector features).
+Nothing here knows about the engine; ``methods/repmtl.py`` builds ``S`` and combines the
+terms. See docs/repmtl.md for the formulation and the reasoning behind every option.
+
+Cost. The channel affinities M_t[b] = S_t[b] S_t[b]ᵀ and the anchor affinity
+Â_b = A_b A_bᵀ are C×C (C = 2048 on the paper's dense-prediction encoder); they are never
+formed. Cosine similarities of Gram matrices only need
+
+    ⟨S Sᵀ, A Aᵀ⟩_F = ‖Aᵀ S‖_F²     ([K, N] per sample, K = T or 1 anchor columns)
+    ‖S Sᵀ‖_F = ‖Sᵀ S‖_F          (the Gram in the smaller of C and N)
+    ⟨A_b A_bᵀ, A_k A_kᵀ⟩_F = ‖A_bᵀ A_k‖_F²   (one [B·K, B·K] product for all pairs)
+
+all batched over samples and tasks, with no Python loop over samples.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from engine.errors import ConfigError
+
+TINY = 1e-30
+"""Guards a norm or a scale that is exactly zero (a vanished saliency); far below any
+value a real saliency produces, so it never changes a result that is defined."""
+
+ANCHORS = ("stacked", "mean")
+POSITIVES = ("mean", "sum", "joint")
+DENOMINATORS = ("negatives", "with_positive")
+
+
+def stack_saliencies(grads: list[Tensor]) -> Tensor:
+    """[T, B, C, N] from T tensors shaped like Z ([B, C, *spatial] or [B, C]).
+
+    On multi-input benchmarks the T tensors come from T different batches: stacking them
+    pairs the b-th sample of every task's batch (see docs/repmtl.md), which needs the
+    tasks' batches to have one shape."""
+    shapes = {tuple(g.shape) for g in grads}
+    if len(shapes) != 1:
+        raise ValueError(f"Rep-MTL compares the tasks' saliencies position by position (on a "
+                         f"multi-input benchmark: sample b of every task's batch); the "
+                         f"representations have different shapes {sorted(shapes)}")
+    (shape,) = shapes
+    if len(shape) < 2:
+        raise ValueError(f"Rep-MTL needs a representation of shape [B, C, ...]; got {list(shape)}")
+    return torch.stack([g.reshape(shape[0], shape[1], -1) for g in grads])
+
+
+def task_entropy(S: Tensor, eps: float) -> Tensor:
+    """[B, N]: the entropy over tasks at every (sample, position) (Eqs. 4-5).
+
+    Ŝ_t = channel mean of S_t (signed); P_t = |Ŝ_t| / (Σ_k |Ŝ_k| + ε·s̄), an L1
+    normalisation over tasks; H = -Σ_t P_t log(P_t + ε). s̄, the batch's mean |Ŝ|
+    (detached), makes ε dimensionless: saliencies of batch-mean losses scale with 1/B and
+    with the network, and an absolute ε would be large for some models and lost in others.
+    """
+    mag = S.mean(dim=2).abs()                      # [T, B, N]
+    scale = mag.detach().mean().clamp_min(TINY)    # NaN stays NaN: a diverged step shows
+    p = mag / (mag.sum(dim=0) + eps * scale)
+    return -(p * torch.log(p + eps)).sum(dim=0)
+
+
+def tsr_loss(S: Tensor, eps: float) -> Tensor:
+    """L_tsr (Eq. 6): the mean over all B·N positions of the entropy over tasks."""
+    return task_entropy(S, eps).mean()
+
+
+def anchors(S: Tensor, anchor: str) -> Tensor:
+    """[B, C, K]: each sample's anchor A_b, the spatial means of its saliencies, one
+    column per task (``stacked``, the paper's figure; K = T) or averaged over the tasks
+    (``mean``; K = 1)."""
+    a = S.mean(dim=3).permute(1, 2, 0)             # [B, C, T]
+    return a.mean(dim=2, keepdim=True) if anchor == "mean" else a
+
+
+def gram_norm(X: Tensor) -> Tensor:
+    """‖X Xᵀ‖_F for every [C, N] matrix in the batch [..., C, N], computed as the Gram in
+    the smaller of C and N (‖X Xᵀ‖_F = ‖Xᵀ X‖_F)."""
+    Xt = X.transpose(-1, -2)
+    gram = X @ Xt if X.shape[-2] <= X.shape[-1] else Xt @ X
+    return gram.square().sum(dim=(-2, -1)).clamp_min(TINY).sqrt()
+
+
+def csa_similarities(S: Tensor, anchor: str) -> tuple[Tensor, Tensor]:
+    """Cosine similarities of the flattened affinity maps (Eqs. 7-8).
+
+    Returns ``pos`` [B, T] = sim(z_b^a, z_b^t) and ``neg`` [B, B] = sim(z_b^a, z_k^a)."""
+    # Cosines of Gram matrices do not change when every saliency is scaled by one
+    # constant; dividing by the largest keeps the 4th powers below far from underflow.
+    S = S / S.detach().abs().amax().clamp_min(TINY)
+    T, B, C, N = S.shape
+    A = anchors(S, anchor)                                        # [B, C, K]
+    K = A.shape[2]
+    flat = A.transpose(1, 2).reshape(B * K, C)
+    cross = (flat @ flat.T).reshape(B, K, B, K).square().sum(dim=(1, 3))   # [B, B]
+    a_norm = cross.diagonal().clamp_min(TINY).sqrt()                       # ‖A_b A_bᵀ‖_F
+    neg = cross / (a_norm[:, None] * a_norm[None, :])
+    inner = torch.einsum("bck,tbcn->tbkn", A, S).square().sum(dim=(2, 3))  # [T, B]
+    pos = inner / (a_norm[None, :] * gram_norm(S))
+    return pos.T, neg
+
+
+def csa_loss(S: Tensor, tau: float, anchor: str = "stacked", positives: str = "mean",
+             denominator: str = "negatives") -> Tensor:
+    """L_csa (Eq. 9), an InfoNCE over the samples of the batch.
+
+    For sample b and task t: ℓ_bt = -log[exp(pos_bt/τ) / D_b], with D_b the sum of
+    exp(neg_bk/τ) over the other samples k ≠ b (``negatives``, as printed) or that plus
+    the positive's own term (``with_positive``, the usual InfoNCE). The T positives of a
+    sample combine as the ``mean`` or the ``sum`` of the ℓ_bt, or ``joint``ly, with all T
+    positives in one numerator (-log[Σ_t exp(pos_bt/τ) / D_b]). Averaged over b."""
+    B = S.shape[1]
+    if B < 2:
+        raise ConfigError(f"Rep-MTL's CSA contrasts each sample with the other samples of its "
+                          f"batch, so it needs a training batch of at least 2 samples; got "
+                          f"{B} (train.batch_size)")
+    pos, neg = csa_similarities(S, anchor)
+    pos, neg = pos / tau, neg / tau
+    self_pair = torch.eye(B, dtype=torch.bool, device=S.device)
+    neg_lse = torch.logsumexp(neg.masked_fill(self_pair, -math.inf), dim=1)     # [B]
+    if positives == "joint":
+        pos_lse = torch.logsumexp(pos, dim=1)
+        denom = neg_lse if denominator == "negatives" else torch.logaddexp(pos_lse, neg_lse)
+        return (denom - pos_lse).mean()
+    denom = neg_lse[:, None] if denominator == "negatives" else torch.logaddexp(pos, neg_lse[:, None])
+    per_positive = denom - pos                                                  # [B, T]
+    per_sample = per_positive.mean(dim=1) if positives == "mean" else per_positive.sum(dim=1)
+    return per_sample.mean()
