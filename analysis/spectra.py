@@ -18,6 +18,7 @@ the shared encoder and of each task head, read from a run's checkpoint.pt.
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +131,8 @@ def load_spectra(runs: pd.DataFrame, min_eigs: int = MIN_EIGS
         first = (run.benchmark, run.method) not in eigs
         try:
             table, kept = checkpoint_spectra(path, min_eigs, keep_eigs=first)
-        except (OSError, RuntimeError, ValueError, KeyError, AttributeError) as exc:
+        except (OSError, EOFError, RuntimeError, ValueError, KeyError, AttributeError,
+                pickle.UnpicklingError) as exc:
             problems[run.run_dir] = f"checkpoint.pt unreadable ({type(exc).__name__}: {exc})"
             continue
         if first:
