@@ -9,7 +9,8 @@ the method's answer into the gradients the optimizer applies:
 - weighting: backpropagate Σ w_t L_t (+ penalties) once; if the method already asked for
   the Jacobian, the shared parameters get Jᵀw instead of another backward pass;
 - aggregator: the shared parameters (or Z, for "rep" aggregators) get the aggregated
-  direction; every head gets the gradient of its own task's loss;
+  direction; every head gets the gradient of its own task's loss (times the factor the
+  aggregator gives it, if any: Nash-MTL, DB-MTL);
 - regularizers: their penalty's gradient is added to everything it reaches.
 """
 from __future__ import annotations
@@ -137,6 +138,13 @@ class GradientEngine:
                        else p.new_zeros(rows.shape[0], p.numel())
                        for g, p in zip(grads, self.shared)], dim=1, out=jac[start:start + chunk])
         return jac
+
+    def scale_head_grads(self, scales: Tensor) -> None:
+        """Multiply each head's gradient (of its own loss only, at this point) by its scale."""
+        for scale, task in zip(scales, self.task_names):
+            for p in self.heads[task]:
+                if p.grad is not None:
+                    p.grad.mul_(scale.to(p.grad.dtype))
 
     def set_shared_grads(self, direction: Tensor) -> None:
         """Make ``direction`` [P] the gradient of the shared parameters (one copy)."""
@@ -300,6 +308,8 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
         if engine.all_head_params and not heads_done:  # heads may have no parameters (toy2d)
             torch.autograd.backward(ctx.losses.sum(), inputs=engine.all_head_params,
                                     retain_graph=penalty is not None)
+        if agg.head_scales is not None:
+            engine.scale_head_grads(agg.head_scales.detach())
         if penalty is not None:
             penalty.backward()
     else:

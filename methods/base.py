@@ -155,6 +155,10 @@ class Aggregated:
 
     direction: Tensor
     weights: Tensor | None = None
+    head_scales: Tensor | None = None
+    """Optional [T] factors on each head's gradient of its own loss (head t gets
+    head_scales[t]·∇L_t), for methods whose reference code weighs or transforms the losses
+    the heads see (Nash-MTL: α_t; DB-MTL: the log loss, 1/L_t). None: unscaled."""
 
 
 @dataclass

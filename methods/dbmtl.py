@@ -23,10 +23,9 @@ T log-loss gradients of the largest task.
 
 State (``state_dict``): the EMAs ĝ [T, P] and the step count k.
 
-Deviations: task heads receive the gradient of their own loss L_t (the engine's contract);
-in LibMTL each head receives the gradient of log(L_t + ε), i.e. ∇L_t / (L_t + ε). Under Adam
-this per-head scale, which varies slowly with the loss, largely cancels. The losses must be
-positive (the logarithm).
+Task heads are trained on the log losses too, as in the paper and LibMTL: head t receives
+∇log(L_t + ε) = ∇L_t / (L_t + ε) (``head_scales``). The losses must be positive (the
+logarithm). No deviation from LibMTL's DB_MTL is known.
 """
 from __future__ import annotations
 
@@ -84,7 +83,7 @@ class DBMTL(Aggregator):
                                                    self.config.beta, self.config.beta_sigma)
         for name, value in zip(self.task_names, scales):
             ctx.log(f"scale/{name}", value)
-        return Aggregated(direction=direction, weights=None)
+        return Aggregated(direction=direction, weights=None, head_scales=1.0 / (losses + EPS))
 
     def get_extra_state(self) -> dict:
         state: dict = {"steps_seen": self.steps_seen}

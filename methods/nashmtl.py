@@ -35,9 +35,9 @@ Deviations from the authors' code:
   gradients or a task with zero gradient; a non-finite Gramian) also keeps the previous α,
   as the authors do, but is logged (``solver_failures``), warned about once and counted in
   the run's summary (``run_report``).
-- Task heads: the authors backpropagate Σ α_i L_i, so head i receives α_i ∇L_i; here, by
-  the engine's contract, each head receives the gradient of its own loss (as in LibMTL's
-  gradient-manipulation methods). Under Adam a slowly varying per-head scale matters little.
+
+Task heads: as in the authors' code, which backpropagates Σ α_i L_i and clips only the
+shared parameters, head i receives α_i ∇L_i (``head_scales``), unclipped.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class NashMTL(SolverAccounting, Aggregator):
         ctx.log("clip_coef", coef)
         for name, value in zip(self.task_names, alpha):
             ctx.log(f"alpha/{name}", value)
-        return Aggregated(direction=direction, weights=alpha * coef)
+        return Aggregated(direction=direction, weights=alpha * coef, head_scales=alpha)
 
     def get_extra_state(self) -> dict:
         return {"alpha": torch.from_numpy(self.alpha.copy()), "steps_seen": self.steps_seen}

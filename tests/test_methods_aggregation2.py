@@ -3,6 +3,7 @@ from the papers' formulas, properties, state round-trips, failure accounting, re
 hyperparameters, and tiny end-to-end runs. float64 throughout."""
 from __future__ import annotations
 
+import functools
 import io
 import math
 
@@ -11,7 +12,10 @@ import pytest
 import torch
 
 import methods  # noqa: F401  (registers every method)
+from benchmarks.digits_tasks import DigitsTasks, DigitsTasksConfig
 from engine.errors import ConfigError
+from engine.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
+from engine.models import MultiTaskModel
 from methods._nash_solver import nash_weights
 from methods.aligned_mtl import alignment_matrix, aligned_weights
 from methods.dbmtl import dbmtl_update
@@ -335,6 +339,53 @@ def test_dbmtl_state_round_trip_continues_identically():
     restored = state_round_trip(a, make("dbmtl", names=NAMES))
     torch.testing.assert_close(restored.aggregate(random_jacobian(1), losses).direction,
                                b.aggregate(random_jacobian(1), losses).direction)
+
+
+# ---------------------------------------------------------------------------- heads
+
+@functools.cache
+def tiny_digits() -> DigitsTasks:
+    return DigitsTasks(DigitsTasksConfig(train_size=16, val_size=8, test_size=8), None,
+                       torch.device("cpu"))
+
+
+def one_engine_step(method, jacobian: str):
+    """One real update on a tiny digits_tasks batch (float64); returns the per-task losses,
+    the heads' gradients and each head's gradient of its own loss alone."""
+    bench = tiny_digits()
+    tasks = bench.task_names
+    torch.manual_seed(0)
+    model = MultiTaskModel(bench).double()
+    batch = next(bench.batches("train", 8, torch.Generator().manual_seed(0)))
+    batch.inputs = batch.inputs.double()
+    batch.targets["sum"] = batch.targets["sum"].double()
+    reps, preds = model(batch)
+    losses = torch.stack([t.loss(preds[t.name], batch.targets[t.name]) for t in bench.tasks])
+    engine = GradientEngine(model, tasks, jacobian, 0, torch.device("cpu"))
+    own = {t: torch.autograd.grad(losses[i], engine.heads[t], retain_graph=True)
+           for i, t in enumerate(tasks)}
+    ctx = TrainStepContext(engine, batch, reps, losses, losses, 0, 0,
+                           torch.Generator().manual_seed(0), EpochStats(), None)
+    apply_update(method, [], ctx, [])
+    heads = {t: [p.grad.clone() for p in engine.heads[t]] for t in tasks}
+    return losses.detach(), heads, own, tasks
+
+
+@pytest.mark.parametrize("jacobian", ["loop", "batched"])
+def test_heads_get_the_reference_codes_scaled_gradients(jacobian):
+    # DB-MTL: heads are trained on log(L_t + 1e-8); Nash-MTL: on α_t L_t (unclipped)
+    dbmtl = make("dbmtl", names=("first", "second", "sum"))
+    losses, heads, own, tasks = one_engine_step(dbmtl, jacobian)
+    for i, t in enumerate(tasks):
+        for got, ref in zip(heads[t], own[t]):
+            torch.testing.assert_close(got, ref / (losses[i] + 1e-8))
+    nash = make("nashmtl", names=("first", "second", "sum"))
+    _, heads, own, tasks = one_engine_step(nash, jacobian)
+    alpha = torch.as_tensor(nash.alpha)
+    assert not torch.allclose(alpha, torch.ones(3, dtype=D))
+    for i, t in enumerate(tasks):
+        for got, ref in zip(heads[t], own[t]):
+            torch.testing.assert_close(got, alpha[i] * ref)
 
 
 # ---------------------------------------------------------------------------- config
