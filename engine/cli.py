@@ -13,6 +13,8 @@ from engine.registry import load_entry_point_plugins, load_plugin
 COMMANDS = (
     "engine.cmd_run",
     "engine.cmd_list",
+    "engine.cmd_perf",
+    "engine.cmd_sweep",
     "analysis.cmd_report",
 )
 

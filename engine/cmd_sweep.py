@@ -1,0 +1,191 @@
+"""``sweep``: every run of a sweep file, here, in parallel processes or on SLURM.
+
+The whole sweep is checked (names, keys, values, line by line) before the first run
+starts. Running the same command again is always safe: complete runs are skipped,
+interrupted ones resume from their last checkpoint, failed and diverged ones are retried
+only with --retry-failed, and runs that another process or job is training are left to it.
+The command ends with a status table and exits 1 when any run failed or diverged.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from engine import results as R
+
+STATES = ("complete", "failed", "diverged", "pending")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
+def add_parser(sub, parents) -> None:
+    from engine.sweep import EXECUTORS
+
+    p = sub.add_parser(
+        "sweep", parents=parents, help="run every run of a sweep file (benchmarks x methods x "
+                                       "seeds x grids), resumably",
+        description=__doc__.split("\n\n", 1)[1].strip() + "\n\nSee docs/sweeps.md for the file "
+                    "format and for running the paper tables on a SLURM cluster.",
+        epilog="Examples:\n"
+               "  python run_bench.py sweep benchmarks/sweeps/digits_tasks.toml --dry-run\n"
+               "  python run_bench.py sweep benchmarks/sweeps/digits_tasks.toml "
+               "--executor processes --jobs 2\n"
+               "  python run_bench.py sweep benchmarks/sweeps/nyuv2.toml --executor slurm "
+               "--data-root /data/nyuv2 --partition gpu",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_file", type=Path, metavar="SWEEP.toml", help="the sweep file")
+    p.add_argument("--executor", choices=EXECUTORS, default=None,
+                   help="local (one run after another, default), processes (--jobs at a time "
+                        "on this machine) or slurm (a job array through submitit)")
+    p.add_argument("-j", "--jobs", type=positive_int, default=None, metavar="N",
+                   help="parallel runs of the processes executor (default: the file's `jobs`, "
+                        "else 1); torch threads are divided between them")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs and where each stands; train nothing")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="retrain failed and diverged runs, from their last checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="retrain every run from scratch, complete ones included")
+    p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
+                   help="results root (default results/)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events in each run's folder (needs tensorboard)")
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="replace the file's device (auto, cpu, cuda, cuda:N, mps)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="replace the file's data_root (for every benchmark of the sweep)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    slurm = p.add_argument_group("slurm executor (override the file's [slurm] table)")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--time-min", type=positive_int, default=None, metavar="MIN",
+                       help="time limit per job, minutes")
+    slurm.add_argument("--gpus", type=int, default=None, metavar="N", help="GPUs per job")
+    slurm.add_argument("--cpus", type=positive_int, default=None, metavar="N", help="CPUs per job")
+    slurm.add_argument("--mem-gb", type=float, default=None, metavar="GB", help="memory per job")
+    slurm.add_argument("--array-parallelism", type=positive_int, default=None, metavar="N",
+                       help="jobs of the array running at once")
+    slurm.add_argument("--no-wait", action="store_true",
+                       help="return once the jobs are submitted (rerun with --dry-run to see "
+                            "where they stand)")
+    slurm.add_argument("--submitit-cluster", choices=("slurm", "local"), default="slurm",
+                       help="local: run the SLURM path on this machine through submitit's local "
+                            "executor (for trying it out)")
+    p.set_defaults(func=main)
+
+
+def slurm_params(sweep_slurm: dict, args: argparse.Namespace) -> dict:
+    flags = {"partition": args.partition, "time_min": args.time_min, "gpus_per_node": args.gpus,
+             "cpus_per_task": args.cpus, "mem_gb": args.mem_gb,
+             "array_parallelism": args.array_parallelism}
+    return {**sweep_slurm, **{k: v for k, v in flags.items() if v is not None}}
+
+
+def _plugins(args: argparse.Namespace) -> tuple[str, ...]:
+    # Workers may start elsewhere: plugin files are passed as absolute paths.
+    return tuple(str(Path(p).resolve()) if p.endswith(".py") or Path(p).exists() else p
+                 for p in args.plugin)
+
+
+def main(args: argparse.Namespace) -> int:
+    from engine import executors as X
+    from engine.runlog import check_tensorboard
+    from engine.runner import check_writable
+    from engine.sweep import expand, load_sweep
+
+    sweep = load_sweep(args.sweep_file)
+    if args.tensorboard:
+        check_tensorboard()
+    runs = expand(sweep, args.out, args.device, args.data_root, _plugins(args),
+                  check_data=not args.dry_run)
+    specs = [spec for spec, _ in runs]
+    executor = args.executor or sweep.executor
+    jobs = args.jobs or sweep.jobs
+    options = X.Options(str(args.out), args.force, args.retry_failed, args.tensorboard)
+    if args.dry_run:
+        print(listing(specs))
+        return 0
+    check_writable(args.out)
+    todo, results = X.plan(specs, options)
+    progress = not args.no_progress
+    print(f"sweep {sweep.name}: {len(specs)} runs, {len(todo)} to train "
+          f"({executor} executor)", file=sys.stderr)
+    if todo and executor == "local":
+        results += X.run_local(todo, options, progress)
+    elif todo and executor == "processes":
+        results += X.run_processes(todo, options, jobs, progress)
+    elif todo:
+        folder = args.out / ".submitit" / sweep.name
+        submitted = X.submit_slurm(todo, options, folder, slurm_params(sweep.slurm, args),
+                                   args.submitit_cluster)
+        print(f"submitted {X.describe_jobs(submitted)}; logs in {folder}", file=sys.stderr)
+        if args.no_wait:
+            print("rerun with --dry-run to see where the runs stand", file=sys.stderr)
+            return 0
+        results += X.wait_jobs(todo, submitted, progress)
+    print(status_table(specs, results))
+    return 1 if any(r.state in (R.STATUS_FAILED, R.STATUS_DIVERGED) for r in results) else 0
+
+
+def _row(spec) -> str:
+    return f"{spec.benchmark}  {spec.method}" + (f"  {spec.variant}" if spec.variant else "")
+
+
+def listing(specs) -> str:
+    """The runs of a dry run, each with where it stands on disk."""
+    from engine.executors import disk_summary
+    from engine.locks import RunLock, RunLocked
+
+    lines, states = [], Counter()
+    for spec in specs:
+        run_dir = Path(spec.run_dir)
+        status = disk_summary(run_dir).get("status")
+        state = status if status in STATES else "pending"
+        note = ""
+        if status == R.STATUS_RUNNING:
+            try:
+                with RunLock(run_dir):
+                    note = " (interrupted: resumes from its checkpoint)"
+            except RunLocked as exc:
+                note = f" (training: {exc.holder})"
+        states[state] += 1
+        lines.append(f"{state:<9} {_row(spec)}  seed {spec.seed}  {run_dir}{note}")
+    lines.append(f"{len(specs)} runs: " + ", ".join(f"{states[s]} {s}" for s in STATES))
+    return "\n".join(lines)
+
+
+def status_table(specs, results) -> str:
+    """Counts per benchmark, method and grid variant, then every run not complete."""
+    by_dir = {r.run_dir: r for r in results}
+    rows: dict[str, Counter] = {}
+    problems = []
+    for spec in specs:
+        result = by_dir.get(spec.run_dir)
+        state = result.state if result else "pending"
+        rows.setdefault(_row(spec), Counter())[state] += 1
+        if result is not None and state != "complete":
+            why = result.reason or result.status
+            if state in (R.STATUS_FAILED, R.STATUS_DIVERGED) and result.status == "skipped":
+                why += " (skipped; --retry-failed retries it)"
+            if (Path(spec.run_dir) / R.TRACEBACK).exists():
+                why += f" [traceback: {Path(spec.run_dir) / R.TRACEBACK}]"
+            problems.append(f"{state:<9} {spec.label}: {why}")
+    width = max([len(r) for r in rows] + [3])
+    out = [f"{'run':<{width}}  " + "  ".join(f"{s:>8}" for s in STATES)]
+    for name, counts in rows.items():
+        out.append(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>8}" for s in STATES))
+    total = Counter(r.state for r in results)
+    total["pending"] += len(specs) - len(results)
+    out.append(f"{'total':<{width}}  " + "  ".join(f"{total[s]:>8}" for s in STATES))
+    if problems:
+        out += ["", *problems]
+    return "\n".join(out)
