@@ -72,7 +72,8 @@ def renormalise(weights: Tensor) -> Tensor:
 
 @register_method("gradnorm")
 class GradNorm(Weighting):
-    description = "GradNorm: learn weights that equalise weighted gradient norms by training rate (sum to T)"
+    description = ("GradNorm: learn weights equalising weighted gradient norms (last shared layer "
+                   "or all shared parameters) by training rate (sum to T)")
     Config = GradNormConfig
 
     def __init__(self, config: GradNormConfig, task_names: tuple[str, ...]):

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,7 +60,7 @@ class MTAdamConfig(MethodConfig):
     beta3: float = 0.9
     """Moving-average factor of the per-layer gradient norms."""
     eps: float = 1e-8
-    ranks: tuple[float, ...] = field(default_factory=tuple)
+    ranks: tuple[float, ...] = ()
     """Rank ρ_t > 0 of each task (its magnitude relative to the anchor); empty: all 1."""
 
     def validate(self) -> None:

@@ -16,19 +16,18 @@ import torch
 
 from engine.errors import ConfigError
 from engine.runner import build_requests
-from methods.dwa import DWAConfig, DynamicWeightAverage, dwa_weights
-from methods.famo import FAMO, FAMOConfig, famo_logit_grad, famo_weights
+from methods.base import MethodConfig
+from methods.dwa import DynamicWeightAverage, dwa_weights
+from methods.famo import FAMO, famo_logit_grad, famo_weights
 from methods.gls import gls_objective, gls_weights
-from methods.gradnorm import GradNorm, GradNormConfig, gradnorm_loss, renormalise
-from methods.igbv2 import (IGBv2, IGBv2Config, igb_reward, igb_weights, soft_q_target,
-                           squashed_log_prob)
-from methods.metabalance import MetaBalance, MetaBalanceConfig, metabalance_direction
-from methods.mtadam import MTAdam, MTAdamConfig, mtadam_step
+from methods.gradnorm import GradNorm, gradnorm_loss, renormalise
+from methods.igbv2 import IGBv2, igb_reward, igb_weights, soft_q_target, squashed_log_prob
+from methods.metabalance import MetaBalance, metabalance_direction
+from methods.mtadam import MTAdam, mtadam_step
 from methods.rlw import RandomLossWeighting, rlw_weights
 from methods.registry import METHODS
-from methods.stch import STCHConfig, SmoothTchebycheff, stch_objective, stch_weights
-from methods.uw import UncertaintyWeighting, UWConfig, uw_objective, uw_weights
-from methods.base import MethodConfig
+from methods.stch import SmoothTchebycheff, stch_objective, stch_weights
+from methods.uw import UncertaintyWeighting, uw_objective, uw_weights
 from tests.helpers import TINY_DIGITS, read_records, tiny_run
 
 D = torch.float64
