@@ -336,6 +336,25 @@ def test_metabalance_golden():
     torch.testing.assert_close(out, grads[0])
 
 
+def test_metabalance_matches_the_per_parameter_loop_over_several_steps():
+    gen = torch.Generator().manual_seed(6)
+    sizes, beta, relax = [2, 3], 0.9, 0.7
+    method = build(MetaBalance, names=("a", "b", "c"), relax_factor=relax, beta=beta, main_task="b")
+    ctx = FakeContext(torch.ones(3), sizes=sizes)
+    avg = [[0.0] * 3 for _ in sizes]
+    for _ in range(3):
+        grads = torch.randn(3, 5, generator=gen, dtype=D) * t(0.1, 1.0, 20.0)[:, None]
+        expected = torch.zeros(5, dtype=D)
+        for layer, (lo, hi) in enumerate([(0, 2), (2, 5)]):
+            for task in range(3):   # the official loop: update the average, then rescale
+                g = grads[task, lo:hi]
+                avg[layer][task] = beta * avg[layer][task] + (1 - beta) * g.norm().item()
+            for task in range(3):
+                g = grads[task, lo:hi]
+                expected[lo:hi] += relax * avg[layer][1] / avg[layer][task] * g + (1 - relax) * g
+        torch.testing.assert_close(method.aggregate(grads, ctx).direction, expected)
+
+
 def test_metabalance_moving_average_main_task_and_roundtrip():
     grads = t(3.0, 4.0, 1.0, 0.3, 0.4, 2.0).reshape(2, 3).float()
     method = build(MetaBalance, names=("a", "b"), relax_factor=0.5)
@@ -372,6 +391,47 @@ def test_mtadam_golden_first_steps():
     # rank 2 for task b: g_b scaled to (6, 8); d = (9, 12) / (6, 8) = 1.5
     d3, _, _ = mtadam_step(grads, [2], None, t(1.0, 2.0), 0.9, 0.999, 0.9, 1e-8)
     torch.testing.assert_close(d3, t(1.5, 1.5), atol=1e-7, rtol=0)
+
+
+def mtadam_reference(grad_steps, sizes, ranks, b1=0.9, b2=0.999, b3=0.9, eps=1e-8):
+    """MTAdam written as the paper's per-layer, per-task loop, for comparison."""
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    num_tasks = grad_steps[0].shape[0]
+    norms = [[0.0] * num_tasks for _ in sizes]
+    m = [[0.0] * num_tasks for _ in sizes]
+    v = [[0.0] * num_tasks for _ in sizes]
+    out = []
+    for k, grads in enumerate(grad_steps, start=1):
+        d = torch.zeros(grads.shape[1], dtype=D)
+        for layer, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            n = norms[layer]
+            for task in range(num_tasks):
+                size = grads[task, lo:hi].norm().item()
+                n[task] = size if k == 1 else b3 * n[task] + (1 - b3) * size
+            for task in range(num_tasks):
+                g = grads[task, lo:hi]
+                if n[task] > 1e-10:
+                    anchor = next(i for i in range(num_tasks) if n[i] > 1e-10)
+                    g = ranks[task] * n[anchor] * g / n[task]
+                m[layer][task] = b1 * m[layer][task] + (1 - b1) * g
+                v[layer][task] = b2 * v[layer][task] + (1 - b2) * g * g
+            denom = torch.stack([torch.sqrt(v[layer][task]) / math.sqrt(1 - b2 ** k) + eps
+                                 for task in range(num_tasks)]).max(dim=0).values
+            d[lo:hi] = sum(m[layer][task] for task in range(num_tasks)) / (1 - b1 ** k) / denom
+        out.append(d)
+    return out
+
+
+def test_mtadam_matches_the_per_layer_loop_over_several_steps():
+    gen = torch.Generator().manual_seed(5)
+    sizes, ranks = [3, 1, 4], [1.0, 0.5, 2.0]
+    steps = [torch.randn(3, 8, generator=gen, dtype=D) * t(1.0, 10.0, 0.1)[:, None]
+             for _ in range(4)]
+    steps[1][0, :3] = 0.0   # task a without gradient on the first layer at step 2
+    state, ranks_t = None, torch.tensor(ranks, dtype=D)
+    for grads, expected in zip(steps, mtadam_reference(steps, sizes, ranks)):
+        d, state, _ = mtadam_step(grads, sizes, state, ranks_t, 0.9, 0.999, 0.9, 1e-8)
+        torch.testing.assert_close(d, expected)
 
 
 def test_mtadam_anchor_skips_a_task_without_gradient():
