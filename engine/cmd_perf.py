@@ -1,0 +1,62 @@
+"""``perf``: step time and peak memory of methods, as ratios to equal weighting."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser(
+        "perf", parents=parents, help="measure step time and peak memory of methods",
+        description="Measure, in one process and interleaved across methods, the median "
+                    "training-step time (after warm-up), its spread and the peak memory of each "
+                    "method, as ratios to equal weighting measured in the same run, beside the "
+                    "floors (forward + T backward passes; forward + T head passes + one encoder "
+                    "pass) and the data path. Prints a table and saves JSON + Markdown.",
+        epilog="Examples:\n"
+               "  python run_bench.py perf -b digits_tasks -m uw pcgrad mgda repmtl\n"
+               "  python run_bench.py perf -b scenes -m cagrad nashmtl --steps 30 --batch-size 16\n"
+               "  python run_bench.py perf -b synthetic -m pcgrad --set data.num_tasks=16",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-b", "--benchmark", default="digits_tasks", metavar="BENCH",
+                   help="benchmark (default digits_tasks)")
+    p.add_argument("-m", "--methods", nargs="+", required=True, metavar="METHOD",
+                   help="methods or compositions to measure; ew is always measured as the reference")
+    p.add_argument("--profile", default="quick", metavar="P", help="profile (default quick)")
+    p.add_argument("--steps", type=positive_int, default=20, metavar="N",
+                   help="measured steps per method (default 20)")
+    p.add_argument("--warmup", type=int, default=3, metavar="N",
+                   help="warm-up steps per method, not measured (default 3)")
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
+                   help="training batch size (default: the profile's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable, e.g. data.num_tasks=8")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="data of paper benchmarks")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the memory measurement (on the CPU it starts a process per method)")
+    p.add_argument("--out", type=Path, default=Path("results/perf"), metavar="DIR",
+                   help="where the JSON and Markdown results go (default results/perf)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from engine.perf import format_table, run_perf, save
+
+    result = run_perf(args.benchmark, args.methods, args.profile, args.overrides, args.device,
+                      args.steps, args.warmup, args.batch_size, args.data_root,
+                      memory=not args.no_memory)
+    print(format_table(result))
+    json_path, md_path = save(result, args.out)
+    print(f"\nsaved {json_path} and {md_path}")
+    return 0

@@ -1,0 +1,287 @@
+"""Measuring the cost of methods: step time and peak memory, as ratios measured in one run.
+
+Timing: every method (and equal weighting, always included as the reference) is built
+through the same Trainer as a real run and stepped on the same pre-drawn batches; the
+methods take turns step by step (interleaved, the order rotated every round) so that a
+noisy machine slows them all alike. The reported time is the median over the measured
+steps after a warm-up, with the interquartile range as the spread.
+
+Floors, measured the same way in the same rounds:
+- ``floor:jacobian``  one forward and T backward passes through the whole network (what
+  any method that needs the [T, P] Jacobian of the shared parameters must pay), plus the
+  optimizer step;
+- ``floor:rep``  one forward, T backward passes through the heads only (to Z) and one
+  through the encoder, plus the optimizer step (the floor of representation-level methods);
+- ``data``  drawing one training batch (the data path).
+
+Peak memory: on CUDA, the allocator's peak during a method's steps minus what was
+allocated before them (methods measured one after another in this process). On the CPU
+there is no per-method allocator statistic, so each method runs a few steps in a fresh
+process and reports its peak resident memory minus the resident memory just before its
+first step.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.gradients import EpochStats
+from engine.runner import RunRequest, build_requests, make_benchmark, resolve_device
+from engine.trainer import Trainer
+
+REFERENCE = "ew"
+FLOORS = ("floor:jacobian", "floor:rep")
+
+
+@dataclass
+class Timing:
+    name: str
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def iqr(self) -> float:
+        if len(self.times) < 4:
+            return 0.0
+        q = statistics.quantiles(self.times, n=4)
+        return q[2] - q[0]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class FloorStepper:
+    """The reference computations a method cannot go below, on the trainer's own model."""
+
+    def __init__(self, trainer: Trainer, kind: str):
+        self.trainer = trainer
+        self.kind = kind
+
+    def step(self, batch) -> None:
+        tr = self.trainer
+        engine = tr.engine
+        engine.zero_grad([])
+        reps, losses = tr.compute_losses(batch)
+        if self.kind == "floor:jacobian":
+            for t, task in enumerate(tr.task_names):
+                torch.autograd.backward(losses[t], inputs=engine.shared + engine.heads[task],
+                                        retain_graph=t + 1 < len(tr.task_names))
+        else:
+            z = reps[tr.task_names[0]]
+            total = None
+            for t, task in enumerate(tr.task_names):
+                head = engine.heads[task]
+                grads = torch.autograd.grad(losses[t], [z, *head], retain_graph=True)
+                total = grads[0] if total is None else total + grads[0]
+                for p, g in zip(head, grads[1:]):
+                    p.grad.add_(g)
+            torch.autograd.backward(z, total, inputs=engine.shared)
+        tr.optimizer.step()
+
+
+def floor_for(trainer: Trainer) -> str | None:
+    """The floor a method is measured against: the Jacobian floor for methods that need
+    per-task gradients of the shared parameters, the representation floor for methods
+    that need per-task gradients w.r.t. Z, none for loss weightings."""
+    needs = trainer.primary.needs
+    for reg in trainer.regularizers:
+        needs = needs | reg.needs
+    space = getattr(trainer.primary, "space", None) if trainer.primary.kind == "aggregator" else None
+    if needs.jacobian or space == "param":
+        return "floor:jacobian"
+    if needs.rep_grads or space == "rep":
+        return "floor:rep"
+    return None
+
+
+def build_trainers(requests: list[RunRequest], device: torch.device, benchmark):
+    return {r.method_name: Trainer(r.config, benchmark, r.composition, device,
+                                   Path("/nonexistent"), progress=False) for r in requests}
+
+
+def measure_times(trainers: dict, benchmark, batches: list, steps: int, warmup: int,
+                  device: torch.device, floors: bool) -> dict[str, Timing]:
+    reference = trainers[REFERENCE]
+    steppers = {}
+    for name, trainer in trainers.items():
+        stats = EpochStats()
+        steppers[name] = (lambda b, tr=trainer, st=stats: tr.train_step(b, 0, st))
+        trainer.model.train()
+    if floors and reference.engine.shared:
+        for kind in FLOORS:
+            if kind == "floor:rep" and reference.benchmark.multi_input:
+                continue  # no single representation to take the task gradients of
+            steppers[kind] = FloorStepper(reference, kind).step
+    names = list(steppers)
+    timings = {name: Timing(name) for name in names}
+    data_timing = Timing("data")
+    data_iter = iter(())
+    for round_ in range(warmup + steps):
+        order = names[round_ % len(names):] + names[:round_ % len(names)]
+        batch = batches[round_ % len(batches)]
+        for name in order:
+            _sync(device)
+            start = time.perf_counter()
+            steppers[name](batch)
+            _sync(device)
+            if round_ >= warmup:
+                timings[name].times.append(time.perf_counter() - start)
+        # The data path: drawing one training batch, as training does.
+        start = time.perf_counter()
+        try:
+            next(data_iter)
+        except StopIteration:
+            data_iter = iter(benchmark.batches("train", reference.train_batch,
+                                               torch.Generator().manual_seed(round_)))
+            start = time.perf_counter()
+            next(data_iter)
+        _sync(device)
+        if round_ >= warmup:
+            data_timing.times.append(time.perf_counter() - start)
+    timings["data"] = data_timing
+    return timings
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _page_size()
+
+
+def _page_size() -> int:
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cpu_memory_worker(request: RunRequest, steps: int, queue) -> None:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    device = torch.device("cpu")
+    benchmark = make_benchmark(request.config, device)
+    trainer = build_trainers([request], device, benchmark)[request.method_name]
+    batches = list(_draw_batches(benchmark, trainer.train_batch, steps))
+    baseline = _rss_bytes()
+    stats = EpochStats()
+    trainer.model.train()
+    for batch in batches:
+        trainer.train_step(batch, 0, stats)
+    queue.put(max(0, _peak_rss_bytes() - baseline))
+
+
+def measure_memory(requests: list[RunRequest], trainers: dict, batches: list, steps: int,
+                   device: torch.device) -> dict[str, int]:
+    peaks = {}
+    if device.type == "cuda":
+        for name, trainer in trainers.items():
+            torch.cuda.synchronize(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            stats = EpochStats()
+            for batch in batches[:steps]:
+                trainer.train_step(batch, 0, stats)
+            torch.cuda.synchronize(device)
+            peaks[name] = torch.cuda.max_memory_allocated(device) - before
+        return peaks
+    if device.type != "cpu":
+        return peaks
+    ctx = mp.get_context("spawn")
+    for request in requests:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_cpu_memory_worker, args=(request, steps, queue))
+        proc.start()
+        proc.join()
+        peaks[request.method_name] = queue.get() if proc.exitcode == 0 else None
+    return peaks
+
+
+def _draw_batches(benchmark, batch_size: int, count: int) -> list:
+    batches = []
+    generator = torch.Generator().manual_seed(0)
+    while len(batches) < count:
+        for batch in benchmark.batches("train", batch_size, generator):
+            batches.append(batch)
+            if len(batches) == count:
+                break
+    return batches
+
+
+def run_perf(benchmark: str, methods: list[str], profile: str, overrides: list[str],
+             device_spec: str, steps: int, warmup: int, batch_size: int | None,
+             data_root: str | None, memory: bool = True, floors: bool = True) -> dict:
+    if batch_size:
+        overrides = [*overrides, f"train.batch_size={batch_size}"]
+    names = list(dict.fromkeys([REFERENCE, *methods]))
+    requests = build_requests(benchmark, names, [0], profile, overrides, device_spec, data_root)
+    device = resolve_device(device_spec)
+    bench = make_benchmark(requests[0].config, device)
+    trainers = build_trainers(requests, device, bench)
+    batches = _draw_batches(bench, trainers[REFERENCE].train_batch, min(steps + warmup, 16))
+    timings = measure_times(trainers, bench, batches, steps, warmup, device, floors)
+    peaks = measure_memory(requests, trainers, batches, min(steps, 5), device) if memory else {}
+    ref = timings[REFERENCE].median
+    ref_peak = peaks.get(REFERENCE)
+    rows = []
+    for name, timing in timings.items():
+        row = {"name": name, "median_s": timing.median, "iqr_s": timing.iqr,
+               "ratio_to_ew": timing.median / ref, "steps": len(timing.times)}
+        if name in trainers:
+            floor = floor_for(trainers[name])
+            if floor in timings:
+                row["floor"] = floor
+                row["ratio_to_floor"] = timing.median / timings[floor].median
+            row["peak_memory_bytes"] = peaks.get(name)
+            if peaks.get(name) and ref_peak:
+                row["memory_ratio_to_ew"] = peaks[name] / ref_peak
+        rows.append(row)
+    return {"benchmark": benchmark, "profile": profile, "device": str(device),
+            "batch_size": trainers[REFERENCE].train_batch, "steps": steps, "warmup": warmup,
+            "tasks": len(bench.task_names), "overrides": overrides,
+            "torch_threads": torch.get_num_threads(), "rows": rows,
+            "data_fraction_of_ew_step": timings["data"].median / ref,
+            "memory_note": ("CUDA allocator peak minus memory allocated before the steps"
+                            if device.type == "cuda" else
+                            "peak RSS of a fresh process during the steps minus its RSS before")}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['benchmark']} ({result['profile']}), {result['device']}, batch "
+             f"{result['batch_size']}, T={result['tasks']}, median of {result['steps']} steps "
+             f"after {result['warmup']} warm-up, methods interleaved",
+             f"{'name':<24} {'step ms':>9} {'IQR ms':>8} {'× ew':>7} {'× floor':>8} "
+             f"{'peak MiB':>9} {'mem × ew':>9}"]
+    for row in result["rows"]:
+        floor = f"{row['ratio_to_floor']:.2f}" if "ratio_to_floor" in row else ""
+        peak = row.get("peak_memory_bytes")
+        peak_s = f"{peak / 2**20:.1f}" if peak else ""
+        mem = f"{row['memory_ratio_to_ew']:.2f}" if row.get("memory_ratio_to_ew") else ""
+        lines.append(f"{row['name']:<24} {1e3 * row['median_s']:>9.2f} {1e3 * row['iqr_s']:>8.2f} "
+                     f"{row['ratio_to_ew']:>7.2f} {floor:>8} {peak_s:>9} {mem:>9}")
+    lines.append(f"data path: {100 * result['data_fraction_of_ew_step']:.1f}% of an ew step")
+    lines.append(f"memory: {result['memory_note']}")
+    return "\n".join(lines)
+
+
+def save(result: dict, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem = out / f"{result['benchmark']}-{result['profile']}-{stamp}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    md_path.write_text("```\n" + format_table(result) + "\n```\n")
+    return json_path, md_path
