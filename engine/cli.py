@@ -14,7 +14,6 @@ COMMANDS = (
     "engine.cmd_run",
     "engine.cmd_list",
     "engine.cmd_perf",
-    "engine.cmd_perf",
     "engine.cmd_sweep",
     "analysis.cmd_report",
 )
