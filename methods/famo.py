@@ -9,8 +9,9 @@ moves every log-loss at a balanced rate; after the optimizer step it re-evaluate
 on the same batch and updates ξ with its own Adam, using the gradient
 Jᵀ_softmax·δ with δ_t = log(L_t − b_t) − log(L'_t − b_t) the decrease of each log-loss.
 
-Hyperparameters (defaults: the paper and LibMTL): ``lr`` 0.025 and ``weight_decay`` 1e-3
-of the logits' Adam; ``min_losses`` b_t, the lower bounds of the losses (empty: 0 for every
+Hyperparameters: ``lr`` 0.025 (the paper's and the official code's) and ``weight_decay``
+γ = 1e-3 (LibMTL's default; the official ``famo.py`` defaults to 0.01 and its experiment
+scripts pass a value per dataset) of the logits' Adam; ``min_losses`` b_t, the lower bounds of the losses (empty: 0 for every
 task, as in the paper's experiments). The logits are a parameter of the method but not of the
 run's optimizer (``trainable_parameters()`` is empty); the logits' Adam state is saved with
 the method (``get_extra_state``, tensors and primitives only).
@@ -46,7 +47,7 @@ class FAMOConfig(MethodConfig):
     lr: float = 0.025
     """Learning rate of the logits' Adam (the paper: 0.025)."""
     weight_decay: float = 1e-3
-    """Weight decay γ of the logits' Adam (the paper and LibMTL: 1e-3)."""
+    """Weight decay γ of the logits' Adam (LibMTL's default: 1e-3)."""
     min_losses: tuple[float, ...] = ()
     """Lower bound b_t of each task's loss; empty: 0 for every task."""
 

@@ -8,8 +8,8 @@ G_t = ‖∇_W w_t L_t‖ on the shared weights W tracks the mean norm times the
 inverse training rate: it minimises L_grad = Σ_t |G_t − Ḡ·r_t^α| over w (target held
 constant), with r_t = L̃_t / mean(L̃), L̃_t = L_t / L_t(0); then renormalises Σ_t w_t = T.
 
-Hyperparameters: ``alpha`` (the asymmetry α, default 1.5 as in LibMTL; the paper uses values
-from 0.12 to 1.5 depending on the dataset); ``layer``: "last" (the paper: W is the last shared
+Hyperparameters: ``alpha`` (the asymmetry α, default 1.5 as in LibMTL; the paper tunes α per
+dataset); ``layer``: "last" (the paper: W is the last shared
 layer, via ``ctx.last_shared_params()``) or "all" (every shared parameter, LibMTL's variant,
 via the full Jacobian, whose Jᵀw is then the shared parameters' gradient: no extra backward).
 
