@@ -39,6 +39,13 @@ class NashSolution:
     """Why the solve failed (empty when it converged)."""
 
 
+def host_gram(gram: Tensor | np.ndarray) -> np.ndarray:
+    """The T×T Gramian as a float64 host array (the only thing a solve moves to the host)."""
+    if isinstance(gram, Tensor):
+        return gram.detach().cpu().double().numpy()
+    return np.asarray(gram, dtype=float)
+
+
 def _objective(gram: np.ndarray, alpha: np.ndarray) -> float:
     return 0.5 * float(alpha @ gram @ alpha) - float(np.log(alpha).sum())
 
@@ -47,7 +54,7 @@ def nash_weights(gram: Tensor | np.ndarray, init: np.ndarray | None = None,
                  max_iter: int = 20, tol: float = 1e-6) -> NashSolution:
     """Solve (Gα)_i = 1/α_i by damped Newton, warm-started from ``init`` (the previous
     step's α, in the Gramian's scale) when given. Only the T×T Gramian comes to the host."""
-    g = gram.detach().cpu().double().numpy() if isinstance(gram, Tensor) else np.asarray(gram, float)
+    g = host_gram(gram)
     num = g.shape[0]
     if not np.isfinite(g).all():
         return NashSolution(np.full(num, np.nan), False, 0, float("nan"), "non-finite Gramian")
@@ -75,7 +82,9 @@ def nash_weights(gram: Tensor | np.ndarray, init: np.ndarray | None = None,
         step = -np.linalg.solve(hessian, grad)
         decrement = -float(grad @ step)
         shrinking = step < 0
-        t = min(1.0, 0.99 * float((-beta[shrinking] / step[shrinking]).min())) if shrinking.any() else 1.0
+        t = 1.0
+        if shrinking.any():  # stay inside α > 0
+            t = min(1.0, 0.99 * float((-beta[shrinking] / step[shrinking]).min()))
         f0 = _objective(gn, beta)
         while _objective(gn, beta + t * step) > f0 - ARMIJO * t * decrement:
             t *= 0.5

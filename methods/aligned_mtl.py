@@ -57,7 +57,8 @@ def alignment_matrix(gram: Tensor, scale_mode: str = "min") -> tuple[Tensor, Ten
     if scale_mode == "min":
         scale = smallest
     elif scale_mode == "median":
-        scale = torch.where(kept, eigenvalues, torch.full_like(eigenvalues, float("nan"))).nanmedian()
+        nan = torch.full_like(eigenvalues, float("nan"))
+        scale = torch.where(kept, eigenvalues, nan).nanmedian()
     else:
         scale = (eigenvalues * kept).sum() / kept.sum().clamp(min=1)
     factors = torch.where(kept, scale.sqrt() / eigenvalues.clamp(min=tol).sqrt(),

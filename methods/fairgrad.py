@@ -48,6 +48,7 @@ from scipy.optimize import least_squares
 from torch import Tensor
 
 from engine.errors import check_range
+from methods._nash_solver import host_gram
 from methods._solve_clip import clip_direction
 from methods._solver import SolverAccounting
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
@@ -64,9 +65,10 @@ class FairGradSolution:
     reason: str = ""
 
 
-def fairgrad_weights(gram: Tensor | np.ndarray, alpha: float, tol: float = 1e-4) -> FairGradSolution:
+def fairgrad_weights(gram: Tensor | np.ndarray, alpha: float,
+                     tol: float = 1e-4) -> FairGradSolution:
     """Solve (G w)_i = w_i^{−1/α}, w > 0, by bounded least squares from w = 1/T."""
-    g = gram.detach().cpu().double().numpy() if isinstance(gram, Tensor) else np.asarray(gram, float)
+    g = host_gram(gram)
     num = g.shape[0]
     start = np.full(num, 1.0 / num)
     if not np.isfinite(g).all():

@@ -70,7 +70,7 @@ class NashMTLConfig(MethodConfig):
 
 @register_method("nashmtl")
 class NashMTL(SolverAccounting, Aggregator):
-    description = "Nash-MTL: Nash bargaining weights, (G a)_i = 1/a_i, update clipped (unnormalised)"
+    description = "Nash-MTL: bargaining weights (G a)_i = 1/a_i (unnormalised), clipped update"
     needs = Needs(jacobian=True)
     space = "param"
     Config = NashMTLConfig

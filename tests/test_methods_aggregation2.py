@@ -207,8 +207,9 @@ def test_aligned_orthonormal_gradients_are_summed():
 
 def test_aligned_orthogonal_golden_and_scale_modes():
     gram = torch.diag(torch.tensor([4.0, 1.0], dtype=D))  # orthogonal, norms 2 and 1
-    torch.testing.assert_close(aligned_weights(gram, "min")[0], torch.tensor([0.5, 1.0], dtype=D))
-    torch.testing.assert_close(aligned_weights(gram, "median")[0], torch.tensor([0.5, 1.0], dtype=D))
+    expected = torch.tensor([0.5, 1.0], dtype=D)
+    torch.testing.assert_close(aligned_weights(gram, "min")[0], expected)
+    torch.testing.assert_close(aligned_weights(gram, "median")[0], expected)
     s = math.sqrt(2.5)
     torch.testing.assert_close(aligned_weights(gram, "rmse")[0], torch.tensor([s / 2, s], dtype=D))
     assert abs(float(aligned_weights(gram)[1]) - 2.0) < 1e-12
@@ -237,10 +238,11 @@ def test_aligned_rank_deficient_gradients_keep_the_sum():
 def test_aligned_permutation_and_scale():
     grads = random_jacobian(5)
     method = make("aligned_mtl", names=NAMES)
-    base = method.aggregate(grads, FakeContext([1.0, 1.0, 1.0])).direction
+    ctx = FakeContext([1.0, 1.0, 1.0])
+    base = method.aggregate(grads, ctx).direction
     perm = [1, 2, 0]
-    torch.testing.assert_close(method.aggregate(grads[perm], FakeContext([1.0] * 3)).direction, base)
-    torch.testing.assert_close(method.aggregate(3 * grads, FakeContext([1.0] * 3)).direction, 3 * base)
+    torch.testing.assert_close(method.aggregate(grads[perm], ctx).direction, base)
+    torch.testing.assert_close(method.aggregate(3 * grads, ctx).direction, 3 * base)
     assert torch.isfinite(aligned_weights(torch.zeros(3, 3, dtype=D))[0]).all()
 
 
@@ -248,8 +250,9 @@ def test_aligned_ub_works_on_the_representation():
     ub = METHODS.get("aligned_mtl_ub")
     assert ub.space == "rep" and ub.needs.shared_representation and not ub.needs.jacobian
     grads = random_jacobian(6)
-    torch.testing.assert_close(make("aligned_mtl_ub", names=NAMES).aggregate(grads, FakeContext([1.0] * 3)).direction,
-                               make("aligned_mtl", names=NAMES).aggregate(grads, FakeContext([1.0] * 3)).direction)
+    ctx = FakeContext([1.0] * 3)
+    torch.testing.assert_close(make("aligned_mtl_ub", names=NAMES).aggregate(grads, ctx).direction,
+                               make("aligned_mtl", names=NAMES).aggregate(grads, ctx).direction)
 
 
 # ---------------------------------------------------------------------------- MoCo
@@ -325,7 +328,8 @@ def test_dbmtl_is_invariant_to_loss_scale():
     grads, losses = random_jacobian(7), torch.tensor([0.5, 2.0, 1.5], dtype=D)
     base = make("dbmtl", names=NAMES).aggregate(grads, FakeContext(losses)).direction
     scale = torch.tensor([10.0, 0.1, 3.0], dtype=D)  # L_t -> c_t L_t scales ∇L_t by c_t
-    scaled = make("dbmtl", names=NAMES).aggregate(grads * scale[:, None], FakeContext(losses * scale))
+    scaled = make("dbmtl", names=NAMES).aggregate(grads * scale[:, None],
+                                                  FakeContext(losses * scale))
     torch.testing.assert_close(scaled.direction, base)
     _, scales, _ = dbmtl_update(torch.zeros_like(grads), grads, 1, 0.9, 0.5)
     assert float(scales.min()) == pytest.approx(1.0)
