@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,10 +50,15 @@ def _pair_cost(aa: float, ab: float, bb: float, gamma: float) -> float:
 
 def min_norm_element(gramian: Tensor, max_iter: int = 250, tol: float = 1e-5) -> MinNormResult:
     """Weights of the min-norm point of conv{g_t}, given G = [⟨g_i, g_j⟩] (any device/dtype)."""
-    G = gramian.detach().to(device="cpu", dtype=torch.float64)
+    G = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
+    w, converged, iterations, gap = _solve(G, max_iter, tol)
+    return MinNormResult(torch.from_numpy(w), converged, iterations, gap)
+
+
+def _solve(G: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, bool, int, float]:
     T = G.shape[0]
     if T == 1:
-        return MinNormResult(torch.ones(1, dtype=torch.float64), True, 0, 0.0)
+        return np.ones(1), True, 0, 0.0
     best = None
     for i in range(T):
         for j in range(i + 1, T):
@@ -62,25 +68,24 @@ def min_norm_element(gramian: Tensor, max_iter: int = 250, tol: float = 1e-5) ->
             if best is None or cost < best[0]:
                 best = (cost, i, j, gamma)
     _, i, j, gamma = best
-    w = torch.zeros(T, dtype=torch.float64)
+    w = np.zeros(T)
     w[i], w[j] = gamma, 1.0 - gamma
     if T == 2:
-        return MinNormResult(w, True, 0, 0.0)
+        return w, True, 0, 0.0
     scale = float(G.diagonal().max())
     if scale <= 0.0:  # every gradient is zero: every point of the simplex is optimal
-        return MinNormResult(w, True, 0, 0.0)
+        return w, True, 0, 0.0
     gap = float("inf")
     for it in range(max_iter + 1):
         Gw = G @ w
         obj = float(w @ Gw)
-        t = int(torch.argmin(Gw))
+        t = int(np.argmin(Gw))
         gap = (obj - float(Gw[t])) / scale
         if gap <= tol:
-            return MinNormResult(w, True, it, gap)
+            return w, True, it, gap
         if it == max_iter:
             break
-        active = w > 0
-        a = int(torch.argmax(torch.where(active, Gw, torch.full_like(Gw, -torch.inf))))
+        a = int(np.argmax(np.where(w > 0, Gw, -np.inf)))
         if obj - float(Gw[t]) >= float(Gw[a]) - obj or w[a] >= 1.0:
             # Frank-Wolfe step towards the vertex g_t, exact line search (the paper's step)
             gamma = min_norm_two(obj, float(Gw[t]), float(G[t, t]))
@@ -89,7 +94,7 @@ def min_norm_element(gramian: Tensor, max_iter: int = 250, tol: float = 1e-5) ->
         else:
             # away step: move weight off the worst active vertex g_a, which the paper's
             # plain Frank-Wolfe cannot do (it then converges only as O(1/k))
-            d = w.clone()
+            d = w.copy()
             d[a] -= 1.0
             curv = float(d @ G @ d)
             slope = float(d @ Gw)
@@ -98,6 +103,6 @@ def min_norm_element(gramian: Tensor, max_iter: int = 250, tol: float = 1e-5) ->
             w = w + eta * d
             if eta == eta_max:
                 w[a] = 0.0  # exactly: the vertex leaves the active set
-            w = w.clamp_min(0.0)
+            w = np.clip(w, 0.0, None)
             w = w / w.sum()
-    return MinNormResult(w, False, max_iter, gap)
+    return w, False, max_iter, gap
