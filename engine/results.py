@@ -29,6 +29,7 @@ CONFIG = "config.json"
 ENV = "env.json"
 CHECKPOINT = "checkpoint.pt"
 TRACEBACK = "traceback.txt"
+BENCHMARK_RECORD = "benchmark.json"  # Benchmark.extra_record(), when not empty
 
 STATUS_RUNNING = "running"
 STATUS_COMPLETE = "complete"

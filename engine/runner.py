@@ -224,6 +224,9 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
                                                "unit": m.unit} for m in t.metrics}
                             for t in benchmark.tasks}
         summary["setting"] = benchmark.setting
+        extra = benchmark.extra_record()  # e.g. a generated split, the validation protocol
+        if extra:
+            R.atomic_write_json(run_dir / R.BENCHMARK_RECORD, extra)
         trainer = Trainer(config, benchmark, request.composition, device, run_dir, progress)
         trainer.epoch_hooks.append(log_epoch)
         if tensorboard:

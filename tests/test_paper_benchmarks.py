@@ -135,6 +135,8 @@ def test_nyuv2_end_to_end_with_augmentation(nyu, tmp_path):
                                       "within_22.5", "within_30"}
     # The held-out val split (2 train-folder items) differs from the test split.
     assert records[1]["metrics"] != records[2]["metrics"]
+    record = json.loads((outcome.run_dir / "benchmark.json").read_text())
+    assert record["protocol"] == "holdout" and len(record["val_indices"]) == 2
 
 
 def test_cityscapes_label7_libmtl_protocol_end_to_end(tmp_path):
@@ -161,6 +163,8 @@ def test_office31_end_to_end_generated_split(office31, tmp_path):
     assert all(set(m) == {"acc"} for m in records[2]["metrics"].values())
     summary = read_summary(outcome.run_dir)
     assert summary["setting"] == "domain shift"
+    record = json.loads((outcome.run_dir / "benchmark.json").read_text())
+    assert sum(len(v) for v in record["split"]["amazon"].values()) == 15
 
 
 def test_officehome_cli_with_list_files(tmp_path):
