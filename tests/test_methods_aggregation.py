@@ -487,6 +487,17 @@ def test_every_aggregation_is_finite_on_zero_and_on_tiny_gradients():
             assert torch.isfinite(w).all()
 
 
+@pytest.mark.parametrize("key, value", [("mgda.normalization", '"unit"'),
+                                        ("mgda_ub.normalization", '"unit"'),
+                                        ("cagrad.c", "-1.0"), ("cagrad.rescale", "5"),
+                                        ("gradvac.granularity", '"layer"'),
+                                        ("upgrad.reg_eps", "-1.0")])
+def test_bad_hyperparameters_are_refused_from_the_command_line(key, value):
+    method = key.split(".")[0]
+    with pytest.raises(ConfigError, match=f"method.{key}"):
+        build_requests("digits_tasks", [method], [0], "quick", [f"method.{key}={value}"], "cpu", None)
+
+
 METHODS = ["mgda", "mgda_ub", "pcgrad", "graddrop", "gradvac", "imtl_l", "imtl_g", "imtl",
            "cagrad", "upgrad"]
 
