@@ -479,6 +479,20 @@ def test_upgrad_failed_solve_is_counted(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- all of them
+def test_published_examples_of_an_independent_implementation():
+    # the documented outputs of TorchJD's aggregators on J = [[-4, 1, 1], [6, 1, 1]]
+    # (MGDA [0, 1, 1]; IMTL-G [0.0767, 1, 1]; CAGrad c=0.5 unrescaled [0.1835, 1.2041, 1.2041];
+    # UPGrad [0.2929, 1.9004, 1.9004])
+    J = t([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+    G = J @ J.T
+    torch.testing.assert_close(mgda_weights(G).weights @ J, t([0.0, 1.0, 1.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(imtl_g_weights(G) @ J, t([0.0767, 1.0, 1.0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(cagrad_weights(G, c=0.5, rescale=0).weights @ J,
+                               t([0.1835, 1.2041, 1.2041]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(upgrad_weights(G).weights @ J, t([0.2929, 1.9004, 1.9004]),
+                               atol=1e-4, rtol=0)
+
+
 def test_every_aggregation_is_finite_on_zero_and_on_tiny_gradients():
     for J in (torch.zeros(3, 5, dtype=D), 1e-20 * random_jacobian(16, tasks=3, dim=5)):
         G = J @ J.T
