@@ -6,7 +6,8 @@ Like PCGrad, but towards a target similarity instead of orthogonality: whenever 
 moving average φ̂_ij of the past similarities, g_j is added to g_i' with the coefficient
 that makes their cosine exactly φ̂_ij:
 
-    g_i' += ||g_i'|| (φ̂_ij √(1-φ_ij²) - φ_ij √(1-φ̂_ij²)) / (||g_j|| √(1-φ̂_ij²)) · g_j,
+    g_i' += ||g_i'|| (φ̂_ij √(1-φ_ij²) - φ_ij √(1-φ̂_ij²))
+            / (||g_j|| √(1-φ̂_ij²)) · g_j,
     φ̂_ij ← (1-β) φ̂_ij + β φ_ij  (every pair, every step).
 
 The update is Σ_i g_i'. Pairs are visited, for each i, in a random order of the other

@@ -120,8 +120,10 @@ def test_mgda_permutation_equivariant_and_scale_invariant():
     J = random_jacobian(4)
     w = mgda_weights(J @ J.T, tol=1e-13).weights
     perm = torch.tensor([2, 0, 3, 1])
-    torch.testing.assert_close(mgda_weights(J[perm] @ J[perm].T, tol=1e-13).weights, w[perm], atol=1e-6, rtol=0)
-    torch.testing.assert_close(mgda_weights(49.0 * J @ J.T, tol=1e-13).weights, w, atol=1e-6, rtol=0)
+    permuted = mgda_weights(J[perm] @ J[perm].T, tol=1e-13).weights
+    torch.testing.assert_close(permuted, w[perm], atol=1e-6, rtol=0)
+    scaled = mgda_weights(49.0 * J @ J.T, tol=1e-13).weights
+    torch.testing.assert_close(scaled, w, atol=1e-6, rtol=0)
 
 
 def test_mgda_normalizations():
@@ -130,12 +132,13 @@ def test_mgda_normalizations():
     scaled = J * t([3.0, 0.2, 7.0])[:, None]
     # l2: the solve sees unit gradients, so it is blind to each gradient's norm
     w_l2 = mgda_weights(J @ J.T, losses, "l2", tol=1e-13).weights
-    torch.testing.assert_close(mgda_weights(scaled @ scaled.T, losses, "l2", tol=1e-13).weights, w_l2,
-                               atol=1e-6, rtol=0)
+    w_scaled = mgda_weights(scaled @ scaled.T, losses, "l2", tol=1e-13).weights
+    torch.testing.assert_close(w_scaled, w_l2, atol=1e-6, rtol=0)
     # loss: the same as solving on g_t / L_t by hand
     by_hand = J / losses[:, None]
     torch.testing.assert_close(mgda_weights(J @ J.T, losses, "loss", tol=1e-13).weights,
-                               mgda_weights(by_hand @ by_hand.T, tol=1e-13).weights, atol=1e-7, rtol=0)
+                               mgda_weights(by_hand @ by_hand.T, tol=1e-13).weights,
+                               atol=1e-7, rtol=0)
     unit = J / J.norm(dim=1, keepdim=True) / losses[:, None]
     torch.testing.assert_close(mgda_weights(J @ J.T, losses, "loss+", tol=1e-13).weights,
                                mgda_weights(unit @ unit.T, tol=1e-13).weights, atol=1e-7, rtol=0)
@@ -188,7 +191,8 @@ def test_pcgrad_two_task_golden_and_removes_conflict():
 
 def test_pcgrad_leaves_agreeing_gradients_alone():
     J = t([[1.0, 0.2, 0.0], [0.5, 1.0, 0.0], [0.0, 0.3, 1.0]])
-    torch.testing.assert_close(pcgrad_weights(J @ J.T, [[1, 2], [0, 2], [0, 1]]), torch.ones(3, dtype=D))
+    torch.testing.assert_close(pcgrad_weights(J @ J.T, [[1, 2], [0, 2], [0, 1]]),
+                               torch.ones(3, dtype=D))
 
 
 def _pcgrad_by_vectors(J, orders):
@@ -404,7 +408,9 @@ def test_cagrad_maximises_the_worst_improvement_in_the_ball(seed):
     worst = float((J @ d).min())
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(20000, 5, generator=gen, dtype=D)
-    points = g0 + radius * u / u.norm(dim=1, keepdim=True) * torch.rand(20000, 1, generator=gen, dtype=D) ** 0.2
+    # points of the ball, denser near its surface where the optimum lies
+    depth = torch.rand(20000, 1, generator=gen, dtype=D) ** 0.2
+    points = g0 + radius * depth * u / u.norm(dim=1, keepdim=True)
     assert float((points @ J.T).min(1).values.max()) <= worst + 1e-6
     # the solution is also invariant to the scale of the gradients
     torch.testing.assert_close(cagrad_weights(9.0 * J @ J.T, c=c, rescale=0).weights, sol.weights,
@@ -509,7 +515,8 @@ def test_every_aggregation_is_finite_on_zero_and_on_tiny_gradients():
 def test_bad_hyperparameters_are_refused_from_the_command_line(key, value):
     method = key.split(".")[0]
     with pytest.raises(ConfigError, match=f"method.{key}"):
-        build_requests("digits_tasks", [method], [0], "quick", [f"method.{key}={value}"], "cpu", None)
+        build_requests("digits_tasks", [method], [0], "quick", [f"method.{key}={value}"], "cpu",
+                       None)
 
 
 METHODS = ["mgda", "mgda_ub", "pcgrad", "graddrop", "gradvac", "imtl_l", "imtl_g", "imtl",
