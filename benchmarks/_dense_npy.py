@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from benchmarks._models import RESNETS, ASPPHead, load_state, resnet_trunk, resolve_weights, trunk_channels
+from benchmarks._models import (
+    RESNETS, ASPPHead, check_train_batch, load_state, resnet_trunk, resolve_weights, trunk_channels,
+)
 from benchmarks.base import Batch, Benchmark, TaskSpec, num_batches
 from datasets.checks import Departures
 from datasets.npy_dense import DenseArrays, read_split, scale_crop_flip
@@ -147,6 +149,8 @@ class DenseNpyBenchmark(Benchmark):
         tensors = self.arrays[folder].tensors
         training = generator is not None
         n = len(index)
+        if training:
+            check_train_batch(batch_size, {"the training split": n})
         order = torch.randperm(n, generator=generator) if training else torch.arange(n)
         for b in range(num_batches(n, batch_size, drop_last=training)):
             rows = index[order[b * batch_size:(b + 1) * batch_size]]

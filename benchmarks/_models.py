@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from engine.errors import DataError
+from engine.errors import ConfigError, DataError
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 WEIGHTS_HELP = ("data.weights is none (random initialisation), imagenet (torchvision's cached "
@@ -172,3 +172,15 @@ class OfficeEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.hidden(torch.flatten(self.pool(self.trunk(x)), 1))
+
+
+def check_train_batch(batch_size: int, sizes: dict[str, int]) -> None:
+    """Refuse a training batch size that BatchNorm or the data cannot serve."""
+    if batch_size < 2:
+        raise ConfigError(f"train.batch_size={batch_size}: the networks' BatchNorm layers "
+                          f"(ASPP image pooling, Office's hidden layer) need at least 2 images "
+                          f"per training batch")
+    for what, n in sizes.items():
+        if n < batch_size:
+            raise ConfigError(f"train.batch_size={batch_size} exceeds the {n} images of {what}; "
+                              f"every training step needs a full batch")

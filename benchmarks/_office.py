@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmarks._models import RESNETS, OfficeEncoder, load_state, resolve_weights
+from benchmarks._models import RESNETS, OfficeEncoder, check_train_batch, load_state, resolve_weights
 from benchmarks.base import Batch, Benchmark, TaskSpec, num_batches
 from benchmarks.metrics import ACCURACY, AccuracyMeter, cross_entropy
 from datasets.checks import Departures
@@ -33,7 +33,7 @@ from datasets.image_folders import (
     Entry, ImageItems, check_headers, collate_by_task, file_digest, list_lines, parse_list_file,
     read_class_names, scan_class_folders, stratified_split,
 )
-from engine.errors import ConfigError, DataError, check_choice, check_range
+from engine.errors import DataError, check_choice, check_range
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -103,7 +103,7 @@ class OfficeBenchmark(Benchmark):
             for domain in self.domains:
                 splits[domain] = {s: parse_list_file(list_dir / f"{domain}_{s}.txt", root,
                                                      self.classes) for s in SPLIT_NAMES}
-                for s, official in zip(SPLIT_NAMES, self.official_counts[domain]):
+                for s, official in zip(SPLIT_NAMES, self.official_counts[domain], strict=True):
                     self.departures.count(f"{list_dir / f'{domain}_{s}.txt'}",
                                           len(splits[domain][s]), official)
                 self._check_disjoint(domain, splits[domain], list_dir)
@@ -159,15 +159,14 @@ class OfficeBenchmark(Benchmark):
         for d in self.domains:
             offsets[d], total = total, total + sizes[d]
         steps = self.batches_per_epoch(split, batch_size)
+        if generator is not None:
+            check_train_batch(batch_size, {f"the {d} training split": sizes[d] for d in self.domains})
         chunks: dict[str, list[list[int]]] = {}
         for d in self.domains:
             n = sizes[d]
             if generator is None:
                 chunks[d] = [list(range(k, min(k + batch_size, n))) for k in range(0, n, batch_size)]
                 continue
-            if n < batch_size:
-                raise ConfigError(f"train.batch_size={batch_size} exceeds the {n} training images "
-                                  f"of domain {d}; every step needs a full batch of each domain")
             chunks[d] = []
             while len(chunks[d]) < steps:
                 order = torch.randperm(n, generator=generator).tolist()

@@ -116,8 +116,8 @@ def check_array(path: Path, array: np.ndarray, kind: str, num_classes: int) -> n
         raise DataError(f"{path}: image values up to {array.max():g}; expected values in "
                         f"[0, 1] (the preprocessed layout stores images scaled to [0, 1])")
     if kind == "depth" and array.min() < 0:
-        raise DataError(f"{path}: negative depth {array.min():g}; expected depth >= 0 "
-                        f"(0 = invalid)")
+        raise DataError(f"{path}: negative depth {array.min():g}; expected depth >= 0 with "
+                        f"0 = invalid (a -1 invalid marker comes from another preprocessing)")
     if kind == "normal" and np.abs(array).max() > _NORMAL_BOUND:
         raise DataError(f"{path}: normal component {np.abs(array).max():g}; expected unit "
                         f"vectors (components in [-1, 1]; the zero vector = invalid)")

@@ -391,7 +391,7 @@ def test_multi_input_epochs_cycle_the_smaller_domains(tmp_path):
     first = list(bench.batches("train", 4, g1))
     second = list(bench.batches("train", 4, g2))
     assert len(first) == 3
-    for x, y in zip(first, second):
+    for x, y in zip(first, second, strict=True):
         assert set(x.inputs) == set(O31)
         assert all(v.shape == (4, 3, 32, 32) for v in x.inputs.values())
         assert all(torch.equal(x.targets[t], y.targets[t]) for t in O31)
@@ -399,8 +399,10 @@ def test_multi_input_epochs_cycle_the_smaller_domains(tmp_path):
     evaluation = list(bench.batches("test", 2))
     # test: amazon 4 images, dslr and webcam 2 each -> two steps, the second amazon only.
     assert [sorted(b.inputs) for b in evaluation] == [sorted(O31), ["amazon"]]
-    with pytest.raises(ConfigError, match="train.batch_size=7 exceeds the 6 training images"):
+    with pytest.raises(ConfigError, match="train.batch_size=7 exceeds the 6 images of the dslr"):
         list(bench.batches("train", 7, g1))
+    with pytest.raises(ConfigError, match="train.batch_size=1: .*BatchNorm"):
+        list(bench.batches("train", 1, g1))
 
 
 def _list_dir(root: Path, tmp: Path) -> Path:
@@ -413,29 +415,29 @@ def _edit_list(path: Path, old: str | None, new: str) -> None:
 
 
 BROKEN_LISTS = {
-    "malformed": (lambda l, r: _edit_list(l / "dslr_val.txt", None, "just_a_path.jpg\n"),
+    "malformed": (lambda lists, r: _edit_list(lists / "dslr_val.txt", None, "just_a_path.jpg\n"),
                   r"dslr_val\.txt:4: malformed line 'just_a_path\.jpg'"),
-    "label not int": (lambda l, r: _edit_list(l / "dslr_val.txt", " 0\n", " zero\n"),
+    "label not int": (lambda lists, r: _edit_list(lists / "dslr_val.txt", " 0\n", " zero\n"),
                       r"dslr_val\.txt:1: label 'zero' is not an integer"),
-    "label range": (lambda l, r: _edit_list(l / "webcam_test.txt", None,
+    "label range": (lambda lists, r: _edit_list(lists / "webcam_test.txt", None,
                                             "webcam/images/back_pack/frame_0000.jpg 31\n"),
                     r"webcam_test\.txt:4: label 31 out of range; expected 0…30"),
-    "outside root": (lambda l, r: _edit_list(l / "amazon_train.txt", None, "../secret.jpg 0\n"),
+    "outside root": (lambda lists, r: _edit_list(lists / "amazon_train.txt", None, "../secret.jpg 0\n"),
                      r"amazon_train\.txt:10: path '\.\./secret\.jpg' points outside the data root"),
-    "absolute": (lambda l, r: _edit_list(l / "amazon_train.txt", None, "/etc/x.jpg 0\n"),
+    "absolute": (lambda lists, r: _edit_list(lists / "amazon_train.txt", None, "/etc/x.jpg 0\n"),
                  r"amazon_train\.txt:10: path '/etc/x\.jpg' points outside the data root"),
-    "missing image": (lambda l, r: _edit_list(l / "amazon_val.txt", None,
+    "missing image": (lambda lists, r: _edit_list(lists / "amazon_val.txt", None,
                                               "amazon/images/mug/frame_0001.jpg 22\n"),
                       r"amazon_val\.txt:4: image .*amazon/images/mug/frame_0001\.jpg does not exist"),
-    "label vs folder": (lambda l, r: _edit_list(l / "amazon_val.txt", " 0\n", " 1\n"),
+    "label vs folder": (lambda lists, r: _edit_list(lists / "amazon_val.txt", " 0\n", " 1\n"),
                         r"amazon_val\.txt:1: label 1 \(paper_notebook\) but the image is in "
                         r"folder 'back_pack', class 0"),
-    "missing list": (lambda l, r: (l / "webcam_val.txt").unlink(),
+    "missing list": (lambda lists, r: (lists / "webcam_val.txt").unlink(),
                      r"missing split list .*webcam_val\.txt"),
-    "overlap": (lambda l, r: _edit_list(l / "dslr_test.txt", None,
-                                        (l / "dslr_train.txt").read_text().splitlines()[0] + "\n"),
+    "overlap": (lambda lists, r: _edit_list(lists / "dslr_test.txt", None,
+                                        (lists / "dslr_train.txt").read_text().splitlines()[0] + "\n"),
                 r"dslr/images/\S+ is in both the train and the test list of dslr"),
-    "not an image": (lambda l, r: (r / "webcam/images/back_pack/frame_0002.jpg").write_text("hello"),
+    "not an image": (lambda lists, r: (r / "webcam/images/back_pack/frame_0002.jpg").write_text("hello"),
                      r"webcam/images/back_pack/frame_0002\.jpg: not a readable image"),
 }
 
@@ -503,7 +505,8 @@ def test_weights_file_is_loaded_and_checked(office31, tmp_path):
     with pytest.raises(DataError, match=r"junk\.pth: cannot be read as a PyTorch state dict"):
         make("office31", office31, weights=str(tmp_path / "junk.pth"))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(DataError, match=r"does not fit a torchvision resnet18 \(missing: .*wrong shape: conv1"):
+    with pytest.raises(DataError,
+                       match=r"does not fit a torchvision resnet18 \(missing: .*wrong shape: conv1"):
         make("office31", office31, weights=str(tmp_path / "other.pth"))
     with pytest.raises(DataError, match="no such file"):
         make("office31", office31, weights=str(tmp_path / "absent.pth"))
