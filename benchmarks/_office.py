@@ -112,6 +112,11 @@ class OfficeBenchmark(Benchmark):
             entries = scan_class_folders(root, domain, self.class_subdir, self.classes)
             self.departures.count(f"{root / domain}", len(entries), sum(self.official_counts[domain]))
             splits[domain] = stratified_split(entries, seed=[self.config.split_seed, i])
+            empty = [s for s in SPLIT_NAMES if not splits[domain][s]]
+            if empty:
+                raise DataError(f"{root / domain}: the generated split leaves no {' or '.join(empty)} "
+                                f"images ({len(entries)} images; a class needs at least 3 to "
+                                f"reach every split)")
         return splits
 
     @staticmethod

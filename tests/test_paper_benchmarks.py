@@ -468,6 +468,10 @@ def test_image_folder_errors(office31):
     with pytest.raises(DataError, match=r"unknown class folder 'not_a_class'"):
         make("office31", office31)
     (office31 / "dslr" / "images" / "not_a_class").rmdir()
+    for f in sorted((office31 / "webcam").rglob("*.jpg"))[2:]:
+        f.unlink()
+    with pytest.raises(DataError, match=r"webcam: the generated split leaves no val or test images"):
+        make("office31", office31)
     for f in sorted((office31 / "webcam").rglob("*.jpg")):
         f.unlink()
     with pytest.raises(DataError, match=r"webcam/images: no images found"):
