@@ -66,6 +66,17 @@ class Batch:
     def input_for(self, task: str) -> Tensor:
         return self.inputs[task] if isinstance(self.inputs, dict) else self.inputs
 
+    def size(self) -> int:
+        """Samples per task (every task of a multi-input batch has the same count)."""
+        first = next(iter(self.targets.values()))
+        return first.shape[0]
+
+    def select(self, index: slice) -> Batch:
+        """The same samples ``index`` of every input and target (a data-parallel shard)."""
+        inputs = ({k: v[index] for k, v in self.inputs.items()}
+                  if isinstance(self.inputs, dict) else self.inputs[index])
+        return Batch(inputs, {k: v[index] for k, v in self.targets.items()})
+
 
 @dataclass
 class TensorSplit:

@@ -45,7 +45,9 @@ def add_parser(sub, parents) -> None:
                "  python run_bench.py run -b digits_tasks -m pcgrad+repmtl -s 0 "
                "--set train.epochs=3 --set method.repmtl.lambda_tsr=0.9\n"
                "  python run_bench.py run -b nyuv2 -m repmtl -s 0 --profile paper "
-               "--data-root /data/nyuv2 --device cuda",
+               "--data-root /data/nyuv2 --device cuda\n"
+               "  torchrun --nproc_per_node=4 run_bench.py run -b nyuv2 -m pcgrad -s 0 "
+               "--profile paper --data-root /data/nyuv2   (data parallel: docs/distributed.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-b", "--benchmark", default=DEFAULT_BENCHMARK, metavar="BENCH",
                    help=f"benchmark name (default {DEFAULT_BENCHMARK}; `list benchmarks` shows all)")
@@ -78,11 +80,17 @@ def main(args: argparse.Namespace) -> int:
     from analysis.table import comparison_table
     from engine.runner import build_requests, run_all
 
+    from engine.distributed import init_from_env
+
+    # Under torchrun (WORLD_SIZE > 1) every process trains its share of each run.
+    world, device = init_from_env(args.device)
     methods = args.methods or default_methods()
     requests = build_requests(args.benchmark, methods, args.seeds, args.profile, args.overrides,
-                              args.device, args.data_root)
+                              device, args.data_root)
     outcomes = run_all(requests, args.out, force=args.force, progress=not args.no_progress,
-                       retry_failed=args.retry_failed)
+                       retry_failed=args.retry_failed, world=world)
+    if world is not None and not world.is_main:
+        return 0
     failed = [o for o in outcomes if o.state in (R.STATUS_FAILED, R.STATUS_DIVERGED)]
     names = list(dict.fromkeys(r.method_name for r in requests))
     print(comparison_table(args.out, args.benchmark, names))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from engine.distributed import World
 from methods.base import Aggregator, Method, Regularizer, Weighted, Weighting
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ class GradientEngine:
     parameters, their flat gradient buffers, the persistent Jacobian and its path."""
 
     def __init__(self, model, task_names: tuple[str, ...], jacobian: str, chunk_size: int,
-                 device: torch.device):
+                 device: torch.device, world: World | None = None):
         self.model = model
+        self.world = world
         self.task_names = task_names
         self.shared = model.shared_parameters()
         self.heads = {t: model.head_parameters(t) for t in task_names}
@@ -103,14 +105,19 @@ class GradientEngine:
         if not self.shared:
             raise RuntimeError("the model has no shared parameters to take a Jacobian of")
         self.heads_done = False
+        jac = None
         if self.jacobian_path == "batched":
             try:
-                return self._jacobian_batched(losses)
+                jac = self._jacobian_batched(losses)
             except RuntimeError as exc:  # an op without a batching rule
                 self.jacobian_path = "loop"
                 self.fallback_reason = f"batched Jacobian failed ({exc}); using the loop"
                 log.warning(self.fallback_reason)
-        return self._jacobian_loop(losses, with_heads)
+        if jac is None:
+            jac = self._jacobian_loop(losses, with_heads)
+        if self.world is not None:
+            self.world.sum_(jac)  # every rank holds its share: the sum is the global Jacobian
+        return jac
 
     def _jacobian_loop(self, losses: Tensor, with_heads: bool) -> Tensor:
         jac = self._jacobian_buffer(losses.shape[0])
@@ -147,12 +154,26 @@ class GradientEngine:
                     p.grad.mul_(scale.to(p.grad.dtype))
 
     def set_shared_grads(self, direction: Tensor) -> None:
-        """Make ``direction`` [P] the gradient of the shared parameters (one copy)."""
+        """Make the global ``direction`` [P] the gradient of the shared parameters (one
+        copy). Under data parallelism every rank writes 1/N of it, since the buffers are
+        summed over the ranks after the update."""
         self.shared_grads.buffer.copy_(direction)
+        if self.world is not None:
+            self.shared_grads.buffer.div_(self.world.size)
 
     def set_shared_combination(self, weights: Tensor, jacobian: Tensor) -> None:
         """Shared gradient = Jᵀ·weights, written straight into the gradient buffer."""
         torch.mv(jacobian.T, weights.to(jacobian.dtype), out=self.shared_grads.buffer)
+        if self.world is not None:
+            self.shared_grads.buffer.div_(self.world.size)
+
+    def reduce_grads(self) -> None:
+        """Sum the model's gradient buffers over the ranks (data parallelism only)."""
+        if self.world is None:
+            return
+        for flat in (self.shared_grads, self.specific_grads):
+            if flat.buffer is not None:
+                self.world.sum_(flat.buffer)
 
 
 @dataclass
@@ -259,13 +280,20 @@ class TrainStepContext:
                                         create_graph=create_graph, allow_unused=True)
             rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
                                    for g, p in zip(grads, params)]))
-        return torch.stack(rows)
+        grads = torch.stack(rows)
+        if self.engine.world is not None:
+            from torch.distributed.nn.functional import all_reduce  # differentiable
+
+            grads = all_reduce(grads)
+        return grads
 
     def log(self, name: str, value: Tensor) -> None:
         self.stats.log(name, value)
 
     def recompute_losses(self) -> Tensor:
-        return self._loss_fn(self.batch)
+        losses = self._loss_fn(self.batch)
+        world = self.engine.world
+        return losses if world is None else world.sum_(losses / world.size)
 
 
 def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainStepContext,
@@ -274,10 +302,14 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
 
     Returns the weights that were applied (for the record) and the total penalty."""
     engine = ctx.engine
+    world = engine.world
     penalty = None
     for reg in regularizers:
         term = reg.penalty(ctx)
         penalty = term if penalty is None else penalty + term
+    if penalty is not None and world is not None:
+        # Each rank's penalty covers its own samples; the global penalty is their mean.
+        penalty = world.global_value(penalty / world.size)
     weights = None
     if isinstance(primary, Weighting):
         out: Weighted = primary.weigh(ctx)
@@ -301,8 +333,16 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
         else:
             reps = ctx.reps()
             grads = torch.stack([g.reshape(-1) for g in ctx.rep_grads()])
-            agg = primary.aggregate(grads, ctx)
-            torch.autograd.backward(reps[0], agg.direction.view_as(reps[0]), inputs=engine.shared,
+            if world is None:
+                agg = primary.aggregate(grads, ctx)
+                local = agg.direction
+            else:
+                # Aggregate the representation gradients of the whole global batch, identically
+                # on every rank, and backpropagate this rank's slice.
+                agg = primary.aggregate(world.gather_columns(grads), ctx)
+                width = grads.shape[1]
+                local = agg.direction[world.rank * width:(world.rank + 1) * width]
+            torch.autograd.backward(reps[0], local.view_as(reps[0]), inputs=engine.shared,
                                     retain_graph=True)
         weights = agg.weights
         if engine.all_head_params and not heads_done:  # heads may have no parameters (toy2d)

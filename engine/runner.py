@@ -21,6 +21,7 @@ from benchmarks.base import Benchmark
 from benchmarks.registry import BENCHMARKS, PROFILE_DIR
 from engine import results as R
 from engine.config import RunConfig, resolve
+from engine.distributed import World
 from engine.errors import UserError
 from engine.locks import RunLock, RunLocked
 from engine.runlog import TensorBoardHook, log_epoch, run_log
@@ -148,13 +149,18 @@ def make_benchmark(config: RunConfig, device: torch.device) -> Benchmark:
 
 def execute(request: RunRequest, out: Path, force: bool = False, progress: bool = True,
             benchmark_cache: dict | None = None, retry_failed: bool = False,
-            tensorboard: bool = False) -> RunOutcome:
+            tensorboard: bool = False, world: World | None = None) -> RunOutcome:
     """Train one run, resuming from its checkpoint, unless it is complete, or it failed or
     diverged and ``retry_failed`` is False (such runs are skipped and keep their status;
     a retried run resumes from its last checkpoint). ``force`` retrains every run from
     scratch. A run that another process is training is not touched: status "locked".
-    Never raises for a failed run: the failure is written to its summary and returned."""
+    Never raises for a failed run: the failure is written to its summary and returned.
+
+    Data parallel (``world``): rank 0 decides, locks and writes; every rank trains."""
     run_dir = request.dir(out)
+    if world is not None:
+        return _execute_distributed(request, out, force, progress, benchmark_cache,
+                                    retry_failed, world)
     skipped = _skip(request, run_dir, force, retry_failed)
     if skipped is not None:
         return skipped
@@ -168,6 +174,38 @@ def execute(request: RunRequest, out: Path, force: bool = False, progress: bool 
                 return _train(request, run_dir, force, progress, benchmark_cache, tensorboard)
     except RunLocked as exc:
         return RunOutcome(request, run_dir, "locked", str(exc))
+
+
+def _execute_distributed(request: RunRequest, out: Path, force: bool, progress: bool,
+                         benchmark_cache: dict | None, retry_failed: bool,
+                         world: World) -> RunOutcome:
+    import torch.distributed as dist
+
+    run_dir = request.dir(out)
+    lock = None
+    decision: list = [None]
+    if world.is_main:
+        skipped = _skip(request, run_dir, force, retry_failed)
+        if skipped is None:
+            lock = RunLock(run_dir)
+            try:
+                lock.__enter__()
+            except RunLocked as exc:
+                lock = None
+                skipped = RunOutcome(request, run_dir, "locked", str(exc))
+        decision[0] = None if skipped is None else (skipped.status, skipped.reason, skipped.previous)
+    dist.broadcast_object_list(decision, src=0)
+    if decision[0] is not None:
+        status, reason, previous = decision[0]
+        return RunOutcome(request, run_dir, status, reason, previous=previous)
+    try:
+        if world.is_main:
+            with run_log(run_dir):
+                return _train(request, run_dir, force, progress, benchmark_cache, False, world)
+        return _train(request, run_dir, force, False, benchmark_cache, False, world)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
 
 
 def _skip(request: RunRequest, run_dir: Path, force: bool, retry_failed: bool) -> RunOutcome | None:
@@ -191,22 +229,32 @@ def _skip(request: RunRequest, run_dir: Path, force: bool, retry_failed: bool) -
 
 
 def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
-           benchmark_cache: dict | None, tensorboard: bool) -> RunOutcome:
+           benchmark_cache: dict | None, tensorboard: bool,
+           world: World | None = None) -> RunOutcome:
     config = request.config
     summary_path = run_dir / R.SUMMARY
+    writes = world is None or world.is_main
+
+    def write_json(path: Path, obj) -> None:
+        if writes:
+            R.atomic_write_json(path, obj)
+
     log.info("run %s: %s on %s, seed %d, config %s", run_dir, request.method_name,
              config.benchmark, config.seed, config.hash())
-    if force and run_dir.exists():
+    if force and run_dir.exists() and writes:
         for name in (R.CHECKPOINT, "checkpoint.prev.pt", R.METRICS, R.TRACEBACK):
             (run_dir / name).unlink(missing_ok=True)
     device = resolve_device(config.device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    R.atomic_write_json(run_dir / R.CONFIG, {**config.to_dict(), "config_hash": config.hash()})
-    R.atomic_write_json(run_dir / R.ENV, R.environment(device))
+    if writes:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / R.CONFIG, {**config.to_dict(), "config_hash": config.hash()})
+    write_json(run_dir / R.ENV, {**R.environment(device),
+                                 "world_size": world.size if world is not None else 1})
     summary = {"status": R.STATUS_RUNNING, "benchmark": config.benchmark,
                "method": request.method_name, "seed": config.seed, "config_hash": config.hash(),
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    R.atomic_write_json(summary_path, summary)
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "world_size": world.size if world is not None else 1}
+    write_json(summary_path, summary)
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -226,8 +274,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
         summary["setting"] = benchmark.setting
         extra = benchmark.extra_record()  # e.g. a generated split, the validation protocol
         if extra:
-            R.atomic_write_json(run_dir / R.BENCHMARK_RECORD, extra)
-        trainer = Trainer(config, benchmark, request.composition, device, run_dir, progress)
+            write_json(run_dir / R.BENCHMARK_RECORD, extra)
+        trainer = Trainer(config, benchmark, request.composition, device, run_dir, progress, world)
         trainer.epoch_hooks.append(log_epoch)
         if tensorboard:
             board = TensorBoardHook(run_dir)
@@ -242,7 +290,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
         summary.update(status=R.STATUS_FAILED, reason=str(exc))
     except Exception as exc:  # a failed run must not stop the others; its traceback is kept
         tb = traceback.format_exc()
-        R.atomic_write_bytes(run_dir / R.TRACEBACK, tb.encode())
+        if writes:
+            R.atomic_write_bytes(run_dir / R.TRACEBACK, tb.encode())
         log.error("%s", tb)
         summary.update(status=R.STATUS_FAILED, reason=f"{type(exc).__name__}: {exc}",
                        traceback=R.TRACEBACK)
@@ -259,7 +308,7 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
                        multi_input_forward=(config.engine.multi_input_forward
                                             if trainer.benchmark.multi_input else None),
                        methods=_method_summaries(trainer))
-    R.atomic_write_json(summary_path, summary)
+    write_json(summary_path, summary)
     return RunOutcome(request, run_dir, summary["status"], summary.get("reason", ""), wall)
 
 
@@ -273,8 +322,11 @@ def _method_summaries(trainer: Trainer) -> dict:
 
 
 def run_all(requests: list[RunRequest], out: Path, force: bool = False,
-            progress: bool = True, retry_failed: bool = False) -> list[RunOutcome]:
-    check_writable(out)
+            progress: bool = True, retry_failed: bool = False,
+            world: World | None = None) -> list[RunOutcome]:
+    if world is None or world.is_main:
+        check_writable(out)
+    progress = progress and (world is None or world.is_main)
     outcomes = []
     cache: dict = {}
     from tqdm.auto import tqdm
@@ -282,7 +334,7 @@ def run_all(requests: list[RunRequest], out: Path, force: bool = False,
     for request in tqdm(requests, desc="runs", disable=not progress or len(requests) < 2,
                         unit="run"):
         outcome = execute(request, out, force=force, progress=progress, benchmark_cache=cache,
-                          retry_failed=retry_failed)
+                          retry_failed=retry_failed, world=world)
         outcomes.append(outcome)
         if outcome.status not in (R.STATUS_COMPLETE, "skipped"):
             log.warning("%s: %s (%s)", outcome.run_dir, outcome.status, outcome.reason)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from benchmarks.base import Batch, Benchmark
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import RunConfig
+from engine.distributed import World, slice_for
 from engine.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
 from engine.models import MultiTaskModel
 from engine.results import METRICS, write_jsonl
@@ -68,8 +69,12 @@ class Trainer:
     writing metrics and a checkpoint after each epoch."""
 
     def __init__(self, config: RunConfig, benchmark: Benchmark, composition: Composition,
-                 device: torch.device, run_dir: Path, progress: bool = True):
+                 device: torch.device, run_dir: Path, progress: bool = True,
+                 world: World | None = None):
         self.config = config
+        self.world = world
+        self.writes = world is None or world.is_main
+        """Only one process of a data-parallel run writes files."""
         self.benchmark = benchmark
         self.device = device
         self.run_dir = run_dir
@@ -94,7 +99,7 @@ class Trainer:
                                          config.train)
         self.scheduler = build_scheduler(self.optimizer, config.train)
         self.engine = GradientEngine(self.model, self.task_names, config.engine.jacobian,
-                                     config.engine.chunk_size, device)
+                                     config.engine.chunk_size, device, world)
         self.data_generator = torch.Generator().manual_seed(data_seed)
         self.method_generator = torch.Generator(device=device).manual_seed(method_seed)
         torch.manual_seed(other_seed)
@@ -123,8 +128,16 @@ class Trainer:
     def train_step(self, batch: Batch, epoch: int, stats: EpochStats):
         """One optimisation step. Returns the raw task losses (detached), the applied
         weights, the penalty and a finiteness flag per task (+ one for the penalty), all
-        on the device: nothing here waits for the host."""
+        on the device: nothing here waits for the host.
+
+        Data parallel (``world``): this rank trains on its slice of the global batch, and
+        its losses enter as straight-through global values (see engine/distributed.py)."""
+        world = self.world
+        if world is not None:
+            batch = batch.select(slice_for(batch.size(), world))
         reps, raw = self.compute_losses(batch)
+        if world is not None:
+            raw = world.global_value(raw / world.size)
         losses = raw
         for reg in self.regularizers:
             losses = reg.transform_losses(losses)
@@ -134,6 +147,7 @@ class Trainer:
         if self.traces.wants_conflict(self.step):
             self.traces.add_conflict(self.step, epoch, self._conflict_grads(ctx))
         weights, penalty = apply_update(self.primary, self.regularizers, ctx, self.method_params)
+        self.engine.reduce_grads()
         values = raw.detach()
         finite = torch.isfinite(values)
         finite = torch.cat([finite, torch.isfinite(penalty).reshape(1) if penalty is not None
@@ -263,12 +277,18 @@ class Trainer:
     def fit(self, resume: bool = True) -> FitResult:
         records: list[dict] = []
         start_epoch = 0
+        if self.world is not None and not self.writes:
+            torch.distributed.barrier()  # rank 0 has checked (and set aside) the checkpoints
         if resume:
             state = load_checkpoint(self.run_dir, self.config.hash())
             if state is not None:
                 self.load_state(state)
                 start_epoch = state["epoch"] + 1
                 records = state["records"]
+        if self.world is not None:
+            if self.writes:
+                torch.distributed.barrier()
+            torch.distributed.barrier()  # every rank has read the checkpoint before rank 0 writes
         epochs = self.config.train.epochs
         steps_per_epoch = self.benchmark.batches_per_epoch("train", self.train_batch)
         if self.config.train.max_steps_per_epoch:
@@ -288,6 +308,8 @@ class Trainer:
                 records.append(self.evaluate("test", epoch))
                 if self.scheduler is not None:
                     self.scheduler.step()
+                if not self.writes:
+                    continue
                 # Files first, checkpoint last: a run killed in between redoes this epoch
                 # and rewrites them, so they never lag behind the checkpoint.
                 write_jsonl(self.run_dir / METRICS, records)
