@@ -150,7 +150,10 @@ def run_processes(specs: list[RunSpec], options: Options, jobs: int,
                 for sentinel in wait(list(running)):
                     index, slot, spec, conn, proc = running.pop(sentinel)
                     proc.join()
-                    result = conn.recv() if conn.poll() else None
+                    try:
+                        result = conn.recv() if conn.poll() else None
+                    except EOFError:  # died before sending anything
+                        result = None
                     conn.close()
                     if result is None:
                         result = record_crash(spec, f"the process training it died "
