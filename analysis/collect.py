@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 RUN_COLUMNS = ["benchmark", "method", "seed", "config_hash", "status", "reason", "usable",
-               "protocol", "profile", "setting", "run_dir"]
+               "protocol", "profile", "setting", "setup", "run_dir"]
 METRIC_COLUMNS = ["benchmark", "method", "seed", "config_hash", "run_dir", "epoch", "split",
                   "task", "metric", "value", "higher_is_better", "unit"]
 
@@ -59,12 +59,22 @@ def find_run_dirs(root: Path) -> list[Path]:
 
 
 def run_protocol(config: dict, summary: dict) -> str:
-    """The evaluation protocol a run recorded (``data.protocol`` of its config, or a
-    ``protocol`` entry of its summary or of the summary's ``extra``); "" when none."""
-    for source in (summary, summary.get("extra") or {}, config.get("data") or {}):
+    """The protocol a run recorded (a ``protocol`` entry of its summary or of the summary's
+    ``extra`` record, else ``data.protocol`` of its config); "libmtl" whenever the extra record
+    says ``selection_on_test``; "" when none."""
+    extra = summary.get("extra") or {}
+    if isinstance(extra, dict) and extra.get("selection_on_test"):
+        return LIBMTL_PROTOCOL
+    for source in (summary, extra, config.get("data") or {}):
         if isinstance(source, dict) and source.get("protocol"):
             return str(source["protocol"])
     return ""
+
+
+def run_setup(config: dict) -> str:
+    """A key of the data and training settings of a run (its config's ``data`` and ``train``
+    sections), so that a method is compared with the stl runs trained the same way."""
+    return json.dumps({"data": config.get("data"), "train": config.get("train")}, sort_keys=True)
 
 
 def _check_metrics(run_dir: Path) -> str:
@@ -93,7 +103,8 @@ def load_runs(root: Path) -> pd.DataFrame:
                "config_hash": src.get("config_hash", config.get("config_hash")),
                "protocol": run_protocol(config, summary or {}),
                "profile": config.get("profile", ""),
-               "setting": (summary or {}).get("setting", ""), "run_dir": str(run_dir)}
+               "setting": (summary or {}).get("setting", ""), "setup": run_setup(config),
+               "run_dir": str(run_dir)}
         if summary is None:
             row.update(status="corrupt", reason="summary.json missing or unreadable", usable=False)
         elif summary.get("status") != "complete":

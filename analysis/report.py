@@ -135,18 +135,19 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
     if "conflict" not in skip:
         steps, pairs, bad = conflict.load_conflicts(usable)
         problems.update(bad)
-        for bench, part in _per_benchmark(steps):
-            doc.heading(1, f"Gradient conflict: {bench}")
-            doc.frame_table(_slug("conflict", bench), conflict.conflict_summary(part),
+        for (bench, space), part in steps.groupby(["benchmark", "space"], sort=True):
+            name = f"{bench} ({space} space)" if space else bench
+            doc.heading(1, f"Gradient conflict: {name}")
+            doc.frame_table(_slug("conflict", bench, space), conflict.conflict_summary(part),
                             "Averages over training: pairwise cosine, fraction of conflicting "
                             "pairs (cosine < 0), gradient-norm ratio max/min")
-            doc.figure(conflict.plot_overview(part, doc.figures_dir / _slug("conflict", bench),
-                                              f"{bench}: gradient conflict"),
-                       f"{bench}: gradient conflict over training (mean over seeds)")
-            doc.figure(conflict.plot_pairs(pairs[pairs.benchmark == bench],
-                                           doc.figures_dir / _slug("conflict_pairs", bench),
-                                           f"{bench}: pairwise cosine"),
-                       f"{bench}: cosine of every task pair over training")
+            doc.figure(conflict.plot_overview(part, doc.figures_dir / _slug("conflict", bench, space),
+                                              f"{name}: gradient conflict"),
+                       f"{name}: gradient conflict over training (mean over seeds)")
+            sub = pairs[(pairs.benchmark == bench) & (pairs.space == space)]
+            doc.figure(conflict.plot_pairs(sub, doc.figures_dir / _slug("conflict_pairs", bench, space),
+                                           f"{name}: pairwise cosine"),
+                       f"{name}: cosine of every task pair over training")
     if "curves" not in skip:
         data, bad = curves.load_curves(usable)
         problems.update(bad)

@@ -4,7 +4,8 @@ Rows are methods (one row per method and config hash), columns every task metric
 is better, ↓ lower), then Δp_task, Δp_metric, Δm% and the mean rank; cells are mean ± std
 over seeds and the number of seeds is a column. The Δ measures are computed per seed against
 the mean of the baseline and then averaged (so they carry a spread too). The baseline is the
-``stl`` runs of the same benchmark and protocol when present, else the published STL row of
+``stl`` runs of the same benchmark and protocol when present (those with the same data and
+training settings as the row when several stl configs exist), else the published STL row of
 the paper benchmarks (in the published units), else there is none and the Δ columns are
 left out with a note. The mean rank ranks the rows other than ``stl`` (the compared set,
 stored in ``Comparison.compared``) on the mean of every metric.
@@ -45,9 +46,12 @@ class Comparison:
     baseline: str | None
     per_seed: pd.DataFrame
     row_method: dict[str, str]
-    base: pd.Series | None = None
+    bases: dict[str, pd.Series] = field(default_factory=dict)
+    """Per row: the baseline means the Δ measures of that row use (empty without Δ)."""
+    base_rows: dict[str, str] = field(default_factory=dict)
+    """Per row: the stl row serving as its baseline (empty with the published baseline)."""
     base_factors: dict | None = None
-    base_row: str | None = None
+    """Unit factors from our values to the published baseline's units (None for stl)."""
     notes: list[str] = field(default_factory=list)
 
     def frame(self) -> pd.DataFrame:
@@ -97,25 +101,36 @@ def _row_labels(selected: pd.DataFrame) -> tuple[pd.Series, list[str]]:
     return label, notes
 
 
-def _stl_row(per_seed: pd.DataFrame, row_method: dict[str, str]) -> str | None:
-    """The stl row that serves as the baseline: the one with the most seeds."""
-    rows = [r for r, m in row_method.items() if m == STL]
-    if not rows:
-        return None
+def _stl_baselines(per_seed: pd.DataFrame, row_method: dict[str, str], row_setup: dict,
+                   rows: list[str], notes: list[str]) -> tuple[dict, dict, str | None]:
+    """Per row, the stl row of its baseline: each stl row is its own; another row takes the
+    stl row with the same data and training settings (most seeds first), else the stl row
+    with the most seeds (said in a note). Returns (means by row, stl row by row, label)."""
+    stl_rows = [r for r in rows if row_method[r] == STL]
+    if not stl_rows:
+        return {}, {}, None
     counts = per_seed.groupby(level="row").size()
-    return max(rows, key=lambda r: counts[r])
-
-
-def _stl_baseline(per_seed: pd.DataFrame, row_method: dict[str, str], notes: list[str]):
-    row = _stl_row(per_seed, row_method)
-    if row is None:
-        return None, None, None
-    rows = [r for r, m in row_method.items() if m == STL]
-    counts = per_seed.groupby(level="row").size()
-    if len(rows) > 1:
-        notes.append(f"Several stl configs: the baseline is {row} (most seeds).")
-    return (per_seed.xs(row, level="row").mean(), None,
-            f"the stl runs ({row}, {counts[row]} seeds, same protocol)")
+    default = max(stl_rows, key=lambda r: counts[r])
+    chosen, unmatched = {}, []
+    for row in rows:
+        if row in stl_rows:
+            chosen[row] = row
+            continue
+        same = [r for r in stl_rows if row_setup.get(r) == row_setup.get(row)]
+        chosen[row] = max(same, key=lambda r: counts[r]) if same else default
+        if not same and len(stl_rows) > 1:
+            unmatched.append(row)
+    if unmatched:
+        notes.append(f"No stl run with the same data and training settings as "
+                     f"{', '.join(unmatched)}: their baseline is {default} (most seeds).")
+    means = {row: per_seed.xs(chosen[row], level="row").mean() for row in rows}
+    used = sorted(set(chosen.values()))
+    if len(used) == 1:
+        label = f"the stl runs ({used[0]}, {counts[used[0]]} seeds, same protocol)"
+    else:
+        label = ("the stl runs of the same protocol with the same data and training settings "
+                 "as each row (" + "; ".join(f"{r} → {b}" for r, b in chosen.items() if r != b) + ")")
+    return means, chosen, label
 
 
 def _published_baseline(benchmark: str, columns, units, notes: list[str]):
@@ -135,14 +150,15 @@ def _published_baseline(benchmark: str, columns, units, notes: list[str]):
     return base, factors, f"the published STL row ({SOURCE}), our values converted to its units"
 
 
-def _deltas(per_seed: pd.DataFrame, base: pd.Series, factors: dict | None,
+def _deltas(per_seed: pd.DataFrame, bases: dict[str, pd.Series], factors: dict | None,
             higher: dict, rows: list[str]) -> pd.DataFrame:
-    cols = list(base.index)
-    scale = np.array([factors[c] if factors else 1.0 for c in cols])
-    hib = [higher[c] for c in cols]
-    tasks = [c[0] for c in cols]
     out = {}
     for row in rows:
+        base = bases[row]
+        cols = list(base.index)
+        scale = np.array([factors[c] if factors else 1.0 for c in cols])
+        hib = [higher[c] for c in cols]
+        tasks = [c[0] for c in cols]
         seeds = per_seed.xs(row, level="row")[cols].to_numpy() * scale
         seeds = seeds[~np.isnan(seeds).any(axis=1)]
         vals = {"delta_p_task": [delta_p_task(s, base.to_numpy(), hib, tasks) for s in seeds],
@@ -184,16 +200,19 @@ def build_comparison(selected: pd.DataFrame, benchmark: str, protocol: str, sele
     if protocol == LIBMTL_PROTOCOL:
         notes.append("LibMTL protocol: these runs have no validation split (val = test), so any "
                      "selection on validation selects on the test split.")
-    base, factors, baseline = _stl_baseline(per_seed, row_method, notes)
-    if base is None:
+    row_setup = dict(zip(df.row, df.setup)) if "setup" in df else {}
+    bases, base_rows, baseline = _stl_baselines(per_seed, row_method, row_setup, rows, notes)
+    factors = None
+    if not bases:
         base, factors, baseline = _published_baseline(benchmark, columns, units, notes)
+        bases = {row: base for row in rows} if base is not None else {}
     deltas = None
-    if base is not None:
+    if bases:
         try:
-            deltas = _deltas(per_seed, base, factors, higher, rows)
+            deltas = _deltas(per_seed, bases, factors, higher, rows)
         except ValueError as exc:
             notes.append(f"No Δ measures: {exc}.")
-            baseline = None
+            bases, base_rows, baseline = {}, {}, None
     else:
         notes.append("No stl runs and no published baseline for this benchmark: Δ measures "
                      "omitted.")
@@ -201,8 +220,7 @@ def build_comparison(selected: pd.DataFrame, benchmark: str, protocol: str, sele
     ranks = mean_rank(mean.loc[compared], [higher[c] for c in columns]).reindex(rows)
     return Comparison(benchmark, protocol, selection, columns, [higher[c] for c in columns],
                       units, mean, std, seeds, deltas, ranks, compared, baseline, per_seed,
-                      row_method, base if deltas is not None else None, factors,
-                      _stl_row(per_seed, row_method) if factors is None else None, notes)
+                      row_method, bases, base_rows, factors, notes)
 
 
 def comparisons(root: Path, rule: str = "last", k: int = 3, benchmark: str | None = None,
@@ -220,7 +238,9 @@ def comparisons(root: Path, rule: str = "last", k: int = 3, benchmark: str | Non
         excluded = pd.concat([excluded, extra[excluded.columns]], ignore_index=True)
         selected = selected[~selected.run_dir.isin(problems)]
     protocol = dict(zip(runs.run_dir, runs.protocol))
-    selected = selected.assign(protocol=selected.run_dir.map(protocol))
+    setup = dict(zip(runs.run_dir, runs.setup))
+    selected = selected.assign(protocol=selected.run_dir.map(protocol),
+                               setup=selected.run_dir.map(setup))
     out = []
     for (bench, proto), part in selected.groupby(["benchmark", "protocol"], sort=True):
         table = build_comparison(part, bench, proto, describe(rule, k), methods)
@@ -277,6 +297,7 @@ def cells(table: Comparison, style: str) -> tuple[list[str], list[list[str]]]:
             if pd.isna(m):
                 body[i].append("–")
                 continue
+            m = 0.0 if abs(m) < 0.5 * 10 ** -dec else m  # no "-0.00"
             text = f"{m:.{dec}f}"
             if std is not None and not pd.isna(std[row]):
                 text += f" ± {std[row]:.{dec}f}"

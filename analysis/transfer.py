@@ -23,10 +23,11 @@ COLUMNS = ["method", "task", "change_pct", "std_pct", "seeds", "t", "p", "negati
            "significant_negative"]
 
 
-def _task_changes(values: np.ndarray, table: Comparison, cols) -> dict[str, np.ndarray]:
-    """Per-seed relative change (%) of every task; ``values`` is seeds × cols."""
+def _task_changes(values: np.ndarray, table: Comparison, base: pd.Series) -> dict[str, np.ndarray]:
+    """Per-seed relative change (%) of every task; ``values`` is seeds × the base's columns."""
+    cols = list(base.index)
     scale = np.array([table.base_factors[c] if table.base_factors else 1.0 for c in cols])
-    rel = np.stack([relative_changes(v * scale, table.base[cols].to_numpy(),
+    rel = np.stack([relative_changes(v * scale, base.to_numpy(),
                                      [table.higher[table.columns.index(c)] for c in cols])
                     for v in values]) * 100.0
     out = {}
@@ -36,23 +37,25 @@ def _task_changes(values: np.ndarray, table: Comparison, cols) -> dict[str, np.n
     return out
 
 
+def _seeds(table: Comparison, row: str, cols) -> np.ndarray:
+    return table.per_seed.xs(row, level="row")[cols].dropna().to_numpy()
+
+
 def negative_transfer(table: Comparison, alpha: float = 0.05) -> pd.DataFrame | None:
     """One row per (method, task) of the compared set (see COLUMNS); None without a baseline."""
-    if table.base is None:
+    if not table.bases:
         return None
-    cols = list(table.base.index)
-    ref = None
-    if table.base_row is not None:
-        ref = _task_changes(table.per_seed.xs(table.base_row, level="row")[cols].dropna().to_numpy(),
-                            table, cols)
     rows = []
     for row in table.compared:
-        if row == table.base_row:
+        base = table.bases[row]
+        cols = list(base.index)
+        vals = _seeds(table, row, cols)
+        if row == table.base_rows.get(row) or len(vals) == 0:
             continue
-        vals = table.per_seed.xs(row, level="row")[cols].dropna().to_numpy()
-        if len(vals) == 0:
-            continue
-        for task, r in _task_changes(vals, table, cols).items():
+        ref = None
+        if row in table.base_rows:
+            ref = _task_changes(_seeds(table, table.base_rows[row], cols), table, base)
+        for task, r in _task_changes(vals, table, base).items():
             if ref is not None:
                 t, p = welch_t_test(r, ref[task])
             elif len(r) > 1 and np.var(r) > 0:

@@ -116,12 +116,13 @@ def test_report_files(results, tmp_path):
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
     for section in ("Comparison: bench", "Negative transfer: bench", "Task weights: bench",
-                    "Gradient conflict: bench", "Power laws of the training curves: bench",
+                    "Gradient conflict: bench (param space)", "Power laws of the training curves: bench",
                     "Weight spectra: bench", "Trajectories: toy2d", "Runs left out"):
         assert section in md, section
     assert "test metrics at the last epoch" in md
     figures = {p.stem for p in (out / "figures").glob("*.png")}
-    assert {"negative_transfer_bench", "weights_bench", "conflict_bench", "conflict_pairs_bench",
+    assert {"negative_transfer_bench", "weights_bench", "conflict_bench_param",
+            "conflict_pairs_bench_param",
             "curves_bench", "alpha_bench", "esd_bench", "toy_params_toy2d",
             "toy_losses_toy2d"} <= figures
     assert all((out / "figures" / f"{s}.pdf").exists() for s in figures)

@@ -19,12 +19,13 @@ def write_run(root: Path, benchmark: str, method: str, seed: int, test: dict,
               reason: str = "", val: dict | None = None, protocol: str | None = None,
               weights: list[dict] | None = None, lrs: list[float] | None = None,
               curve: list[dict] | None = None, conflict: list[dict] | None = None,
-              trajectory: list[dict] | None = None, model: dict | None = None) -> Path:
+              trajectory: list[dict] | None = None, model: dict | None = None,
+              data: dict | None = None) -> Path:
     """One run folder. ``test`` (and ``val``) map (task, metric) to a list of per-epoch
     values; ``tasks`` maps (task, metric) to (higher_is_better, unit)."""
     run_dir = root / benchmark / method / f"seed{seed}-{config_hash}"
     run_dir.mkdir(parents=True)
-    data = {"seed": 0}
+    data = dict(data or {"seed": 0})
     if protocol is not None:
         data["protocol"] = protocol
     config = {"benchmark": benchmark, "method": method, "seed": seed, "profile": "quick",

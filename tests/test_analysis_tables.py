@@ -212,3 +212,16 @@ def test_comparison_table_text_for_run(bench):
     assert "ew" in text and "pcgrad" not in text and "Δp_task" in text
     assert "test metrics at the last epoch" in text
     assert "no complete runs" in comparison_table(bench, "other")
+
+
+def test_each_row_takes_the_stl_runs_trained_the_same_way(tmp_path):
+    write_run(tmp_path, "bench", "stl", 0, _three(80, 2.0, 4.0), config_hash="s1", data={"size": 1})
+    write_run(tmp_path, "bench", "stl", 1, _three(80, 2.0, 4.0), config_hash="s1", data={"size": 1})
+    write_run(tmp_path, "bench", "stl", 0, _three(40, 2.0, 4.0), config_hash="s2", data={"size": 2})
+    write_run(tmp_path, "bench", "ew", 0, _three(44, 2.0, 4.0), config_hash="e2", data={"size": 2})
+    write_run(tmp_path, "bench", "uw", 0, _three(88, 2.0, 4.0), config_hash="u3", data={"size": 3})
+    (table,), _ = comparisons(tmp_path)
+    assert table.base_rows["ew"] == "stl [s2]" and table.base_rows["uw"] == "stl [s1]"
+    assert table.deltas.loc["ew", "delta_p_task"] == pytest.approx(100 * (4 / 40) / 2)
+    assert table.deltas.loc["uw", "delta_p_task"] == pytest.approx(100 * (8 / 80) / 2)
+    assert "same data and training settings as uw" in table.note()
