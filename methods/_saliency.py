@@ -60,7 +60,8 @@ def task_entropy(S: Tensor, eps: float) -> Tensor:
     with the network, and an absolute ε would be large for some models and lost in others.
     """
     mag = S.mean(dim=2).abs()                      # [T, B, N]
-    scale = mag.detach().mean().clamp_min(TINY)    # NaN stays NaN: a diverged step shows
+    # Floor: ε·s̄ stays a normal float when every saliency is 0; NaN stays NaN.
+    scale = mag.detach().mean().clamp_min(torch.finfo(mag.dtype).tiny / eps)
     p = mag / (mag.sum(dim=0) + eps * scale)
     return -(p * torch.log(p + eps)).sum(dim=0)
 

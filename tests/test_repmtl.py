@@ -33,6 +33,15 @@ from tests.helpers import TINY_DIGITS, read_records, read_summary, tiny_run
 TASKS = ("a", "b", "c")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The tensors here are tiny: a second intra-op thread only adds waiting on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------- a tiny model
 
 class TinyModel(nn.Module):
@@ -274,6 +283,18 @@ def test_csa_of_identical_saliencies_is_log_of_the_negatives():
         math.log(7 / 3), rel=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_vanished_saliencies_are_finite(dtype):
+    # A batch where every saliency is 0 (e.g. dead units): no task is salient anywhere, so
+    # TSR is 0, and every CSA similarity is 0, so L_csa = log(B-1); gradients are finite.
+    S = torch.zeros(3, 5, 4, 6, dtype=dtype, requires_grad=True)
+    tsr, csa_value = sal.tsr_loss(S, 1e-8), sal.csa_loss(S, 0.1)
+    assert tsr.item() == 0.0
+    assert csa_value.item() == pytest.approx(math.log(4), rel=1e-6)
+    (grad,) = torch.autograd.grad(tsr + csa_value, S)
+    assert torch.isfinite(grad).all()
+
+
 def test_csa_needs_two_samples():
     with pytest.raises(ConfigError, match="train.batch_size"):
         sal.csa_loss(torch.randn(3, 1, 4, 6), 0.1)
@@ -313,14 +334,14 @@ def test_penalty_changes_the_update_of_encoder_and_heads():
 
 def test_every_option_value_runs():
     model, x, y = setup(dtype=torch.float32)
-    for anchor, positives, denominator in OPTION_GRID:
-        for saliency, log_losses in itertools.product(("loss", "log_loss"), (False, True)):
-            config = RepMTLConfig(anchor=anchor, positives=positives, denominator=denominator,
-                                  saliency=saliency, log_losses=log_losses)
-            method = RepMTL(config, TASKS)
-            reps, losses = model.losses(x, y)
-            value = method.penalty(make_ctx(reps, losses, method))
-            assert torch.isfinite(value) and value.requires_grad
+    csa_options = [dict(anchor=a, positives=p, denominator=d) for a, p, d in OPTION_GRID]
+    log_options = [dict(saliency=s, log_losses=lg)
+                   for s, lg in itertools.product(("loss", "log_loss"), (False, True))]
+    for options in csa_options + log_options:
+        method = RepMTL(RepMTLConfig(**options), TASKS)
+        reps, losses = model.losses(x, y)
+        value = method.penalty(make_ctx(reps, losses, method))
+        assert torch.isfinite(value) and value.requires_grad, options
 
 
 @pytest.mark.parametrize("field,value,message", [
