@@ -46,7 +46,8 @@ def read_jsonl(path: Path) -> list[dict]:
         except ValueError as exc:
             raise ValueError(f"{Path(path).name} line {number}: {exc}") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{Path(path).name} line {number}: not a JSON object")
+            # bad data, reported like a JSON syntax error (callers catch ValueError)
+            raise ValueError(f"{Path(path).name} line {number}: not a JSON object")  # noqa: TRY004
         records.append(record)
     return records
 

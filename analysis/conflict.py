@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.collect import load_optional_jsonl
-from analysis.plots import grid, plt, save
+from analysis.plots import grid, save
 
 STEP_COLUMNS = ["benchmark", "method", "seed", "space", "step", "epoch", "mean_cosine",
                 "conflict_fraction", "norm_ratio"]

@@ -22,6 +22,7 @@ replacement, 2000 times, percentile interval of the mean); one seed gives no int
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def fit_power_law(steps, losses) -> PowerLawFit:
     def residuals(p):
         return np.log(np.exp(p[0]) * t ** (-p[1]) + p[2]) - logy
 
-    slope, intercept = np.polyfit(np.log(t), logy, 1)
+    slope, _intercept = np.polyfit(np.log(t), logy, 1)
     alpha0 = float(np.clip(-slope, 1e-3, 5.0))
     best = None
     for c0 in (0.0, 0.5 * y.min(), 0.9 * y.min()):
@@ -107,7 +108,7 @@ def fit_power_law(steps, losses) -> PowerLawFit:
 def extrapolation_error(steps, losses, split: float = EXTRAPOLATION_SPLIT) -> float:
     """Mean relative error on the last (1 − split) of the points of a fit on the first part."""
     steps, losses = np.asarray(steps, float), np.asarray(losses, float)
-    cut = int(round(split * steps.size))
+    cut = round(split * steps.size)
     if cut < MIN_POINTS or cut >= steps.size:
         return float("nan")
     fit = fit_power_law(steps[:cut], losses[:cut])
@@ -129,7 +130,7 @@ def bootstrap_interval(values, draws: int = 2000, level: float = 0.95, seed: int
 def lr_drop_step(run_dir: Path, curve: pd.DataFrame) -> float | None:
     """The first step of the first epoch whose lr fell below LR_DROP × the previous epoch's."""
     records = sorted(load_train_records(run_dir), key=lambda r: r.get("epoch", 0))
-    for prev, cur in zip(records, records[1:]):
+    for prev, cur in itertools.pairwise(records):
         if prev.get("lr") and cur.get("lr") is not None and cur["lr"] < LR_DROP * prev["lr"]:
             later = curve[curve.epoch >= cur["epoch"]]
             return float(later.step.min()) if not later.empty else None

@@ -19,7 +19,12 @@ import pandas as pd
 from analysis import conflict, curves, spectra, toy, transfer, weights
 from analysis.collect import load_runs
 from analysis.document import Document
-from analysis.reference import SOURCE, load_published, published_vs_reproduced, recompute_deltas
+from analysis.reference import (
+    SOURCE,
+    load_published,
+    published_vs_reproduced,
+    recompute_deltas,
+)
 from analysis.select import describe
 from analysis.table import Comparison, cells, comparisons
 
@@ -97,8 +102,7 @@ def _transfer_section(doc: Document, table: Comparison) -> None:
 
 
 def _per_benchmark(frame: pd.DataFrame):
-    for bench, part in frame.groupby("benchmark", sort=True):
-        yield bench, part
+    yield from frame.groupby("benchmark", sort=True)
 
 
 def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] = FORMATS,

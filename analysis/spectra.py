@@ -97,7 +97,8 @@ def checkpoint_spectra(path: Path, min_eigs: int = MIN_EIGS, keep_eigs: bool = F
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(model, dict):
-        raise ValueError(f"{path} holds no model state_dict")
+        # bad data in the file, reported with the other unreadable-checkpoint errors
+        raise ValueError(f"{path} holds no model state_dict")  # noqa: TRY004
     encoders = len({k.split(".")[1] for k in model if k.startswith("encoders.")})
     rows, kept = [], {}
     for name, tensor in model.items():

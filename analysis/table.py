@@ -72,8 +72,8 @@ class Comparison:
         return out
 
     def note(self) -> str:
-        lines = [f"{self.benchmark}: {self.selection}; mean ± std over seeds (column 'seeds'; "
-                 "no std for one seed)."]
+        lines = [(f"{self.benchmark}: {self.selection}; mean ± std over seeds (column 'seeds'; "
+                 "no std for one seed).")]
         if self.deltas is not None:
             lines.append(f"Δ measures relative to {self.baseline}. Δp_task, Δp_metric: higher "
                          "is better; Δm%: lower is better (= −Δp_metric).")
@@ -207,6 +207,9 @@ def build_comparison(selected: pd.DataFrame, benchmark: str, protocol: str, sele
         base, factors, baseline = _published_baseline(benchmark, columns, units, notes)
         bases = {row: base for row in rows} if base is not None else {}
     deltas = None
+    if bases and any((b < 0).any() for b in bases.values()):
+        notes.append("Some baseline values are negative: relative changes (the Δ measures) "
+                     "are not meaningful for them.")
     if bases:
         try:
             deltas = _deltas(per_seed, bases, factors, higher, rows)
@@ -353,7 +356,7 @@ def to_latex(header: list[str], body: list[list[str]], caption: str) -> str:
 def to_text(table: Comparison) -> str:
     header, body = cells(table, "text")
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-    fmt = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+    fmt = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                 for i, (c, w) in enumerate(zip(row, widths)))
     return "\n".join([fmt(header)] + [fmt(r) for r in body]
                      + ["(* best among the compared set)", table.note()])

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from analysis.collect import load_optional_jsonl
-from analysis.plots import grid, plt, save
+from analysis.plots import grid, save
 from datasets.toy import PARETO_X1, PARETO_X2, pareto_front, toy_losses
 from datasets.toy import grid as loss_grid
 
@@ -40,6 +40,8 @@ def load_trajectories(runs: pd.DataFrame) -> tuple[dict[str, list[tuple[str, np.
             continue
         label = f"start ({points[0][0]:.1f}, {points[0][1]:.1f}) seed {run.seed}"
         out.setdefault(run.method, []).append((label, np.asarray(points, dtype=float)))
+    for paths in out.values():
+        paths.sort(key=lambda p: p[0])  # the same start gets the same colour in every panel
     return out, problems
 
 

@@ -11,8 +11,14 @@ import pytest
 import torch
 
 from analysis.collect import load_runs
-from analysis.curves import (bootstrap_interval, extrapolation_error, fit_curves, fit_power_law,
-                             load_curves, power_law_window)
+from analysis.curves import (
+    bootstrap_interval,
+    extrapolation_error,
+    fit_curves,
+    fit_power_law,
+    load_curves,
+    power_law_window,
+)
 from analysis.spectra import checkpoint_spectra, fit_spectrum, layer_eigenvalues
 from tests.test_analysis_support import const, write_run
 

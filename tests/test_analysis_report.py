@@ -84,7 +84,7 @@ def test_bad_runs_are_listed_with_reasons(results):
 
 
 def test_conflict_statistics(results):
-    steps, pairs, problems = load_conflicts(load_runs(results))
+    steps, _pairs, problems = load_conflicts(load_runs(results))
     s = conflict_summary(steps).set_index("method")
     assert s.loc["ew", "conflict_fraction"] == 1.0 and s.loc["uw", "conflict_fraction"] == 0.0
     assert s.loc["ew", "norm_ratio"] == pytest.approx(4.0)

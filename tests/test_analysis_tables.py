@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.measures import delta_m, delta_p_metric, delta_p_task, mean_rank, rank_matrix, welch_t_test
+from analysis.measures import (
+    delta_m,
+    delta_p_metric,
+    delta_p_task,
+    mean_rank,
+    rank_matrix,
+    welch_t_test,
+)
 from analysis.reference import load_published, recompute_deltas, unit_factor
 from analysis.table import cells, comparison_table, comparisons
 from analysis.transfer import negative_transfer, summary
@@ -121,7 +128,7 @@ def test_selection_rules(tmp_path):
     tasks = {A: (True, "%"), ERR: (False, "")}
     write_run(tmp_path, "bench", "ew", 0, {A: [10, 30, 20], ERR: [1.0, 2.0, 3.0]}, tasks=tasks,
               val={A: [1, 3, 2], ERR: [3.0, 1.0, 2.0]})
-    value = lambda rule, k=3: comparisons(tmp_path, rule, k)[0][0].mean.loc["ew", A]  # noqa: E731
+    value = lambda rule, k=3: comparisons(tmp_path, rule, k)[0][0].mean.loc["ew", A]
     assert value("last") == 20
     assert value("best_val") == 30  # epoch 1 is best on both validation metrics
     assert value("last_k", 2) == 25
