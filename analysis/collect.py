@@ -78,8 +78,9 @@ def run_setup(config: dict) -> str:
     return json.dumps({"data": config.get("data"), "train": config.get("train")}, sort_keys=True)
 
 
-def _check_metrics(run_dir: Path) -> str:
-    """Why the run's metrics.jsonl cannot be used, or "" when it can."""
+def _check_metrics(run_dir: Path, summary: dict) -> str:
+    """Why the run's metrics.jsonl cannot be used, or "" when it can: it must parse, hold test
+    metrics, give every record an integer epoch, and every metric a direction in summary.json."""
     try:
         records = read_jsonl(run_dir / "metrics.jsonl")
     except OSError:
@@ -88,6 +89,15 @@ def _check_metrics(run_dir: Path) -> str:
         return f"metrics.jsonl corrupt ({exc})"
     if not any(r.get("split") == "test" and r.get("metrics") for r in records):
         return "metrics.jsonl has no test metrics"
+    directions = summary.get("tasks") or {}
+    for rec in records:
+        if not isinstance(rec.get("epoch"), int):
+            return "metrics.jsonl has a record without an integer epoch"
+        for task, metrics in (rec.get("metrics") or {}).items():
+            for metric in metrics:
+                info = (directions.get(task) or {}).get(metric) or {}
+                if not isinstance(info.get("higher_is_better"), bool):
+                    return f"summary.json gives no direction for metric {task}.{metric}"
     return ""
 
 
@@ -117,7 +127,7 @@ def load_runs(root: Path) -> pd.DataFrame:
             row.update(status="corrupt", reason="summary.json names no benchmark or method",
                        usable=False)
         else:
-            problem = _check_metrics(run_dir)
+            problem = _check_metrics(run_dir, summary)
             row.update(status="corrupt" if problem else "complete", reason=problem,
                        usable=not problem)
         rows.append(row)

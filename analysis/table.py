@@ -56,7 +56,8 @@ class Comparison:
 
     def frame(self) -> pd.DataFrame:
         """The numeric table (for CSV): per metric ``<task>_<metric>`` and ``..._std``, the Δ
-        measures with their std, the mean rank and the number of seeds."""
+        measures with their std, the mean rank, ``ranked`` (whether the row is in the
+        compared set of the mean rank) and the number of seeds."""
         out = pd.DataFrame(index=self.mean.index)
         out.index.name = "method"
         for col in self.columns:
@@ -68,6 +69,7 @@ class Comparison:
                 out[key] = self.deltas[key]
                 out[f"{key}_std"] = self.deltas[f"{key}_std"]
         out["mean_rank"] = self.ranks
+        out["ranked"] = [row in self.compared for row in out.index]  # the compared set
         out["seeds"] = self.seeds
         return out
 

@@ -171,3 +171,35 @@ def test_summary_json_is_not_an_object(tmp_path):
     run = write_run(tmp_path, "bench", "ew", 0, {("a", "acc"): const(1.0)}, tasks=TASKS)
     (run / "summary.json").write_text(json.dumps([1, 2]))
     assert load_runs(tmp_path).status.tolist() == ["corrupt"]
+
+
+def test_metric_without_direction_is_corrupt(tmp_path):
+    write_run(tmp_path, "bench", "ew", 0, {("a", "acc"): const(1.0), ("z", "new"): const(2.0)},
+              tasks=TASKS)
+    runs = load_runs(tmp_path)
+    assert runs.status.tolist() == ["corrupt"]
+    assert "no direction for metric z.new" in runs.reason.iloc[0]
+
+
+def test_published_vs_reproduced_in_the_report(tmp_path):
+    tasks = {("seg", "miou"): (True, "%"), ("seg", "pixacc"): (True, "%"),
+             ("depth", "abs_err"): (False, ""), ("depth", "rel_err"): (False, "")}
+    for seed, miou in enumerate([69.5, 69.9]):
+        write_run(tmp_path / "res", "cityscapes", "repmtl", seed,
+                  {("seg", "miou"): [miou], ("seg", "pixacc"): [91.85], ("depth", "abs_err"): [0.0127],
+                   ("depth", "rel_err"): [0.4342]}, tasks=tasks)
+    out = tmp_path / "rep"
+    build_report(tmp_path / "res", out, ("md", "csv"),
+                 skip=("weights", "conflict", "curves", "spectra", "toy"))
+    md = (out / "report.md").read_text()
+    assert "Published vs reproduced: cityscapes" in md and "published STL row" in md
+    diff = pd.read_csv(out / "tables" / "published_vs_reproduced_cityscapes.csv")
+    ours, pub, delta = diff.iloc[0], diff.iloc[1], diff.iloc[2]
+    assert (ours["values"], pub["values"], delta["values"]) == ("ours", "published", "difference")
+    # Rep-MTL (EW) printed: 69.72, 91.85, 0.01270, 43.42 (rel_err in %), Δp_task +0.62
+    assert ours["seg miou"] == pytest.approx(69.7) and pub["seg miou"] == 69.72
+    assert delta["seg miou"] == pytest.approx(69.7 - 69.72)
+    assert ours["depth rel_err"] == pytest.approx(43.42) and delta["depth rel_err"] == pytest.approx(0)
+    assert pub["Δp_task (%)"] == 0.62
+    published = pd.read_csv(out / "tables" / "published_cityscapes.csv").set_index("method")
+    assert published.loc["Rep-MTL (EW)", "delta_p_task"] == pytest.approx(0.62, abs=0.006)
