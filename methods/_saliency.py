@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, UserError
 
 TINY = 1e-30
 """Guards a norm or a scale that is exactly zero (a vanished saliency); far below any
@@ -42,12 +42,12 @@ def stack_saliencies(grads: list[Tensor]) -> Tensor:
     tasks' batches to have one shape."""
     shapes = {tuple(g.shape) for g in grads}
     if len(shapes) != 1:
-        raise ValueError(f"Rep-MTL compares the tasks' saliencies position by position (on a "
+        raise UserError(f"Rep-MTL compares the tasks' saliencies position by position (on a "
                          f"multi-input benchmark: sample b of every task's batch); the "
                          f"representations have different shapes {sorted(shapes)}")
     (shape,) = shapes
     if len(shape) < 2:
-        raise ValueError(f"Rep-MTL needs a representation of shape [B, C, ...]; got {list(shape)}")
+        raise UserError(f"Rep-MTL needs a representation of shape [B, C, ...]; got {list(shape)}")
     return torch.stack([g.reshape(shape[0], shape[1], -1) for g in grads])
 
 

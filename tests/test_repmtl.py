@@ -11,7 +11,6 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,8 +20,8 @@ import methods  # noqa: F401  (registers the built-in methods)
 from benchmarks.base import MultiInputTensorBenchmark, TaskSpec, TensorBenchmark, TensorSplit
 from benchmarks.metrics import ACCURACY, AccuracyMeter, cross_entropy, mse, MAE, RegressionMeter
 from benchmarks.registry import register_benchmark
-from engine.errors import ConfigError
-from engine.gradients import EpochStats, TrainStepContext
+from engine.errors import ConfigError, UserError
+from engine.gradients import EpochStats
 from engine.runner import build_requests
 from methods import _saliency as sal
 from methods.base import Aggregated, Aggregator
@@ -67,11 +66,31 @@ class TinyModel(nn.Module):
         return {t: z for t in self.heads}, torch.stack(losses)
 
 
-def make_ctx(reps: dict[str, Tensor], losses: Tensor, method=None) -> TrainStepContext:
-    names = tuple(reps)
+class StepCtx:
+    """The part of the step context (methods/base.py StepContext) that Rep-MTL uses, on a
+    hand-made graph: the engine's own context is exercised by the end-to-end runs."""
+
+    def __init__(self, reps: dict[str, Tensor], raw_losses: Tensor, losses: Tensor):
+        self.task_names = tuple(reps)
+        self._reps, self.raw_losses, self.losses = reps, raw_losses, losses
+        self.stats = EpochStats()
+
+    def rep_grads(self, create_graph: bool = False, raw: bool = False) -> list[Tensor]:
+        losses = self.raw_losses if raw else self.losses
+        return [torch.autograd.grad(losses[i], self._reps[t], retain_graph=True,
+                                    create_graph=create_graph)[0]
+                for i, t in enumerate(self.task_names)]
+
+    def reps(self) -> list[Tensor]:
+        return [self._reps[t] for t in self.task_names]
+
+    def log(self, name: str, value: Tensor) -> None:
+        self.stats.log(name, value)
+
+
+def make_ctx(reps: dict[str, Tensor], losses: Tensor, method=None) -> StepCtx:
     transformed = method.transform_losses(losses) if method is not None else losses
-    return TrainStepContext(SimpleNamespace(task_names=names), None, reps, losses, transformed,
-                            0, 0, None, EpochStats(), None)
+    return StepCtx(reps, losses, transformed)
 
 
 def setup(channels=3, size=3, vector=False, batch=5, seed=0, dtype=torch.float64):
@@ -458,7 +477,7 @@ def test_multi_input_batches_of_different_sizes_are_refused():
     reps = {t: model.encoder(xs[t]) for t in TASKS}
     losses = torch.stack([model.heads[t](reps[t]).square().mean() for t in TASKS])
     method = RepMTL(RepMTLConfig(), TASKS)
-    with pytest.raises(ValueError, match="different shapes"):
+    with pytest.raises(UserError, match="different shapes"):
         method.penalty(make_ctx(reps, losses, method))
 
 
