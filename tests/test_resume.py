@@ -193,3 +193,29 @@ def test_locked_run_is_not_trained_twice(tmp_path, status):
         holder.wait()
     with RunLock(run_dir):  # released by the OS once the holder is gone
         pass
+
+
+# Methods with state (EMAs, loss histories, learnable weights) or randomness of their own:
+# resuming must restore all of it.
+STATEFUL = ["dwa", "famo", "rlw", "repmtl"]
+
+
+@pytest.mark.parametrize("method", STATEFUL)
+def test_resume_restores_method_state_exactly(tmp_path, method):
+    from methods.registry import METHODS
+
+    if method not in METHODS:
+        pytest.skip(f"{method} is not registered")
+    (request,) = build_requests("digits_tasks", [method], [0], "quick",
+                                [*TINY_DIGITS, "train.epochs=3"], "cpu", None)
+    outcome = execute(request, tmp_path, progress=False)
+    assert outcome.status == "complete", outcome.reason
+    run_dir = outcome.run_dir
+    full = read_records(run_dir)
+    # Back to the end of epoch 1, as if killed during epoch 2.
+    os.replace(run_dir / "checkpoint.prev.pt", run_dir / "checkpoint.pt")
+    summary = read_summary(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    assert execute(request, tmp_path, progress=False).status == "complete"
+    assert read_summary(run_dir)["resumed_from_epoch"] == 2
+    assert comparable(read_records(run_dir)) == comparable(full)

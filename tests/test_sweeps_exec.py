@@ -229,3 +229,15 @@ def test_tensorboard_events_per_epoch(tmp_path, monkeypatch):
     assert ("test/first/acc", test_1["metrics"]["first"]["acc"], 1) in scalars
     assert ("loss/train/sum", records[0]["losses"]["sum"], 0) in scalars
     assert scalars[-1][0] == "closed"
+
+
+def test_workers_take_gpus_round_robin(monkeypatch):
+    import torch
+
+    from engine.executors import worker_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert worker_devices("auto", 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_devices("cpu", 2) == [None, None]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert worker_devices("cuda", 2) == [None, None]  # one GPU: every worker keeps it
