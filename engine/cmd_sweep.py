@@ -28,6 +28,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not > 0")
+    return value
+
+
 def add_parser(sub, parents) -> None:
     from engine.sweep import EXECUTORS
 
@@ -69,9 +89,11 @@ def add_parser(sub, parents) -> None:
     slurm.add_argument("--partition", default=None)
     slurm.add_argument("--time-min", type=positive_int, default=None, metavar="MIN",
                        help="time limit per job, minutes")
-    slurm.add_argument("--gpus", type=int, default=None, metavar="N", help="GPUs per job")
+    slurm.add_argument("--gpus", type=non_negative_int, default=None, metavar="N",
+                       help="GPUs per job")
     slurm.add_argument("--cpus", type=positive_int, default=None, metavar="N", help="CPUs per job")
-    slurm.add_argument("--mem-gb", type=float, default=None, metavar="GB", help="memory per job")
+    slurm.add_argument("--mem-gb", type=positive_float, default=None, metavar="GB",
+                       help="memory per job")
     slurm.add_argument("--array-parallelism", type=positive_int, default=None, metavar="N",
                        help="jobs of the array running at once")
     slurm.add_argument("--no-wait", action="store_true",

@@ -55,6 +55,8 @@ SLURM_KEYS = {
     "mem_gb": (int, float), "array_parallelism": int, "account": str, "qos": str,
     "constraint": str, "setup": list, "additional": dict, "max_num_timeout": int,
 }
+SLURM_NUMBERS = ("time_min", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
+                 "max_num_timeout")
 SECTIONS = ("train", "engine", "data", "method")
 
 
@@ -311,6 +313,9 @@ def _slurm(sweep: Sweep, table: Any) -> dict[str, Any]:
         if key not in SLURM_KEYS:
             raise sweep.error(f"slurm.{key}", f"unknown key; {closest(key, SLURM_KEYS)}")
         _check_type(sweep, f"slurm.{key}", value, SLURM_KEYS[key])
+        low = 0 if key == "gpus_per_node" else 1
+        if key in SLURM_NUMBERS and not value >= low:
+            raise sweep.error(f"slurm.{key}", f"{value} is out of range; expected a value >= {low}")
     return dict(table)
 
 
