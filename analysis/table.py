@@ -12,6 +12,7 @@ stored in ``Comparison.compared``) on the mean of every metric.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -300,14 +301,14 @@ def cells(table: Comparison, style: str) -> tuple[list[str], list[list[str]]]:
         for i, row in enumerate(table.mean.index):
             m = mean.get(row, np.nan)
             if pd.isna(m):
-                body[i].append("–")
+                body[i].append("--" if style == "tex" else "–")
                 continue
             m = 0.0 if abs(m) < 0.5 * 10 ** -dec else m  # no "-0.00"
             text = f"{m:.{dec}f}"
             if std is not None and not pd.isna(std[row]):
                 text += f" ± {std[row]:.{dec}f}"
             if style == "tex":
-                text = text.replace("±", r"$\pm$")
+                text = _tex(text)
             body[i].append(_mark(text, style, row in best, row in second))
     header.append("seeds")
     for i, row in enumerate(table.mean.index):
@@ -325,18 +326,22 @@ def _mark(text: str, style: str, best: bool, second: bool) -> str:
     return f"{text} *" if best else text
 
 
+TEX_CHARS = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#",
+             "$": r"\$", "{": r"\{", "}": r"\}", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}",
+             "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "α": r"$\alpha$",
+             "λ": r"$\lambda$", "σ": r"$\sigma$", "±": r"$\pm$", "·": r"$\cdot$", "−": r"$-$",
+             "≤": r"$\le$", "≥": r"$\ge$", "×": r"$\times$", "→": r"$\to$", "²": r"$^2$",
+             "°": r"$^\circ$", "–": "--", "ᵀ": r"$^\top$"}
+
+
 def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"),
-                 ("#", r"\#")):
-        text = text.replace(a, b)
-    return text
+    """Text for LaTeX: special characters escaped, the Unicode symbols used here in math."""
+    out = "".join(TEX_CHARS.get(ch, ch) for ch in str(text))
+    return re.sub(r"(?<!\\)\$\$", "", out)  # join adjacent formulas: "$-$$\alpha$" -> "$-\alpha$"
 
 
 def _tex_header(head: str) -> str:
-    head = _tex(head)
-    for a, b in (("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"), ("Δ", r"$\Delta$")):
-        head = head.replace(a, b)
-    return head
+    return _tex(head)
 
 
 def to_markdown(header: list[str], body: list[list[str]]) -> str:
