@@ -175,3 +175,25 @@ def load_optional_jsonl(run_dir: Path, name: str) -> tuple[list[dict], str]:
         return read_jsonl(path), ""
     except (OSError, ValueError) as exc:
         return [], f"{name} unreadable ({exc})"
+
+
+COST_COLUMNS = ["benchmark", "method", "seed", "device", "step_time_s", "wall_time_s",
+                "peak_memory_mib"]
+
+
+def load_costs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per usable run: the mean training step time (train records of metrics.jsonl), the
+    wall time and the peak memory (summary.json) and the device it ran on."""
+    rows = []
+    for run in runs[runs.usable].itertuples():
+        summary = read_json(Path(run.run_dir) / "summary.json") or {}
+        times = [r["step_time_s"] for r in load_train_records(Path(run.run_dir))
+                 if isinstance(r.get("step_time_s"), (int, float))]
+        memory = summary.get("peak_memory_bytes")
+        rows.append({"benchmark": run.benchmark, "method": run.method, "seed": run.seed,
+                     "device": summary.get("device", ""),
+                     "step_time_s": sum(times) / len(times) if times else float("nan"),
+                     "wall_time_s": summary.get("wall_time_s", float("nan")),
+                     "peak_memory_mib": memory / 2 ** 20 if isinstance(memory, (int, float))
+                     else float("nan")})
+    return pd.DataFrame(rows, columns=COST_COLUMNS)

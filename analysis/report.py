@@ -4,7 +4,7 @@
 figures embedded), ``out/tables/*.csv`` and ``*.tex`` (every table) and
 ``out/figures/*.png`` and ``*.pdf``. Sections, each present when the results have its data:
 comparison tables (per benchmark and protocol), published vs reproduced (paper benchmarks),
-negative transfer, task weights, gradient conflict, training-curve power laws, weight
+negative transfer, cost (step time, wall time, peak memory), task weights, gradient conflict, training-curve power laws, weight
 spectra, toy trajectories, and the runs left out with their reasons.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import conflict, curves, spectra, toy, transfer, weights
-from analysis.collect import load_runs
+from analysis.collect import load_costs, load_runs
 from analysis.document import Document
 from analysis.reference import (
     SOURCE,
@@ -28,7 +28,8 @@ from analysis.reference import (
 from analysis.select import describe
 from analysis.table import Comparison, cells, comparisons
 
-SECTIONS = ("tables", "published", "transfer", "weights", "conflict", "curves", "spectra", "toy")
+SECTIONS = ("tables", "published", "transfer", "cost", "weights", "conflict", "curves", "spectra",
+            "toy")
 FORMATS = ("md", "html", "tex", "csv")
 
 
@@ -129,6 +130,18 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
             if "transfer" not in skip:
                 _transfer_section(doc, table)
     usable = runs[runs.usable]
+    if "cost" not in skip:
+        costs = load_costs(usable)
+        for bench, part in _per_benchmark(costs):
+            doc.heading(1, f"Cost: {bench}")
+            table = (part.groupby(["method", "device"], sort=True)
+                     .agg(seeds=("seed", "nunique"), step_time_s=("step_time_s", "mean"),
+                          wall_time_s=("wall_time_s", "mean"),
+                          peak_memory_mib=("peak_memory_mib", "max")).reset_index())
+            doc.frame_table(_slug("cost", bench), table,
+                            "Mean training step time (s), mean wall time per run (s) and the "
+                            "largest peak memory (MiB: the CUDA allocator's peak on a GPU, the "
+                            "process's peak RSS on a CPU)")
     if "weights" not in skip:
         w = weights.load_weights(usable)
         for bench, part in _per_benchmark(w):

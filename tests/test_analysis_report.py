@@ -115,7 +115,7 @@ def test_report_files(results, tmp_path):
     assert main(["report", str(results), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
-    for section in ("Comparison: bench", "Negative transfer: bench", "Task weights: bench",
+    for section in ("Comparison: bench", "Negative transfer: bench", "Cost: bench", "Task weights: bench",
                     "Gradient conflict: bench (param space)", "Power laws of the training curves: bench",
                     "Weight spectra: bench", "Trajectories: toy2d", "Runs left out"):
         assert section in md, section
@@ -144,6 +144,9 @@ def test_report_files(results, tmp_path):
     assert len(left) == 6
     problems = pd.read_csv(out / "tables" / "unreadable_files.csv")
     assert any("checkpoint.pt" in p for p in problems.problem)
+    cost = pd.read_csv(out / "tables" / "cost_bench.csv").set_index("method")
+    assert cost.loc["ew", "step_time_s"] == pytest.approx(0.01) and cost.loc["ew", "seeds"] == 2
+    assert cost.loc["ew", "peak_memory_mib"] == pytest.approx(1 / 2 ** 20)
     fits = pd.read_csv(out / "tables" / "curve_fits_bench.csv").set_index(["method", "task"])
     assert fits.loc[("ew", "a"), "alpha"] == pytest.approx(0.5, rel=0.03)
     assert fits.loc[("ew", "b"), "alpha"] == pytest.approx(0.3, rel=0.03)
