@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from analysis.collect import load_train_records
 from analysis.plots import grid, save
@@ -37,6 +38,7 @@ def plot_weights(weights: pd.DataFrame, stem: Path, title: str) -> Path:
             ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
         ax.set_title(method)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("mean applied task weight")
         ax.legend()
     fig.suptitle(title)
