@@ -34,6 +34,13 @@ def comparable(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "step_time_s"} for r in records]
 
 
+def same_traces(a: Path, b: Path) -> bool:
+    """The step-level traces (curve.jsonl, ...) of two runs exist and are identical."""
+    names = sorted(p.name for p in a.glob("*.jsonl") if p.name != "metrics.jsonl")
+    return bool(names) and names == sorted(p.name for p in b.glob("*.jsonl")
+                                           if p.name != "metrics.jsonl") and all((a / n).read_text() == (b / n).read_text() for n in names)
+
+
 def only_run_dir(out: Path) -> Path:
     (run_dir,) = (out / "digits_tasks" / "ew").iterdir()
     return run_dir
@@ -67,6 +74,7 @@ def test_sigkilled_run_resumes_to_identical_metrics(tmp_path):
     resumed, uninterrupted = read_records(run_dir), read_records(reference.run_dir)
     assert len(resumed) == 3 * EPOCHS
     assert comparable(resumed) == comparable(uninterrupted)
+    assert same_traces(run_dir, reference.run_dir)
     assert "resuming" in (run_dir / "run.log").read_text()
 
 
@@ -212,6 +220,10 @@ def test_resume_restores_method_state_exactly(tmp_path, method):
     assert outcome.status == "complete", outcome.reason
     run_dir = outcome.run_dir
     full = read_records(run_dir)
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    for path in run_dir.glob("*.jsonl"):
+        (traces / path.name).write_text(path.read_text())
     # Back to the end of epoch 1, as if killed during epoch 2.
     os.replace(run_dir / "checkpoint.prev.pt", run_dir / "checkpoint.pt")
     summary = read_summary(run_dir)
@@ -219,3 +231,4 @@ def test_resume_restores_method_state_exactly(tmp_path, method):
     assert execute(request, tmp_path, progress=False).status == "complete"
     assert read_summary(run_dir)["resumed_from_epoch"] == 2
     assert comparable(read_records(run_dir)) == comparable(full)
+    assert same_traces(run_dir, traces)
