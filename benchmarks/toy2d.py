@@ -13,10 +13,10 @@ Protocols (profiles in ``profiles/toy2d.toml``; pick the start with ``data.start
 - ``cagrad``: starts (−8.5, 7.5), (−8.5, −5), (9, 9); 100k Adam steps, lr 1e-3.
 - ``nashmtl``: starts (−8.5, 7.5), (0, 0), (9, 9), (−7.5, −0.5), (9, −1); 35k steps;
   L1 scaled by 0.1.
-- ``famo``: the same five starts, 50k steps, L1 scaled by 0.1 and L* = (−21·0.1, −21), so
-  that every loss stays positive (FAMO takes log(L − L*)). Here L* is subtracted inside
-  the task losses, so every method sees the same shifted losses; a FAMO implementation
-  with its own L* option can be given the neutral benchmark instead.
+- ``famo``: the same five starts, 50k steps, L1 scaled by 0.1; FAMO takes log(L − L*) and
+  gets L* = (−21·0.1, −21) as its own option (``method.famo.min_losses``), as in its code.
+  ``data.l_star`` instead subtracts L* inside the task losses, for any method that needs
+  positive losses (every method then sees the shifted losses).
 - ``quick``: 3,000 Adam steps at lr 1e-2 (not a published protocol: a CPU smoke run).
 
 Metrics (per evaluation, lower is better): ``L1.value`` and ``L2.value`` are the raw toy
