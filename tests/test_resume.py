@@ -37,8 +37,9 @@ def comparable(records: list[dict]) -> list[dict]:
 def same_traces(a: Path, b: Path) -> bool:
     """The step-level traces (curve.jsonl, ...) of two runs exist and are identical."""
     names = sorted(p.name for p in a.glob("*.jsonl") if p.name != "metrics.jsonl")
-    return bool(names) and names == sorted(p.name for p in b.glob("*.jsonl")
-                                           if p.name != "metrics.jsonl") and all((a / n).read_text() == (b / n).read_text() for n in names)
+    others = sorted(p.name for p in b.glob("*.jsonl") if p.name != "metrics.jsonl")
+    return bool(names) and names == others and all(
+        (a / n).read_text() == (b / n).read_text() for n in names)
 
 
 def only_run_dir(out: Path) -> Path:
