@@ -273,6 +273,8 @@ def wait_jobs(specs: list[RunSpec], jobs: list, progress: bool = True,
               poll_s: float = 1.0) -> list[RunResult]:
     """Wait for every job; a job that failed outside the run (killed, node failure) is
     recorded in the run's summary like a crashed process."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
     results: list[RunResult | None] = [None] * len(jobs)
     pending = set(range(len(jobs)))
     with _bar(len(jobs), progress, "sweep (jobs)") as bar:
@@ -283,7 +285,7 @@ def wait_jobs(specs: list[RunSpec], jobs: list, progress: bool = True,
                 pending.discard(i)
                 try:
                     results[i] = jobs[i].result()
-                except Exception as exc:  # the job died outside run_spec; its run is recorded
+                except (FailedJobError, UncompletedJobError) as exc:  # died outside run_spec
                     results[i] = record_crash(specs[i], f"job {jobs[i].job_id} failed: "
                                                         f"{str(exc).strip().splitlines()[-1:]}")
                 bar.set_postfix_str(f"{specs[i].label}: {results[i].status}")

@@ -195,6 +195,6 @@ def test_status_table_counts_states():
                RunResult("b/uw", "/r/uw", "failed", "failed", "RuntimeError: boom"),
                RunResult("b/dwa", "/r/dwa", "skipped", "diverged", "non-finite loss")]
     table = status_table(specs, results)
-    last = [line for line in table.splitlines() if line.startswith("total")][0]
+    last = next(line for line in table.splitlines() if line.startswith("total"))
     assert last.split() == ["total", "1", "1", "1", "1"]
     assert "RuntimeError: boom" in table and "--retry-failed" in table

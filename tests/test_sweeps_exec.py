@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import types
 from pathlib import Path
@@ -84,7 +83,7 @@ def run_dir(out: Path, method: str, seed: int = 0) -> Path:
 
 
 def total_row(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("total")][0].split()[1:]
+    return next(line for line in text.splitlines() if line.startswith("total")).split()[1:]
 
 
 def test_local_sweep_records_failures_goes_on_and_retries_on_request(tmp_path, plugin, capsys,
@@ -225,7 +224,7 @@ def test_tensorboard_events_per_epoch(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert main(["sweep", str(path), "--out", str(out), "--no-progress", "--tensorboard"]) == 0
     records = read_records(run_dir(out, "ew"))
-    test_1 = [r for r in records if r["split"] == "test" and r["epoch"] == 1][0]
+    test_1 = next(r for r in records if r["split"] == "test" and r["epoch"] == 1)
     assert ("test/first/acc", test_1["metrics"]["first"]["acc"], 1) in scalars
     assert ("loss/train/sum", records[0]["losses"]["sum"], 0) in scalars
     assert scalars[-1][0] == "closed"
