@@ -17,6 +17,8 @@ import os
 import socket
 from pathlib import Path
 
+from engine.errors import UserError
+
 LOCK_FILE = "run.lock"
 
 
@@ -44,6 +46,11 @@ class RunLock:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
             os.close(fd)
             raise RunLocked(self.path.parent, holder) from None
+        except OSError as exc:  # a file system without flock (some FUSE or NFS mounts)
+            os.close(fd)
+            raise UserError(f"cannot lock {self.path}: {exc.strerror or exc}; the results "
+                            f"folder must be on a file system that supports flock "
+                            f"(see docs/sweeps.md)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
         self._fd = fd
