@@ -40,7 +40,7 @@ SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
 class ScenesConfig:
     seed: int = 0
     """Seed of the data generation (not the run seed)."""
-    size: int = 32
+    size: int = 48
     """Image side in pixels (a multiple of 4)."""
     train_size: int = 400
     val_size: int = 100
