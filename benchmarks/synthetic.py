@@ -13,7 +13,8 @@ problem is α = 0.12 (a method option, not a data one).
 
 Diagnostic: a squared loss scales with σ_i², so weights ∝ 1/σ_i² equalise the tasks'
 contributions. ``extra_record()`` stores these ideal weights (normalised to sum to T, EW's
-scale) with the run, to compare against the weights a method applied (metrics.jsonl).
+scale) with the run (``benchmark.json``), to compare against the weights a method applied
+(``metrics.jsonl``).
 
 Choices the paper leaves open (documented defaults): inputs x ~ N(0, 0.01²) per entry
 (``data.input_distribution=normal``; the alternative ``uniform_normalised`` saturates the

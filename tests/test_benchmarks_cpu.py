@@ -280,6 +280,10 @@ def test_tiny_run_end_to_end(name, tmp_path):
     assert got == EXPECTED_METRICS[name]
     for task_metrics in test["metrics"].values():
         assert all(math.isfinite(v) for v in task_metrics.values())
+    if name == "synthetic":  # T = 3, σ = (1, 2, 3): weights ∝ 1, 1/4, 1/9, summing to 3
+        record = json.loads((outcome.run_dir / "benchmark.json").read_text())
+        inverse = [1.0, 1 / 4, 1 / 9]
+        assert record["ideal_weights"] == pytest.approx([3 * w / sum(inverse) for w in inverse])
     if name == "toy2d":
         lines = (outcome.run_dir / "trajectory.jsonl").read_text().splitlines()
         points = [json.loads(line) for line in lines]
