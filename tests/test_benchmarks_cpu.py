@@ -292,6 +292,16 @@ def test_tiny_run_end_to_end(name, tmp_path):
         assert points[-1]["point"] != points[0]["point"]
 
 
+@pytest.mark.parametrize("method", ["cagrad", "mgda_ub"])
+def test_toy2d_heads_without_parameters_serve_gradient_methods(method, tmp_path):
+    # The Jacobian (parameter space) and the representation-gradient paths: x must move.
+    (outcome,) = tiny_run("toy2d", method, tmp_path, TINY["toy2d"])
+    assert outcome.status == "complete", outcome.reason
+    lines = (outcome.run_dir / "trajectory.jsonl").read_text().splitlines()
+    first, last = json.loads(lines[0]), json.loads(lines[-1])
+    assert last["point"] != first["point"]
+
+
 def test_cli_runs_every_cpu_benchmark(tmp_path):
     # One interpreter for the four runs: the command line's own entry point, called as
     # run_bench.py calls it.
