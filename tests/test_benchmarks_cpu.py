@@ -162,7 +162,7 @@ def test_synthetic_config_errors():
 def test_domains_are_distinct_renderings_in_range():
     digits = np.random.default_rng(0).uniform(0, 1, size=(5, 8, 8)).astype(np.float32)
     images = {d: render(d, digits, np.random.default_rng(1)) for d in DOMAINS}
-    for d, x in images.items():
+    for x in images.values():
         assert x.shape == (5, 3, 12, 12) and x.dtype == np.float32
         assert x.min() >= 0 and x.max() <= 1
     for i, a in enumerate(DOMAINS):
@@ -310,7 +310,7 @@ def test_cli_runs_every_cpu_benchmark(tmp_path):
     code = ("import sys; from engine.cli import main; "
             f"sys.exit(max(main(argv) for argv in {calls!r}))")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     for name in TINY:
