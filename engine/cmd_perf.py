@@ -26,7 +26,9 @@ def add_parser(sub, parents) -> None:
         epilog="Examples:\n"
                "  python run_bench.py perf -b digits_tasks -m uw pcgrad mgda repmtl\n"
                "  python run_bench.py perf -b scenes -m cagrad nashmtl --steps 30 --batch-size 16\n"
-               "  python run_bench.py perf -b synthetic -m pcgrad --set data.num_tasks=16",
+               "  python run_bench.py perf -b synthetic -m pcgrad --set data.num_tasks=16\n"
+               "  python run_bench.py perf -b synthetic -m ew pcgrad mgda --scale "
+               "data.num_tasks=2,4,8,16 \\\n      --plot docs/scaling.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-b", "--benchmark", default="digits_tasks", metavar="BENCH",
                    help="benchmark (default digits_tasks)")
@@ -45,13 +47,25 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--data-root", default=None, metavar="DIR", help="data of paper benchmarks")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the memory measurement (on the CPU it starts a process per method)")
+    p.add_argument("--scale", default=None, metavar="KEY=V1,V2,...",
+                   help="measure at every value of one config key (e.g. data.num_tasks=2,4,8): "
+                        "step time per method and its excess over the floor against the "
+                        "number of tasks, with the log-log slope (memory not measured)")
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                   help="with --scale: also draw the log-log plot to this file")
     p.add_argument("--out", type=Path, default=Path("results/perf"), metavar="DIR",
                    help="where the JSON and Markdown results go (default results/perf)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    from engine.errors import UserError
     from engine.perf import format_table, run_perf, save
+
+    if args.plot is not None and args.scale is None:
+        raise UserError("--plot draws the --scale measurement; give --scale KEY=V1,V2,...")
+    if args.scale is not None:
+        return _scale(args)
 
     result = run_perf(args.benchmark, args.methods, args.profile, args.overrides, args.device,
                       args.steps, args.warmup, args.batch_size, args.data_root,
@@ -59,4 +73,18 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(result))
     json_path, md_path = save(result, args.out)
     print(f"\nsaved {json_path} and {md_path}")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from engine.perf import format_scaling, parse_scale, plot_scaling, run_scaling, save_scaling
+
+    key, values = parse_scale(args.scale)
+    result = run_scaling(args.benchmark, args.methods, args.profile, args.overrides, args.device,
+                         args.steps, args.warmup, args.batch_size, args.data_root, key, values)
+    print(format_scaling(result))
+    json_path, md_path = save_scaling(result, args.out)
+    print(f"\nsaved {json_path} and {md_path}")
+    if args.plot is not None:
+        print(f"plot: {plot_scaling(result, args.plot)}")
     return 0

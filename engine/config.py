@@ -3,7 +3,8 @@
 Keys are dotted paths into four sections:
 
 - ``train.*``  optimisation (epochs, batch size, optimizer, learning-rate schedule)
-- ``engine.*`` how gradients are computed (Jacobian path, chunk size, NaN checks)
+- ``engine.*`` how gradients are computed (Jacobian path, chunk size, NaN checks,
+  mixed precision, memory format, compilation)
 - ``data.*``   the benchmark's own options (its ``Config`` dataclass)
 - ``method.<component>.*`` each method's hyperparameters (``method.cagrad.c=0.4``); the
   component may be left out when only one component of the composition has that field
@@ -29,6 +30,8 @@ from engine.errors import ConfigError, check_choice, check_range, closest
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine")
+AMP_MODES = ("none", "bf16", "fp16")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 @dataclass
@@ -87,6 +90,18 @@ class EngineConfig:
     conflict.jsonl (0 = off; each record costs T extra backward passes)."""
     conflict_space: str = "param"
     """Gradients for conflict statistics: param (shared parameters) or rep (w.r.t. Z)."""
+    amp: str = "none"
+    """Mixed precision: none | bf16 | fp16. Autocast around the forward (the device type
+    is the run's). fp16 adds dynamic loss scaling: every backward pass of the engine runs
+    on scaled losses, methods see unscaled Jacobians, representation gradients and losses,
+    and a step whose gradients overflow is skipped (docs/performance.md)."""
+    channels_last: bool = False
+    """Model and 4-D inputs in channels_last memory format (convolutional nets on GPUs)."""
+    compile: bool = False
+    """torch.compile the shared encoder(s) (not the heads, whose double backward Rep-MTL
+    needs and torch.compile does not support)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend when engine.compile is on: inductor | aot_eager | eager."""
 
     def validate(self) -> None:
         check_choice("engine.jacobian", self.jacobian, ("auto", "loop", "batched"))
@@ -96,6 +111,13 @@ class EngineConfig:
         check_range("engine.curve_every", self.curve_every, 0)
         check_range("engine.conflict_every", self.conflict_every, 0)
         check_choice("engine.conflict_space", self.conflict_space, ("param", "rep"))
+        check_choice("engine.amp", self.amp, AMP_MODES)
+        check_choice("engine.compile_backend", self.compile_backend, COMPILE_BACKENDS)
+        if self.compile and self.jacobian == "batched" and self.compile_backend == "inductor":
+            raise ConfigError("engine.compile=true cannot combine with engine.jacobian=batched "
+                              "under the inductor backend: the compiled encoder's backward has "
+                              "no batching rule (is_grads_batched fails); use engine.jacobian="
+                              "loop or auto (auto takes the loop when compiling)")
 
 
 @dataclass

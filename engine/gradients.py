@@ -12,6 +12,10 @@ the method's answer into the gradients the optimizer applies:
   direction; every head gets the gradient of its own task's loss (times the factor the
   aggregator gives it, if any: Nash-MTL, DB-MTL);
 - regularizers: their penalty's gradient is added to everything it reaches.
+
+With fp16 loss scaling (engine/amp.py) every backward pass here starts from scaled losses
+and what a method sees is unscaled at once; ``.grad`` stays scaled until the trainer's
+optimizer step.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from engine.amp import LossScaler
 from engine.distributed import World
 from methods.base import Aggregator, Method, Regularizer, Weighted, Weighting
 
@@ -32,7 +37,9 @@ class FlatGrads:
 
     Backward passes accumulate into the slices in place, so flattening the gradients of
     all parameters is reading the buffer and writing a direction back is one copy: no
-    per-parameter work in the training step."""
+    per-parameter work in the training step. Each slice has its parameter's memory layout
+    (channels_last parameters get channels_last gradients, as autograd's layout contract
+    wants), so a parameter's block of the buffer is in its memory order."""
 
     def __init__(self, params: list[Tensor]):
         self.params = params
@@ -42,12 +49,14 @@ class FlatGrads:
             raise ValueError(f"parameters of one group must share a dtype, got {sorted(map(str, dtypes))}")
         self.buffer = (torch.zeros(sum(self.sizes), dtype=params[0].dtype, device=params[0].device)
                        if params else None)
-        self._views = list(self.buffer.split(self.sizes)) if params else []
+        self.contiguous = all(p.is_contiguous() for p in params)
+        self._views = ([grad_view(piece, p) for piece, p in zip(self.buffer.split(self.sizes), params)]
+                       if params else [])
         self.bind()
 
     def bind(self) -> None:
         for p, view in zip(self.params, self._views):
-            p.grad = view.view_as(p)
+            p.grad = view
 
     def zero(self) -> None:
         if self.buffer is None:
@@ -57,13 +66,26 @@ class FlatGrads:
         self.buffer.zero_()
 
 
+def grad_view(piece: Tensor, p: Tensor) -> Tensor:
+    """``piece`` (a 1-D slice) viewed with the shape and memory layout of ``p``."""
+    if p.is_contiguous():
+        return piece.view_as(p)
+    if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last):
+        return piece.as_strided(p.shape, p.stride())
+    raise ValueError(f"a parameter of shape {tuple(p.shape)} has strides {p.stride()}: only "
+                     f"contiguous and channels_last parameters are supported")
+
+
 class GradientEngine:
     """Per-model state of the gradient computations: the shared and task-specific
     parameters, their flat gradient buffers, the persistent Jacobian and its path."""
 
     def __init__(self, model, task_names: tuple[str, ...], jacobian: str, chunk_size: int,
-                 device: torch.device, world: World | None = None):
+                 device: torch.device, world: World | None = None,
+                 scaler: LossScaler | None = None, compiled: bool = False):
         self.model = model
+        self.scaler = scaler
+        """fp16 loss scaling (None: no scaling)."""
         self.world = world
         self.task_names = task_names
         self.shared = model.shared_parameters()
@@ -76,14 +98,62 @@ class GradientEngine:
         self.specific_grads = FlatGrads(self.specific)
         self.sizes = self.shared_grads.sizes
         self.num_shared = sum(self.sizes)
+        self.head_slices = self._head_slices()
         if jacobian == "auto":
             # On a few CPU cores a loop of backward passes beats the vmapped one; on
-            # accelerators batching usually wins for the models here.
-            jacobian = "loop" if device.type == "cpu" else "batched"
+            # accelerators batching usually wins for the models here. A compiled encoder's
+            # backward has no batching rule under inductor (config.py refuses "batched").
+            jacobian = "loop" if device.type == "cpu" or compiled else "batched"
         self.jacobian_path = jacobian
         self.chunk_size = chunk_size
         self.fallback_reason: str | None = None
         self._jacobian: Tensor | None = None
+
+    def _head_slices(self) -> list[tuple[int, int]] | None:
+        """Where each task's head lies in the task-specific flat buffer: the model lists
+        the heads after any encoders, each head's parameters together, in task order.
+        None if a head shares parameters with another one (then they are not contiguous)."""
+        offsets, start = {}, 0
+        for p, size in zip(self.specific, self.specific_grads.sizes):
+            offsets[id(p)] = start
+            start += size
+        slices = []
+        for task in self.task_names:
+            params = self.heads[task]
+            if not params:
+                slices.append((0, 0))
+                continue
+            begin = offsets.get(id(params[0]))
+            if begin is None:
+                return None
+            end = begin
+            for p in params:
+                if offsets.get(id(p)) != end:
+                    return None
+                end += p.numel()
+            slices.append((begin, end))
+        return slices
+
+    # ------------------------------------------------------------------ loss scaling
+    def scaled(self, value: Tensor) -> Tensor:
+        """What to backpropagate for ``value`` (a loss, or a gradient fed into backward)."""
+        return value if self.scaler is None else self.scaler.scaled(value)
+
+    def unscaled(self, grad: Tensor) -> Tensor:
+        """A gradient of (scaled) losses as a method must see it: unscaled, and in float32
+        when autocast made it bf16/fp16 (the gradients w.r.t. Z)."""
+        if self.scaler is not None:
+            return self.scaler.unscaled(grad)
+        return grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
+
+    def unscale_grads(self, method_params: list[Tensor]) -> None:
+        """Divide every gradient left in ``.grad`` by the loss scale (fp16 only)."""
+        if self.scaler is None:
+            return
+        grads = [flat.buffer for flat in (self.shared_grads, self.specific_grads)
+                 if flat.buffer is not None]
+        grads += [p.grad for p in method_params if p.grad is not None]
+        self.scaler.unscale_(grads)
 
     def zero_grad(self, method_params: list[Tensor]) -> None:
         self.shared_grads.zero()
@@ -117,6 +187,8 @@ class GradientEngine:
             jac = self._jacobian_loop(losses, with_heads)
         if self.world is not None:
             self.world.sum_(jac)  # every rank holds its share: the sum is the global Jacobian
+        if self.scaler is not None:
+            self.scaler.unscale_([jac])
         return jac
 
     def _jacobian_loop(self, losses: Tensor, with_heads: bool) -> Tensor:
@@ -125,7 +197,7 @@ class GradientEngine:
         for t, task in enumerate(self.task_names):
             flat.zero_()
             inputs = self.shared + self.heads[task] if with_heads else self.shared
-            torch.autograd.backward(losses[t], inputs=inputs, retain_graph=True)
+            torch.autograd.backward(self.scaled(losses[t]), inputs=inputs, retain_graph=True)
             jac[t].copy_(flat)
         flat.zero_()
         self.heads_done = with_heads
@@ -135,35 +207,59 @@ class GradientEngine:
         num = losses.shape[0]
         jac = self._jacobian_buffer(num)
         chunk = self.chunk_size or num
-        eye = torch.eye(num, device=losses.device, dtype=losses.dtype)
+        eye = self.scaled(torch.eye(num, device=losses.device, dtype=losses.dtype))
         for start in range(0, num, chunk):
             rows = eye[start:start + chunk]
             grads = torch.autograd.grad(losses, self.shared, grad_outputs=rows, retain_graph=True,
                                         is_grads_batched=True, allow_unused=True)
-            # One concatenation of views into the persistent buffer (no copies per parameter).
-            torch.cat([g.reshape(rows.shape[0], -1) if g is not None
-                       else p.new_zeros(rows.shape[0], p.numel())
-                       for g, p in zip(grads, self.shared)], dim=1, out=jac[start:start + chunk])
+            block = jac[start:start + chunk]
+            if self.shared_grads.contiguous:
+                # One concatenation of views into the persistent buffer (no copies per parameter).
+                torch.cat([g.reshape(rows.shape[0], -1) if g is not None
+                           else p.new_zeros(rows.shape[0], p.numel())
+                           for g, p in zip(grads, self.shared)], dim=1, out=block)
+            else:
+                self._write_in_memory_order(block, grads)
         return jac
 
+    def _write_in_memory_order(self, block: Tensor, grads) -> None:
+        """Rows of per-parameter gradients into ``block``, each parameter's columns in its
+        memory order (as the loop path reads them from the flat buffer)."""
+        offset = 0
+        for g, p in zip(grads, self.shared):
+            cols = block[:, offset:offset + p.numel()]
+            target = cols.as_strided((block.shape[0], *p.shape), (block.stride(0), *p.stride()))
+            if g is None:
+                target.zero_()
+            else:
+                target.copy_(g)
+            offset += p.numel()
+
     def scale_head_grads(self, scales: Tensor) -> None:
-        """Multiply each head's gradient (of its own loss only, at this point) by its scale."""
-        for scale, task in zip(scales, self.task_names):
-            for p in self.heads[task]:
-                if p.grad is not None:
-                    p.grad.mul_(scale.to(p.grad.dtype))
+        """Multiply each head's gradient (of its own loss only, at this point) by its scale:
+        one multiplication per head, on its slice of the flat buffer."""
+        scales = scales.to(self.specific_grads.buffer.dtype)
+        if self.head_slices is None:  # heads sharing parameters: not contiguous
+            for scale, task in zip(scales, self.task_names):
+                for p in self.heads[task]:
+                    p.grad.mul_(scale)
+            return
+        buffer = self.specific_grads.buffer
+        for t, (begin, end) in enumerate(self.head_slices):
+            if end > begin:
+                buffer[begin:end].mul_(scales[t])
 
     def set_shared_grads(self, direction: Tensor) -> None:
         """Make the global ``direction`` [P] the gradient of the shared parameters (one
         copy). Under data parallelism every rank writes 1/N of it, since the buffers are
         summed over the ranks after the update."""
-        self.shared_grads.buffer.copy_(direction)
+        self.shared_grads.buffer.copy_(self.scaled(direction))
         if self.world is not None:
             self.shared_grads.buffer.div_(self.world.size)
 
     def set_shared_combination(self, weights: Tensor, jacobian: Tensor) -> None:
         """Shared gradient = Jᵀ·weights, written straight into the gradient buffer."""
-        torch.mv(jacobian.T, weights.to(jacobian.dtype), out=self.shared_grads.buffer)
+        torch.mv(jacobian.T, self.scaled(weights.to(jacobian.dtype)), out=self.shared_grads.buffer)
         if self.world is not None:
             self.shared_grads.buffer.div_(self.world.size)
 
@@ -261,9 +357,10 @@ class TrainStepContext:
         key = (create_graph, raw)
         if key not in self._rep_grads:
             losses = self._raw_losses if raw else self._losses
+            engine = self.engine
             self._rep_grads[key] = [
-                torch.autograd.grad(losses[i], self._reps[t], retain_graph=True,
-                                    create_graph=create_graph)[0]
+                engine.unscaled(torch.autograd.grad(engine.scaled(losses[i]), self._reps[t],
+                                                    retain_graph=True, create_graph=create_graph)[0])
                 for i, t in enumerate(self.task_names)]
         return self._rep_grads[key]
 
@@ -276,11 +373,12 @@ class TrainStepContext:
     def task_grads(self, params: list[Tensor], create_graph: bool = False) -> Tensor:
         rows = []
         for i in range(len(self.task_names)):
-            grads = torch.autograd.grad(self._losses[i], params, retain_graph=True,
-                                        create_graph=create_graph, allow_unused=True)
+            grads = torch.autograd.grad(self.engine.scaled(self._losses[i]), params,
+                                        retain_graph=True, create_graph=create_graph,
+                                        allow_unused=True)
             rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
                                    for g, p in zip(grads, params)]))
-        grads = torch.stack(rows)
+        grads = self.engine.unscaled(torch.stack(rows))
         if self.engine.world is not None:
             from torch.distributed.nn.functional import all_reduce  # differentiable
 
@@ -319,11 +417,12 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
             engine.set_shared_combination(weights.detach(), ctx.jacobian())
             inputs = engine.all_head_params + [p for p in method_params if p.requires_grad]
             if inputs:  # heads may have no parameters (toy2d)
-                torch.autograd.backward(objective, inputs=inputs, retain_graph=penalty is not None)
+                torch.autograd.backward(engine.scaled(objective), inputs=inputs,
+                                        retain_graph=penalty is not None)
             if penalty is not None:
-                penalty.backward()
+                engine.scaled(penalty).backward()
         else:
-            (objective if penalty is None else objective + penalty).backward()
+            engine.scaled(objective if penalty is None else objective + penalty).backward()
     elif isinstance(primary, Aggregator):
         heads_done = False
         if primary.space == "param":
@@ -342,16 +441,16 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
                 agg = primary.aggregate(world.gather_columns(grads), ctx)
                 width = grads.shape[1]
                 local = agg.direction[world.rank * width:(world.rank + 1) * width]
-            torch.autograd.backward(reps[0], local.view_as(reps[0]), inputs=engine.shared,
-                                    retain_graph=True)
+            torch.autograd.backward(reps[0], engine.scaled(local).view_as(reps[0]),
+                                    inputs=engine.shared, retain_graph=True)
         weights = agg.weights
         if engine.all_head_params and not heads_done:  # heads may have no parameters (toy2d)
-            torch.autograd.backward(ctx.losses.sum(), inputs=engine.all_head_params,
+            torch.autograd.backward(engine.scaled(ctx.losses.sum()), inputs=engine.all_head_params,
                                     retain_graph=penalty is not None)
         if agg.head_scales is not None:
             engine.scale_head_grads(agg.head_scales.detach())
         if penalty is not None:
-            penalty.backward()
+            engine.scaled(penalty).backward()
     else:
         raise TypeError(f"{type(primary).__name__} is neither a weighting nor an aggregator")
     return (weights.detach() if weights is not None else None), \

@@ -13,8 +13,10 @@ class MultiTaskModel(nn.Module):
     batch, the representation its head consumed (Z) and its prediction."""
 
     def __init__(self, benchmark: Benchmark, separate_encoders: bool = False,
-                 stacked_forward: bool = False):
+                 stacked_forward: bool = False, channels_last: bool = False):
         super().__init__()
+        self.channels_last = channels_last
+        """4-D inputs are converted to channels_last (the caller converts the parameters)."""
         self.task_names = benchmark.task_names
         self.multi_input = benchmark.multi_input
         self.separate = separate_encoders
@@ -24,20 +26,31 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict({t.name: benchmark.make_head(t) for t in benchmark.tasks})
         self.last_shared = None if separate_encoders else benchmark.last_shared_layer(self.encoders[0])
 
+    def compile_encoders(self, backend: str) -> None:
+        """torch.compile every encoder in place (state_dict keys unchanged); the heads stay
+        eager, since Rep-MTL differentiates through them twice."""
+        for encoder in self.encoders:
+            encoder.compile(backend=backend)
+
+    def _format(self, x: Tensor) -> Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def encoder_for(self, task: str) -> nn.Module:
         return self.encoders[self.task_names.index(task)] if self.separate else self.encoders[0]
 
     def forward(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         tasks = [t for t in self.task_names if t in batch.targets]
         if not self.multi_input and not self.separate:
-            z = self.encoders[0](batch.inputs)
+            z = self.encoders[0](self._format(batch.inputs))
             reps = {t: z for t in tasks}
         elif self.stacked:
             sizes = [batch.inputs[t].shape[0] for t in tasks]
-            zs = self.encoders[0](torch.cat([batch.inputs[t] for t in tasks])).split(sizes)
+            zs = self.encoders[0](self._format(torch.cat([batch.inputs[t] for t in tasks]))).split(sizes)
             reps = dict(zip(tasks, zs))
         else:
-            reps = {t: self.encoder_for(t)(batch.input_for(t)) for t in tasks}
+            reps = {t: self.encoder_for(t)(self._format(batch.input_for(t))) for t in tasks}
         preds = {t: self.heads[t](reps[t]) for t in tasks}
         return reps, preds
 

@@ -259,12 +259,146 @@ def run_perf(benchmark: str, methods: list[str], profile: str, overrides: list[s
                             "peak RSS of a fresh process during the steps minus its RSS before")}
 
 
+def parse_scale(text: str) -> tuple[str, list[str]]:
+    """``KEY=V1,V2,...`` (``--scale``) into the key and its values."""
+    from engine.errors import UserError
+
+    key, sep, values = text.partition("=")
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key.strip() or len(items) < 2:
+        raise UserError(f"--scale {text!r}: expected KEY=V1,V2,... with at least two values, "
+                        f"e.g. data.num_tasks=2,4,8")
+    return key.strip(), items
+
+
+def _excess_reference(row: dict) -> str:
+    """What a method's step is compared with to isolate its own (solver) cost: its floor,
+    or equal weighting for loss weightings."""
+    return row.get("floor", REFERENCE)
+
+
+def run_scaling(benchmark: str, methods: list[str], profile: str, overrides: list[str],
+                device_spec: str, steps: int, warmup: int, batch_size: int | None,
+                data_root: str | None, key: str, values: list[str]) -> dict:
+    """``run_perf`` at every value of one config key (e.g. the number of tasks), without
+    the memory measurement. Per method and value: the median step time and its excess over
+    the method's floor (ew for loss weightings), which is the method's own computation
+    (solver, projections) beyond the backward passes it needs."""
+    points = []
+    for value in values:
+        result = run_perf(benchmark, methods, profile, [*overrides, f"{key}={value}"],
+                          device_spec, steps, warmup, batch_size, data_root, memory=False)
+        medians = {row["name"]: row["median_s"] for row in result["rows"]}
+        rows = {}
+        for row in result["rows"]:
+            if row["name"] == "data":
+                continue
+            ref = row["name"] if row["name"].startswith("floor:") else _excess_reference(row)
+            rows[row["name"]] = {"median_s": row["median_s"], "iqr_s": row["iqr_s"],
+                                 "reference": ref if row["name"] != ref else None,
+                                 "excess_s": (row["median_s"] - medians[ref]
+                                              if row["name"] != ref and ref in medians else None)}
+        points.append({"value": value, "tasks": result["tasks"], "rows": rows})
+    names = list(points[0]["rows"])
+    slopes = {name: _loglog_slope([p["tasks"] for p in points],
+                                  [p["rows"][name]["median_s"] for p in points]) for name in names}
+    return {"benchmark": benchmark, "profile": profile, "key": key, "values": values,
+            "device": str(resolve_device(device_spec)), "steps": steps,
+            "warmup": warmup, "overrides": overrides, "torch_threads": torch.get_num_threads(),
+            "points": points, "slopes": slopes}
+
+
+def _loglog_slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of log y against log x (1 = linear, 2 = quadratic)."""
+    import numpy as np
+
+    pairs = [(x, y) for x, y in zip(xs, ys) if x > 0 and y and y > 0]
+    if len({x for x, _ in pairs}) < 2:
+        return None
+    lx, ly = np.log([x for x, _ in pairs]), np.log([y for _, y in pairs])
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
+def format_scaling(result: dict) -> str:
+    points = result["points"]
+    names = list(points[0]["rows"])
+    header = f"{'name':<24}" + "".join(f"{'T=' + str(p['tasks']):>10}" for p in points) + \
+        f"{'slope':>7}"
+    title = (f"{result['benchmark']} ({result['profile']}), {result['device']}, "
+             f"{result['key']} in {', '.join(result['values'])}: median step ms (median of "
+             f"{result['steps']} steps after {result['warmup']} warm-up, interleaved per T); "
+             f"slope = log-log slope of step time against T")
+    lines = [title, header]
+    for name in names:
+        cells = "".join(f"{1e3 * p['rows'][name]['median_s']:>10.2f}" for p in points)
+        slope = result["slopes"].get(name)
+        lines.append(f"{name:<24}{cells}{(f'{slope:.2f}' if slope is not None else ''):>7}")
+    lines.append("")
+    lines.append("excess over the floor (ew for loss weightings): the method's own cost, ms")
+    lines.append(header[:-7] + f"{'ref':>16}")
+    for name in names:
+        excess = [p["rows"][name]["excess_s"] for p in points]
+        if all(e is None for e in excess):
+            continue
+        cells = "".join(f"{1e3 * e:>10.2f}" if e is not None else f"{'':>10}" for e in excess)
+        lines.append(f"{name:<24}{cells}{points[0]['rows'][name]['reference'] or '':>16}")
+    return "\n".join(lines)
+
+
+def plot_scaling(result: dict, path: Path) -> Path:
+    """Log-log plot of step time (and the excess over the floor) against T."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = result["points"]
+    tasks = [p["tasks"] for p in points]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for name in points[0]["rows"]:
+        style = "--" if name.startswith("floor:") or name == REFERENCE else "-"
+        left.plot(tasks, [1e3 * p["rows"][name]["median_s"] for p in points], style,
+                  marker="o", ms=3, label=name)
+        excess = [p["rows"][name]["excess_s"] for p in points]
+        if all(e is not None and e > 0 for e in excess):
+            right.plot(tasks, [1e3 * e for e in excess], "-", marker="o", ms=3, label=name)
+    guide = [tasks[0], tasks[-1]]
+    for ax, title in ((left, "step time"), (right, "excess over floor (solver etc.)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("number of tasks T")
+        ax.set_ylabel("ms per step")
+        ax.set_title(f"{result['benchmark']}: {title}")
+        ax.grid(True, which="both", alpha=0.3)
+        low = ax.get_ylim()[0]
+        ax.plot(guide, [low * 2, low * 2 * guide[1] / guide[0]], ":", color="black", lw=1,
+                label="slope 1 (linear)")
+    left.legend(fontsize=7, ncol=2)
+    right.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_scaling(result: dict, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem = out / f"{result['benchmark']}-scale-{result['key'].replace('.', '_')}-{stamp}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    md_path.write_text("```\n" + format_scaling(result) + "\n```\n")
+    return json_path, md_path
+
+
 def format_table(result: dict) -> str:
-    lines = [f"{result['benchmark']} ({result['profile']}), {result['device']}, batch "
+    title = (f"{result['benchmark']} ({result['profile']}), {result['device']}, batch "
              f"{result['batch_size']}, T={result['tasks']}, median of {result['steps']} steps "
-             f"after {result['warmup']} warm-up, methods interleaved",
-             f"{'name':<24} {'step ms':>9} {'IQR ms':>8} {'× ew':>7} {'× floor':>8} "
-             f"{'peak MiB':>9} {'mem × ew':>9}"]
+             f"after {result['warmup']} warm-up, methods interleaved")
+    header = (f"{'name':<24} {'step ms':>9} {'IQR ms':>8} {'× ew':>7} {'× floor':>8} "
+              f"{'peak MiB':>9} {'mem × ew':>9}")
+    lines = [title, header]
     for row in result["rows"]:
         floor = f"{row['ratio_to_floor']:.2f}" if "ratio_to_floor" in row else ""
         peak = row.get("peak_memory_bytes")

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from benchmarks.base import Batch, Benchmark
+from engine.amp import LossScaler, autocast
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import RunConfig
 from engine.distributed import World, slice_for
@@ -83,10 +84,18 @@ class Trainer:
         needs = composition.needs
         init_seed, data_seed, method_seed, other_seed = derive_seeds(config.seed)
 
+        engine_cfg = config.engine
         torch.manual_seed(init_seed)
         self.model = MultiTaskModel(
             benchmark, separate_encoders=needs.separate_encoders,
-            stacked_forward=config.engine.multi_input_forward == "stacked").to(device)
+            stacked_forward=engine_cfg.multi_input_forward == "stacked",
+            channels_last=engine_cfg.channels_last).to(device)
+        if engine_cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if engine_cfg.compile:
+            self.model.compile_encoders(engine_cfg.compile_backend)
+        self.amp = engine_cfg.amp
+        self.scaler = LossScaler(device) if engine_cfg.amp == "fp16" else None
         self.primary: Method = METHODS.get(composition.primary)(
             config.methods[composition.primary], self.task_names)
         self.regularizers: list[Regularizer] = [
@@ -98,13 +107,13 @@ class Trainer:
         self.optimizer = build_optimizer(list(self.model.parameters()) + self.method_params,
                                          config.train)
         self.scheduler = build_scheduler(self.optimizer, config.train)
-        self.engine = GradientEngine(self.model, self.task_names, config.engine.jacobian,
-                                     config.engine.chunk_size, device, world)
+        self.engine = GradientEngine(self.model, self.task_names, engine_cfg.jacobian,
+                                     engine_cfg.chunk_size, device, world, self.scaler,
+                                     compiled=engine_cfg.compile)
         self.data_generator = torch.Generator().manual_seed(data_seed)
         self.method_generator = torch.Generator(device=device).manual_seed(method_seed)
         torch.manual_seed(other_seed)
         self.after_step = needs.after_step
-        engine_cfg = config.engine
         self.traces = Traces(self.task_names, engine_cfg.curve_every, engine_cfg.conflict_every,
                              engine_cfg.conflict_space, getattr(benchmark, "trajectory_every", 0))
         self.step = 0
@@ -115,10 +124,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ losses
     def compute_losses(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
-        reps, preds = self.model(batch)
-        losses = torch.stack([task.loss(preds[task.name], batch.targets[task.name])
-                              for task in self.benchmark.tasks])
-        return reps, losses
+        with autocast(self.device, self.amp):
+            reps, preds = self.model(batch)
+            losses = torch.stack([task.loss(preds[task.name], batch.targets[task.name])
+                                  for task in self.benchmark.tasks])
+        return reps, losses.float()
 
     def _recompute(self, batch: Batch) -> Tensor:
         with torch.no_grad():
@@ -152,12 +162,31 @@ class Trainer:
         finite = torch.isfinite(values)
         finite = torch.cat([finite, torch.isfinite(penalty).reshape(1) if penalty is not None
                             else finite.new_ones(1)])
+        if self.scaler is not None and not self._scaled_step(finite):
+            # Skipped: the weights and penalty of overflowed gradients are not recorded.
+            return values, None, None, finite
         self.optimizer.step()
         if self.after_step:
             for m in self.methods.values():
                 if m.needs.after_step:
                     m.after_step(ctx)
         return values, weights, penalty, finite
+
+    def _scaled_step(self, finite: Tensor) -> bool:
+        """fp16: unscale the gradients and step unless the scaled gradients overflowed
+        (then skip the step and back off the scale, as torch.amp.GradScaler does). A
+        penalty made non-finite by that overflow is not divergence. Returns whether the
+        optimizer is to step; one host sync per step."""
+        scaler = self.scaler
+        self.engine.unscale_grads(self.method_params)
+        if self.world is not None:
+            self.world.sum_(scaler.found_inf)
+        finite[-1] |= scaler.found_inf > 0
+        skip = scaler.overflowed()
+        scaler.update()
+        if skip:
+            scaler.skipped_steps += 1
+        return not skip
 
     def train_epoch(self, epoch: int, bar) -> dict:
         self.model.train()
@@ -232,7 +261,9 @@ class Trainer:
         loss_sums_t: dict[str, Tensor] = {}
         counts = {t: 0 for t in self.task_names}
         for batch in self.benchmark.batches(split, self.eval_batch, None):
-            _, preds = self.model(batch)
+            with autocast(self.device, self.amp):
+                _, preds = self.model(batch)
+            preds = {name: pred.float() for name, pred in preds.items()}
             for task in self.benchmark.tasks:
                 if task.name not in batch.targets:
                     continue
@@ -257,7 +288,8 @@ class Trainer:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "methods": self.methods.state_dict(), "rng": rng, "records": records,
-                "traces": self.traces.state()}
+                "traces": self.traces.state(),
+                "loss_scale": self.scaler.state_dict() if self.scaler is not None else None}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -272,6 +304,8 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = state["step"]
+        if self.scaler is not None and state.get("loss_scale") is not None:
+            self.scaler.load_state_dict(state["loss_scale"])
         self.traces.load_state(state.get("traces", {}))
 
     def fit(self, resume: bool = True) -> FitResult:
