@@ -44,12 +44,11 @@ def pcgrad_weights(gramian: Tensor, orders: list[list[int]]) -> Tensor:
 
 
 def random_orders(num_tasks: int, generator: torch.Generator) -> list[list[int]]:
-    """For each task, the other tasks in a random order."""
-    orders = []
-    for i in range(num_tasks):
-        perm = torch.randperm(num_tasks, generator=generator, device=generator.device).tolist()
-        orders.append([j for j in perm if j != i])
-    return orders
+    """For each task, the other tasks in a random order (one host transfer for all T
+    permutations)."""
+    perms = torch.stack([torch.randperm(num_tasks, generator=generator, device=generator.device)
+                         for _ in range(num_tasks)]).tolist()
+    return [[j for j in perm if j != i] for i, perm in enumerate(perms)]
 
 
 @register_method("pcgrad")
