@@ -61,12 +61,38 @@ class World:
         dist.all_gather(parts, matrix.contiguous())
         return torch.cat(parts, dim=1)
 
+    def gather_rows(self, tensor: Tensor) -> Tensor:
+        """``tensor`` of every rank concatenated along dim 0, in rank order (no gradient)."""
+        parts = [torch.empty_like(tensor) for _ in range(self.size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
     def gather_with_grad(self, tensor: Tensor) -> Tensor:
         """Concatenate ``tensor`` of every rank along dim 0, keeping the gradient flowing
-        back to each rank's own slice (the backward sums the slices' gradients)."""
-        from torch.distributed.nn.functional import all_gather
+        back to each rank's own slice (the backward sums every rank's gradient of it)."""
+        return _GatherRows.apply(tensor, self)
 
-        return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums the gathered gradient over the ranks
+    and keeps this rank's rows. Written out (rather than torch.distributed.nn's) so that
+    the gradients sent are contiguous whatever layout autograd hands back: backends such
+    as gloo silently misread strided tensors."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, world: World) -> Tensor:
+        ctx.world = world
+        ctx.rows = tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(world.size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = ctx.world.rank * ctx.rows
+        return grad[start:start + ctx.rows], None
 
 
 def slice_for(n: int, world: World) -> slice:

@@ -323,6 +323,9 @@ class TrainStepContext:
         self._loss_fn = loss_fn
         self._jacobian: Tensor | None = None
         self._rep_grads: dict[tuple[bool, bool], list[Tensor]] = {}
+        self.reps_override: list[Tensor] | None = None
+        """Data parallel: the representation of the whole global batch (detached), shown
+        to a representation-level aggregator while it aggregates the gathered gradients."""
 
     @property
     def losses(self) -> Tensor:
@@ -365,6 +368,8 @@ class TrainStepContext:
         return self._rep_grads[key]
 
     def reps(self) -> list[Tensor]:
+        if self.reps_override is not None:
+            return self.reps_override
         return [self._reps[t] for t in self.task_names]
 
     def last_shared_params(self) -> list[Tensor]:
@@ -384,6 +389,16 @@ class TrainStepContext:
 
             grads = all_reduce(grads)
         return grads
+
+    @property
+    def world_size(self) -> int:
+        return 1 if self.engine.world is None else self.engine.world.size
+
+    def gather_samples(self, tensor: Tensor, dim: int = 0) -> Tensor:
+        if self.engine.world is None:
+            return tensor
+        gathered = self.engine.world.gather_with_grad(tensor.movedim(dim, 0))
+        return gathered.movedim(0, dim)
 
     def log(self, name: str, value: Tensor) -> None:
         self.stats.log(name, value)
@@ -438,7 +453,11 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
             else:
                 # Aggregate the representation gradients of the whole global batch, identically
                 # on every rank, and backpropagate this rank's slice.
-                agg = primary.aggregate(world.gather_columns(grads), ctx)
+                ctx.reps_override = [world.gather_rows(reps[0].detach())] * len(reps)
+                try:
+                    agg = primary.aggregate(world.gather_columns(grads), ctx)
+                finally:
+                    ctx.reps_override = None
                 width = grads.shape[1]
                 local = agg.direction[world.rank * width:(world.rank + 1) * width]
             torch.autograd.backward(reps[0], engine.scaled(local).view_as(reps[0]),

@@ -112,6 +112,15 @@ class StepContext(Protocol):
     def task_grads(self, params: list[Tensor], create_graph: bool = False) -> Tensor:
         """[T, P'] per-task gradients w.r.t. the given parameters."""
 
+    world_size: int
+    """Number of data-parallel processes (1 for a single process)."""
+
+    def gather_samples(self, tensor: Tensor, dim: int = 0) -> Tensor:
+        """Data parallel: ``tensor`` of every process concatenated along its sample
+        dimension ``dim``, in process order, with the gradient flowing back to each
+        process's own slice. In a single process: ``tensor`` itself. For statistics that
+        couple the samples of a batch (contrastive negatives)."""
+
     def log(self, name: str, value: Tensor) -> None:
         """Record a scalar statistic; the engine averages it over the epoch's steps."""
 

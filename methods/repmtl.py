@@ -74,6 +74,11 @@ class SaliencyConfig(MethodConfig):
     eps: float = 1e-8
     """ε of TSR: P = |Ŝ|/(Σ|Ŝ| + ε·mean|Ŝ|) and log(P + ε); needed where every task's
     saliency vanishes at a position."""
+    gather: bool = True
+    """Data-parallel runs: compute both terms on the saliencies of the whole global batch
+    (gathered from every process, gradients flowing back to each), so CSA's negatives are
+    all the other samples of the global batch and the run equals a single process on it.
+    Off: each process uses its own samples only (fewer negatives, less communication)."""
 
     def validate(self) -> None:
         check_choice(f"{self.key}.saliency", self.saliency, SALIENCY_OF)
@@ -150,7 +155,10 @@ class _RepMTLBase(Regularizer):
         if self.config.saliency == "log_loss":
             raw = ctx.raw_losses
             grads = [g / raw[i] for i, g in enumerate(grads)]
-        return sal.stack_saliencies(grads)
+        S = sal.stack_saliencies(grads)
+        if self.config.gather and ctx.world_size > 1:
+            S = ctx.gather_samples(S, dim=1)
+        return S
 
     def _tsr(self, S: Tensor) -> Tensor:
         return sal.tsr_loss(S, self.config.eps)
