@@ -385,9 +385,10 @@ class TrainStepContext:
                                    for g, p in zip(grads, params)]))
         grads = self.engine.unscaled(torch.stack(rows))
         if self.engine.world is not None:
-            from torch.distributed.nn.functional import all_reduce  # differentiable
-
-            grads = all_reduce(grads)
+            if create_graph:
+                raise NotImplementedError("differentiable task gradients are not summed over "
+                                          "data-parallel processes")
+            self.engine.world.sum_(grads)  # each process holds its share of the global batch
         return grads
 
     @property
