@@ -238,6 +238,8 @@ class GradientEngine:
     def scale_head_grads(self, scales: Tensor) -> None:
         """Multiply each head's gradient (of its own loss only, at this point) by its scale:
         one multiplication per head, on its slice of the flat buffer."""
+        if self.specific_grads.buffer is None:
+            return  # heads without parameters (toy2d)
         scales = scales.to(self.specific_grads.buffer.dtype)
         if self.head_slices is None:  # heads sharing parameters: not contiguous
             for scale, task in zip(scales, self.task_names):

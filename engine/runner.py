@@ -143,7 +143,7 @@ def make_benchmark(config: RunConfig, device: torch.device) -> Benchmark:
     root = Path(config.data_root) if config.data_root else None
     if bench_cls.needs_data_root and root is None:
         raise UserError(f"benchmark {config.benchmark} reads its data from disk; pass "
-                        f"--data-root DIR (see docs/benchmarks.md)")
+                        f"--data-root DIR (see docs/paper_benchmarks.md)")
     return bench_cls(config.data, root, device)
 
 
@@ -307,7 +307,7 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
                        jacobian_fallback=trainer.engine.fallback_reason,
                        multi_input_forward=(config.engine.multi_input_forward
                                             if trainer.benchmark.multi_input else None),
-                       methods=_method_summaries(trainer))
+                       methods=_method_summaries(trainer), notes=trainer.notes)
     write_json(summary_path, summary)
     return RunOutcome(request, run_dir, summary["status"], summary.get("reason", ""), wall)
 

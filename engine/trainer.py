@@ -21,6 +21,7 @@ from engine.amp import LossScaler, autocast
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import RunConfig
 from engine.distributed import World, slice_for
+from engine.errors import UserError
 from engine.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
 from engine.models import MultiTaskModel
 from engine.results import METRICS, write_jsonl
@@ -114,13 +115,27 @@ class Trainer:
         self.method_generator = torch.Generator(device=device).manual_seed(method_seed)
         torch.manual_seed(other_seed)
         self.after_step = needs.after_step
-        self.traces = Traces(self.task_names, engine_cfg.curve_every, engine_cfg.conflict_every,
+        conflict_every = engine_cfg.conflict_every
+        self.notes: list[str] = []
+        """Things the run did differently from its config, with the reason (summary.json)."""
+        if conflict_every and not self.engine.shared:
+            conflict_every = 0
+            self.notes.append("gradient conflict not recorded: the model has no shared "
+                              "parameters (one encoder per task)")
+        self.traces = Traces(self.task_names, engine_cfg.curve_every, conflict_every,
                              engine_cfg.conflict_space, getattr(benchmark, "trajectory_every", 0))
         self.step = 0
         # Called as hook(epoch, records) once an epoch is on disk (run.log, TensorBoard).
         self.epoch_hooks: list = []
         self.train_batch = config.train.batch_size
         self.eval_batch = config.train.eval_batch_size or config.train.batch_size
+        if benchmark.batches_per_epoch("train", self.train_batch) == 0:
+            raise UserError(f"{config.benchmark}: the training split ({benchmark.split_size('train')} "
+                            f"samples) is smaller than one batch of {self.train_batch}; lower "
+                            f"train.batch_size or enlarge the split")
+        if world is not None and self.train_batch % world.size:
+            raise UserError(f"train.batch_size={self.train_batch} is the global batch of a "
+                            f"data-parallel run; it must be divisible by the {world.size} processes")
 
     # ------------------------------------------------------------------ losses
     def compute_losses(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
