@@ -99,6 +99,9 @@ def add_parser(sub, parents) -> None:
     slurm.add_argument("--no-wait", action="store_true",
                        help="return once the jobs are submitted (rerun with --dry-run to see "
                             "where they stand)")
+    slurm.add_argument("--ddp", type=positive_int, default=None, metavar="N",
+                       help="train each run data-parallel on N processes of one node (N tasks, "
+                            "one GPU each when GPUs are asked for); see docs/distributed.md")
     slurm.add_argument("--submitit-cluster", choices=("slurm", "local"), default="slurm",
                        help="local: run the SLURM path on this machine through submitit's local "
                             "executor (for trying it out)")
@@ -108,7 +111,7 @@ def add_parser(sub, parents) -> None:
 def slurm_params(sweep_slurm: dict, args: argparse.Namespace) -> dict:
     flags = {"partition": args.partition, "time_min": args.time_min, "gpus_per_node": args.gpus,
              "cpus_per_task": args.cpus, "mem_gb": args.mem_gb,
-             "array_parallelism": args.array_parallelism}
+             "array_parallelism": args.array_parallelism, "ddp": args.ddp}
     return {**sweep_slurm, **{k: v for k, v in flags.items() if v is not None}}
 
 

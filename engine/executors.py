@@ -58,7 +58,7 @@ class RunResult:
 
 
 def run_spec(spec: RunSpec, options: Options, device: str | None = None, progress: bool = False,
-             benchmark_cache: dict | None = None) -> RunResult:
+             benchmark_cache: dict | None = None, world=None) -> RunResult:
     """Rebuild one run from its spec and execute it (in whatever process this is)."""
     from engine.registry import load_plugin
     from engine.runner import build_requests, execute
@@ -74,7 +74,7 @@ def run_spec(spec: RunSpec, options: Options, device: str | None = None, progres
                          f"planned; plan it again")
     outcome = execute(request, Path(options.out), force=options.force, progress=progress,
                       benchmark_cache=benchmark_cache, retry_failed=options.retry_failed,
-                      tensorboard=options.tensorboard)
+                      tensorboard=options.tensorboard, world=world)
     return RunResult(spec.label, str(outcome.run_dir), outcome.status, outcome.state,
                      outcome.reason)
 
@@ -205,8 +205,8 @@ class SweepJob:
     preempted or about to time out; the job is requeued with the same call, which resumes
     the run from its last epoch checkpoint (the lock died with the old process)."""
 
-    def __init__(self, spec: RunSpec, options: Options):
-        self.spec, self.options = spec, options
+    def __init__(self, spec: RunSpec, options: Options, ddp: int = 1):
+        self.spec, self.options, self.ddp = spec, options, ddp
 
     def __call__(self) -> RunResult:
         import torch
@@ -215,14 +215,24 @@ class SweepJob:
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if cpus:  # torch would otherwise use every core of the node
             torch.set_num_threads(int(cpus))
-        return run_spec(self.spec, self.options)
+        if self.ddp <= 1:
+            return run_spec(self.spec, self.options)
+        import submitit
+
+        from engine.distributed import init_from_env
+
+        # The job's tasks are the processes of one data-parallel run: submitit describes
+        # them (rank, world size, master address) in the torch.distributed variables.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        world, device = init_from_env(self.spec.device or "auto")
+        return run_spec(self.spec, self.options, device=device, world=world)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit
 
         log.info("%s: preempted or timed out; requeued to resume from its checkpoint",
                  self.spec.label)
-        return submitit.helpers.DelayedSubmission(SweepJob(self.spec, self.options))
+        return submitit.helpers.DelayedSubmission(SweepJob(self.spec, self.options, self.ddp))
 
 
 SLURM_DEFAULTS = {"time_min": 1440, "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 32,
@@ -240,7 +250,8 @@ def make_submitit_executor(folder: Path, slurm: dict[str, Any], cluster: str = "
         raise UserError("--executor slurm: no SLURM on this machine (sbatch not found); use "
                         "--executor processes here, or --submitit-cluster local to try the "
                         "SLURM path locally")
-    params = {**SLURM_DEFAULTS, **slurm}
+    params = {**SLURM_DEFAULTS, **{k: v for k, v in slurm.items() if v is not None}}
+    ddp = params.get("ddp", 1)
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
                                      **{f"{cluster}_max_num_timeout": params["max_num_timeout"]})
     # Jobs unpickle engine.executors.SweepJob: the project root must be importable there.
@@ -250,7 +261,9 @@ def make_submitit_executor(folder: Path, slurm: dict[str, Any], cluster: str = "
         import torch
 
         gpus = min(gpus, torch.cuda.device_count())
-    executor.update_parameters(
+    if ddp > 1 and gpus:
+        gpus = max(gpus, ddp)  # one GPU per process
+    executor.update_parameters(tasks_per_node=ddp,
         name="mtl-sweep", timeout_min=params["time_min"], gpus_per_node=gpus,
         cpus_per_task=params["cpus_per_task"], mem_gb=params["mem_gb"],
         slurm_array_parallelism=params["array_parallelism"], slurm_setup=setup,
@@ -264,8 +277,9 @@ def submit_slurm(specs: list[RunSpec], options: Options, folder: Path, slurm: di
                  cluster: str = "slurm"):
     """Submit one job array; returns the jobs (submitit Job objects)."""
     executor = make_submitit_executor(folder, slurm, cluster)
+    ddp = slurm.get("ddp") or 1
     with executor.batch():
-        jobs = [executor.submit(SweepJob(spec, options)) for spec in specs]
+        jobs = [executor.submit(SweepJob(spec, options, ddp)) for spec in specs]
     return jobs
 
 
@@ -284,7 +298,8 @@ def wait_jobs(specs: list[RunSpec], jobs: list, progress: bool = True,
                     continue
                 pending.discard(i)
                 try:
-                    results[i] = jobs[i].result()
+                    # A data-parallel job has one task per process; rank 0 reports the run.
+                    results[i] = jobs[i].results()[0]
                 except (FailedJobError, UncompletedJobError) as exc:  # died outside run_spec
                     results[i] = record_crash(specs[i], f"job {jobs[i].job_id} failed: "
                                                         f"{str(exc).strip().splitlines()[-1:]}")

@@ -54,9 +54,10 @@ SLURM_KEYS = {
     "partition": str, "time_min": int, "gpus_per_node": int, "cpus_per_task": int,
     "mem_gb": (int, float), "array_parallelism": int, "account": str, "qos": str,
     "constraint": str, "setup": list, "additional": dict, "max_num_timeout": int,
+    "ddp": int,
 }
 SLURM_NUMBERS = ("time_min", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
-                 "max_num_timeout")
+                 "max_num_timeout", "ddp")
 SECTIONS = ("train", "engine", "data", "method")
 
 

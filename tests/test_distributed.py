@@ -72,3 +72,21 @@ def test_torchrun_run_reproduces_single_process_metrics(tmp_path):
                     assert abs(ra["metrics"][task][metric] - value) <= 1e-3 * max(1.0, abs(value))
         summary = json.loads((a_dir / "summary.json").read_text())
         assert summary["world_size"] == 2 and summary["status"] == "complete"
+
+
+def test_slurm_sweep_trains_each_run_data_parallel(tmp_path):
+    # The SLURM path through submitit's local executor: one job of two tasks per run.
+    sweep = tmp_path / "ddp.toml"
+    sweep.write_text('description = "ddp"\nbenchmarks = ["digits_tasks"]\nmethods = ["pcgrad"]\n'
+                     'seeds = [0]\nprofile = "quick"\ndevice = "cpu"\n\n[set]\n'
+                     '"train.epochs" = 1\n"train.max_steps_per_epoch" = 2\n'
+                     '"data.train_size" = 64\n"data.val_size" = 16\n"data.test_size" = 16\n'
+                     '"train.batch_size" = 8\n')
+    result = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "sweep", str(sweep),
+                             "--executor", "slurm", "--submitit-cluster", "local", "--ddp", "2",
+                             "--out", str(tmp_path / "out"), "--no-progress"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "out" / "digits_tasks" / "pcgrad").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["world_size"] == 2
