@@ -4,7 +4,6 @@ Meters accumulate sums on the device over a whole split and move to the host onc
 ``compute`` (metrics are never averaged per batch)."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

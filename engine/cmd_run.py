@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from engine import results as R
-from engine.errors import UserError
 from methods.registry import METHODS
 
 DEFAULT_BENCHMARK = "digits_tasks"
