@@ -168,10 +168,12 @@ class GradientEngine:
             self._jacobian = self.shared_grads.buffer.new_empty((rows, self.num_shared))
         return self._jacobian
 
-    def jacobian(self, losses: Tensor, with_heads: bool = False) -> Tensor:
+    def jacobian(self, losses: Tensor, with_heads: bool = False,
+                 parts: list[Tensor] | None = None) -> Tensor:
         """[T, P] per-task gradients of the shared parameters. With ``with_heads`` (loop
         path only) each head also receives the gradient of its own loss on the way;
-        returns whether that happened as the attribute ``heads_done``."""
+        returns whether that happened as the attribute ``heads_done``. ``parts``: the
+        same losses as separate graphs (see ``TrainStepContext``), for the loop path."""
         if not self.shared:
             raise RuntimeError("the model has no shared parameters to take a Jacobian of")
         self.heads_done = False
@@ -184,15 +186,15 @@ class GradientEngine:
                 self.fallback_reason = f"batched Jacobian failed ({exc}); using the loop"
                 log.warning(self.fallback_reason)
         if jac is None:
-            jac = self._jacobian_loop(losses, with_heads)
+            jac = self._jacobian_loop(losses if parts is None else parts, with_heads)
         if self.world is not None:
             self.world.sum_(jac)  # every rank holds its share: the sum is the global Jacobian
         if self.scaler is not None:
             self.scaler.unscale_([jac])
         return jac
 
-    def _jacobian_loop(self, losses: Tensor, with_heads: bool) -> Tensor:
-        jac = self._jacobian_buffer(losses.shape[0])
+    def _jacobian_loop(self, losses: Tensor | list[Tensor], with_heads: bool) -> Tensor:
+        jac = self._jacobian_buffer(len(losses))
         flat = self.shared_grads.buffer
         for t, task in enumerate(self.task_names):
             flat.zero_()
@@ -310,8 +312,14 @@ class TrainStepContext:
 
     def __init__(self, engine: GradientEngine, batch, reps: dict[str, Tensor],
                  raw_losses: Tensor, losses: Tensor, step: int, epoch: int,
-                 generator: torch.Generator, stats: EpochStats, loss_fn):
-        """``loss_fn(batch)`` recomputes the losses without a graph."""
+                 generator: torch.Generator, stats: EpochStats, loss_fn,
+                 raw_parts: list[Tensor] | None = None, parts: list[Tensor] | None = None):
+        """``loss_fn(batch)`` recomputes the losses without a graph.
+
+        ``raw_parts``/``parts``: optionally the same T losses as T separate scalars, each
+        with only its own task's graph. Per-task backward passes start from these: a
+        backward from ``losses[t]`` passes through the stack of all T losses, and autograd
+        then runs every other head's backward too (on zeros), T² head passes per step."""
         self.engine = engine
         self.task_names = engine.task_names
         self.batch = batch
@@ -323,6 +331,8 @@ class TrainStepContext:
         self.generator = generator
         self.stats = stats
         self._loss_fn = loss_fn
+        self._raw_parts = raw_parts
+        self._parts = parts
         self._jacobian: Tensor | None = None
         self._rep_grads: dict[tuple[bool, bool], list[Tensor]] = {}
         self.reps_override: list[Tensor] | None = None
@@ -345,9 +355,18 @@ class TrainStepContext:
     def jacobian_computed(self) -> bool:
         return self._jacobian is not None
 
+    def loss_parts(self, raw: bool = False) -> list[Tensor]:
+        """The T losses (raw, or as the methods see them) as separate graphs where the
+        trainer provided them, else as elements of the stacked vector."""
+        parts = self._raw_parts if raw else self._parts
+        if parts is not None:
+            return parts
+        losses = self._raw_losses if raw else self._losses
+        return list(losses.unbind())
+
     def jacobian(self) -> Tensor:
         if self._jacobian is None:
-            self._jacobian = self.engine.jacobian(self._losses)
+            self._jacobian = self.engine.jacobian(self._losses, parts=self._parts)
         return self._jacobian
 
     def jacobian_with_heads(self) -> tuple[Tensor, bool]:
@@ -355,13 +374,13 @@ class TrainStepContext:
         computed now; returns whether the heads got it."""
         if self._jacobian is not None:
             return self._jacobian, False
-        self._jacobian = self.engine.jacobian(self._losses, with_heads=True)
+        self._jacobian = self.engine.jacobian(self._losses, with_heads=True, parts=self._parts)
         return self._jacobian, self.engine.heads_done
 
     def rep_grads(self, create_graph: bool = False, raw: bool = False) -> list[Tensor]:
         key = (create_graph, raw)
         if key not in self._rep_grads:
-            losses = self._raw_losses if raw else self._losses
+            losses = self.loss_parts(raw)
             engine = self.engine
             self._rep_grads[key] = [
                 engine.unscaled(torch.autograd.grad(engine.scaled(losses[i]), self._reps[t],
@@ -379,8 +398,9 @@ class TrainStepContext:
 
     def task_grads(self, params: list[Tensor], create_graph: bool = False) -> Tensor:
         rows = []
+        losses = self.loss_parts()
         for i in range(len(self.task_names)):
-            grads = torch.autograd.grad(self.engine.scaled(self._losses[i]), params,
+            grads = torch.autograd.grad(self.engine.scaled(losses[i]), params,
                                         retain_graph=True, create_graph=create_graph,
                                         allow_unused=True)
             rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)

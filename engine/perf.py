@@ -72,7 +72,7 @@ class FloorStepper:
         tr = self.trainer
         engine = tr.engine
         engine.zero_grad([])
-        reps, losses = tr.compute_losses(batch)
+        reps, losses = tr.compute_task_losses(batch)  # separate graphs, as the engine uses
         if self.kind == "floor:jacobian":
             for t, task in enumerate(tr.task_names):
                 torch.autograd.backward(losses[t], inputs=engine.shared + engine.heads[task],

@@ -138,12 +138,18 @@ class Trainer:
                             f"data-parallel run; it must be divisible by the {world.size} processes")
 
     # ------------------------------------------------------------------ losses
-    def compute_losses(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
+    def compute_task_losses(self, batch: Batch) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """Z per task and the T task losses as separate float32 scalars (each with only its
+        own task's graph, so that per-task backward passes touch one head each)."""
         with autocast(self.device, self.amp):
             reps, preds = self.model(batch)
-            losses = torch.stack([task.loss(preds[task.name], batch.targets[task.name])
-                                  for task in self.benchmark.tasks])
-        return reps, losses.float()
+            losses = [task.loss(preds[task.name], batch.targets[task.name]).float()
+                      for task in self.benchmark.tasks]
+        return reps, losses
+
+    def compute_losses(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
+        reps, losses = self.compute_task_losses(batch)
+        return reps, torch.stack(losses)
 
     def _recompute(self, batch: Batch) -> Tensor:
         with torch.no_grad():
@@ -160,14 +166,18 @@ class Trainer:
         world = self.world
         if world is not None:
             batch = batch.select(slice_for(batch.size(), world))
-        reps, raw = self.compute_losses(batch)
+        reps, raw_parts = self.compute_task_losses(batch)
+        raw = torch.stack(raw_parts)
         if world is not None:
             raw = world.global_value(raw / world.size)
+            raw_parts = None  # the global values exist only as the stacked vector
         losses = raw
         for reg in self.regularizers:
             losses = reg.transform_losses(losses)
+        # A regularizer's transform (Rep-MTL's log losses) exists only on the vector.
+        parts = raw_parts if losses is raw else None
         ctx = TrainStepContext(self.engine, batch, reps, raw, losses, self.step, epoch,
-                               self.method_generator, stats, self._recompute)
+                               self.method_generator, stats, self._recompute, raw_parts, parts)
         self.engine.zero_grad(self.method_params)
         if self.traces.wants_conflict(self.step):
             self.traces.add_conflict(self.step, epoch, self._conflict_grads(ctx))
@@ -260,7 +270,7 @@ class Trainer:
         never changes the update."""
         if self.config.engine.conflict_space == "rep":
             return torch.stack([g.reshape(-1) for g in ctx.rep_grads(raw=True)])
-        return self.engine.jacobian(ctx.raw_losses)
+        return self.engine.jacobian(ctx.raw_losses, parts=ctx.loss_parts(raw=True))
 
     def _raise_diverged(self, bad_step: Tensor, bad_tasks: Tensor, epoch: int) -> None:
         names = [*self.task_names, "penalty"]
