@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from engine import results as R
+from engine.errors import UserError
 from methods.registry import METHODS
 
 DEFAULT_BENCHMARK = "digits_tasks"
@@ -69,6 +70,9 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--retry-failed", action="store_true",
                    help="retrain runs that failed or diverged before, from their last checkpoint "
                         "(without it they are skipped and reported)")
+    p.add_argument("--strict", action="store_true",
+                   help="paper benchmarks: data that differ from the official counts or sizes are "
+                        "an error instead of a warning (data.strict=true)")
     p.add_argument("--force", action="store_true",
                    help="retrain runs that are already complete (and ignore checkpoints)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -84,7 +88,16 @@ def main(args: argparse.Namespace) -> int:
     # Under torchrun (WORLD_SIZE > 1) every process trains its share of each run.
     world, device = init_from_env(args.device)
     methods = args.methods or default_methods()
-    requests = build_requests(args.benchmark, methods, args.seeds, args.profile, args.overrides,
+    overrides = list(args.overrides)
+    if args.strict:
+        from benchmarks.registry import BENCHMARKS
+        from engine.config import field_types
+
+        if "strict" not in field_types(BENCHMARKS.get(args.benchmark).Config):
+            raise UserError(f"--strict: benchmark {args.benchmark} has no official counts to "
+                            f"check (only the paper benchmarks do)")
+        overrides.append("data.strict=true")
+    requests = build_requests(args.benchmark, methods, args.seeds, args.profile, overrides,
                               device, args.data_root)
     outcomes = run_all(requests, args.out, force=args.force, progress=not args.no_progress,
                        retry_failed=args.retry_failed, world=world)

@@ -81,6 +81,14 @@ class RunRequest:
 def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], profile: str,
                    overrides: list[str], device: str, data_root: str | None) -> list[RunRequest]:
     bench_cls = BENCHMARKS.get(benchmark)
+    resolve_device(device)  # refuse an unavailable device before anything is written
+    if bench_cls.needs_data_root:
+        if data_root is None:
+            raise UserError(f"benchmark {benchmark} reads its data from disk; pass --data-root "
+                            f"DIR (see docs/paper_benchmarks.md)")
+        if not Path(data_root).is_dir():
+            raise UserError(f"--data-root {data_root}: no such folder (benchmark {benchmark}; "
+                            f"see docs/paper_benchmarks.md for the expected layout)")
     requests = []
     unused_per_run: list[set[str]] = []
     for spec in method_specs:

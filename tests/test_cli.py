@@ -53,12 +53,16 @@ def test_list_shows_methods_with_kind_and_needs_and_benchmarks():
     (["run", "--device", "tpu"], "expected auto, cpu"),
     (["run", "-m", "ew+stl"], "combines"),
     (["list", "everything"], "invalid choice"),
+    (["run", "-b", "nyuv2", "-m", "ew"], "pass --data-root"),
+    (["run", "-b", "office31", "-m", "ew", "--data-root", "/no/such/folder"], "no such folder"),
+    (["run", "--strict"], "no official counts"),
 ])
 def test_user_mistakes_get_one_line_and_non_zero_exit(args, message, tmp_path):
-    result = cli(*args, "--out", str(tmp_path)) if args[0] == "run" else cli(*args)
+    result = cli(*args, "--out", str(tmp_path / "out")) if args[0] == "run" else cli(*args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before any run was started
 
 
 def test_unwritable_output_folder_is_refused(tmp_path):
