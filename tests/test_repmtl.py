@@ -70,6 +70,8 @@ class StepCtx:
     """The part of the step context (methods/base.py StepContext) that Rep-MTL uses, on a
     hand-made graph: the engine's own context is exercised by the end-to-end runs."""
 
+    world_size = 1
+
     def __init__(self, reps: dict[str, Tensor], raw_losses: Tensor, losses: Tensor):
         self.task_names = tuple(reps)
         self._reps, self.raw_losses, self.losses = reps, raw_losses, losses
