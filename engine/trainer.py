@@ -167,10 +167,13 @@ class Trainer:
         if world is not None:
             batch = batch.select(slice_for(batch.size(), world))
         reps, raw_parts = self.compute_task_losses(batch)
-        raw = torch.stack(raw_parts)
         if world is not None:
-            raw = world.global_value(raw / world.size)
-            raw_parts = None  # the global values exist only as the stacked vector
+            # One all-reduce for the T values; each loss keeps its own graph.
+            local = [part / world.size for part in raw_parts]
+            total = torch.stack([part.detach() for part in local])
+            world.sum_(total)
+            raw_parts = [part + (total[t] - part.detach()) for t, part in enumerate(local)]
+        raw = torch.stack(raw_parts)
         losses = raw
         for reg in self.regularizers:
             losses = reg.transform_losses(losses)
