@@ -6,6 +6,7 @@ from pathlib import Path
 
 from analysis.report import FORMATS, SECTIONS, build_report
 from analysis.select import RULES
+from engine.argtypes import positive_int
 from engine.errors import UserError
 
 
@@ -26,15 +27,6 @@ def skip_arg(text: str) -> tuple[str, ...]:
                                          f"{', '.join(SECTIONS)}")
     return values
 
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--k {text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--k {value}: expected an integer >= 1")
-    return value
 
 
 def add_parser(sub, parents) -> None:

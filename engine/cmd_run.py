@@ -6,12 +6,14 @@ import sys
 from pathlib import Path
 
 from engine import results as R
+from engine.argtypes import int_at_least
 from engine.errors import UserError
 from methods.registry import METHODS
 
 DEFAULT_BENCHMARK = "digits_tasks"
 # The default comparison: the baselines plus a few representative methods when present.
 DEFAULT_METHODS = ("stl", "ew", "uw", "dwa", "pcgrad", "mgda", "cagrad", "repmtl")
+seed_arg = int_at_least(0, "seed")
 
 
 def default_methods() -> list[str]:
@@ -21,15 +23,6 @@ def default_methods() -> list[str]:
 def default_argv() -> list[str]:
     return ["run", "-b", DEFAULT_BENCHMARK, "-m", *default_methods(), "-s", "0"]
 
-
-def seed_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed {text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seed {value} is negative; seeds are integers >= 0")
-    return value
 
 
 def add_parser(sub, parents) -> None:

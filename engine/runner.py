@@ -79,10 +79,14 @@ class RunRequest:
 
 
 def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], profile: str,
-                   overrides: list[str], device: str, data_root: str | None) -> list[RunRequest]:
+                   overrides: list[str], device: str, data_root: str | None,
+                   check_data: bool = True) -> list[RunRequest]:
+    """Every run of a request, resolved and checked. ``check_data=False`` skips the checks
+    of the device and the data folder (listing a sweep planned for another machine)."""
     bench_cls = BENCHMARKS.get(benchmark)
-    resolve_device(device)  # refuse an unavailable device before anything is written
-    if bench_cls.needs_data_root:
+    if check_data:
+        resolve_device(device)  # refuse an unavailable device before anything is written
+    if bench_cls.needs_data_root and check_data:
         if data_root is None:
             raise UserError(f"benchmark {benchmark} reads its data from disk; pass --data-root "
                             f"DIR (see docs/paper_benchmarks.md)")

@@ -1,0 +1,38 @@
+"""Argument types of the command line: numbers checked as they are parsed, with messages
+that say what was expected."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def int_at_least(low: int, what: str = "") -> Callable[[str], int]:
+    """An integer >= ``low``; ``what`` names it in the message (e.g. "seed")."""
+    prefix = f"{what} " if what else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{prefix}{text!r} is not an integer") from None
+        if value < low:
+            problem = "negative" if low == 0 and value < 0 else f"less than {low}"
+            raise argparse.ArgumentTypeError(f"{prefix}{value} is {problem}; expected an "
+                                             f"integer >= {low}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not > 0")
+    return value
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
