@@ -270,3 +270,49 @@ def test_scale_option_is_checked():
     for bad in ("data.num_tasks", "data.num_tasks=4", "=1,2"):
         with pytest.raises(UserError, match="KEY=V1,V2"):
             parse_scale(bad)
+
+
+def test_flat_buffer_round_trip_keeps_channels_last_layout_dtype_and_device():
+    from engine.gradients import FlatGrads
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last)),
+              torch.nn.Parameter(torch.randn(5, dtype=torch.float32))]
+    flat = FlatGrads(params)
+    direction = torch.randn(flat.buffer.numel())
+    flat.buffer.copy_(direction)
+    for p, piece in zip(params, direction.split(flat.sizes)):
+        assert p.grad.stride() == p.stride() and p.grad.dtype == p.dtype
+        assert p.grad.device == p.device and p.grad.untyped_storage().data_ptr() == \
+            flat.buffer.untyped_storage().data_ptr()
+        # The block holds the gradient in the parameter's memory order.
+        memory_order = p.grad.permute(0, 2, 3, 1).reshape(-1) if p.dim() == 4 else p.grad
+        assert torch.equal(memory_order, piece)
+    # Accumulation lands in the buffer (what backward does to an existing .grad).
+    flat.zero()
+    (params[0] * 2).sum().backward()
+    assert torch.equal(flat.buffer[:108], torch.full((108,), 2.0))
+
+
+def test_per_task_passes_run_only_their_own_head():
+    trainer, batch = make_trainer("digits_tasks", "mgda_ub", TINY_DIGITS)
+    calls = {t: 0 for t in trainer.task_names}
+    hooks = [trainer.model.heads[t].register_full_backward_hook(
+        lambda *_, t=t: calls.__setitem__(t, calls[t] + 1)) for t in trainer.task_names]
+    reps, parts = trainer.compute_task_losses(batch)
+    losses = torch.stack(parts)
+    ctx = TrainStepContext(trainer.engine, batch, reps, losses, losses, 0, 0,
+                           torch.Generator().manual_seed(0), EpochStats(), None, parts, parts)
+    separate = ctx.rep_grads()
+    assert calls == {t: 1 for t in trainer.task_names}
+    jac = ctx.jacobian().clone()
+    assert calls == {t: 2 for t in trainer.task_names}
+    # The same gradients as from the elements of the stacked vector (which run every head).
+    stacked = TrainStepContext(trainer.engine, batch, reps, losses, losses, 0, 0,
+                               torch.Generator().manual_seed(0), EpochStats(), None)
+    for a, b in zip(separate, stacked.rep_grads()):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(stacked.jacobian(), jac)
+    assert calls == {t: 2 + 2 * len(calls) for t in trainer.task_names}
+    for hook in hooks:
+        hook.remove()
