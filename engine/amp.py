@@ -11,9 +11,11 @@ and skip the step, double after 2000 clean steps): every backward pass the engin
 the aggregated direction, the heads, the penalties) starts from s·L; what a method sees
 (Jacobian, representation gradients, task gradients) is divided by s as soon as it is
 computed, so the methods' mathematics is unchanged; the gradients left in ``.grad`` stay
-scaled until ``step`` divides them by s, and an overflow anywhere (the scaled gradients a
-method saw, or the final ones) skips the optimizer step, as GradScaler does. Overflow of
-scaled gradients is not divergence: the losses themselves are checked separately.
+scaled until the trainer divides them by s. An overflow skips the optimizer step, as
+GradScaler does: if what a method is about to see overflowed, the engine stops the step
+there (``GradientOverflow``), so no method ever sees or stores non-finite gradients;
+otherwise the final gradients are checked before the optimizer steps. Overflow of scaled
+gradients is not divergence: the losses themselves are checked separately.
 """
 from __future__ import annotations
 
@@ -23,6 +25,10 @@ import torch
 from torch import Tensor
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class GradientOverflow(Exception):
+    """The scaled gradients of this step overflowed: the step is skipped."""
 
 
 def autocast(device: torch.device, amp: str):
@@ -66,6 +72,14 @@ class LossScaler:
 
     def note_nonfinite(self, grad: Tensor) -> None:
         self.found_inf.add_((~torch.isfinite(grad.detach())).any().float())
+
+    def check(self, world=None) -> None:
+        """Raise GradientOverflow if anything noted so far overflowed (on any rank);
+        waits for the device."""
+        if world is not None:
+            world.sum_(self.found_inf)
+        if self.overflowed():
+            raise GradientOverflow
 
     def overflowed(self) -> bool:
         """Whether this step's scaled gradients overflowed (waits for the device)."""

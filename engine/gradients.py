@@ -191,6 +191,7 @@ class GradientEngine:
             self.world.sum_(jac)  # every rank holds its share: the sum is the global Jacobian
         if self.scaler is not None:
             self.scaler.unscale_([jac])
+            self.scaler.check(self.world)  # a method never sees an overflowed Jacobian
         return jac
 
     def _jacobian_loop(self, losses: Tensor | list[Tensor], with_heads: bool) -> Tensor:
@@ -386,6 +387,8 @@ class TrainStepContext:
                 engine.unscaled(torch.autograd.grad(engine.scaled(losses[i]), self._reps[t],
                                                     retain_graph=True, create_graph=create_graph)[0])
                 for i, t in enumerate(self.task_names)]
+            if engine.scaler is not None:
+                engine.scaler.check(engine.world)
         return self._rep_grads[key]
 
     def reps(self) -> list[Tensor]:
@@ -406,6 +409,8 @@ class TrainStepContext:
             rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
                                    for g, p in zip(grads, params)]))
         grads = self.engine.unscaled(torch.stack(rows))
+        if self.engine.scaler is not None:
+            self.engine.scaler.check(self.engine.world)
         if self.engine.world is not None:
             if create_graph:
                 raise NotImplementedError("differentiable task gradients are not summed over "

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from benchmarks.base import Batch, Benchmark
-from engine.amp import LossScaler, autocast
+from engine.amp import GradientOverflow, LossScaler, autocast
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import RunConfig
 from engine.distributed import World, slice_for
@@ -182,11 +182,16 @@ class Trainer:
         ctx = TrainStepContext(self.engine, batch, reps, raw, losses, self.step, epoch,
                                self.method_generator, stats, self._recompute, raw_parts, parts)
         self.engine.zero_grad(self.method_params)
-        if self.traces.wants_conflict(self.step):
-            self.traces.add_conflict(self.step, epoch, self._conflict_grads(ctx))
-        weights, penalty = apply_update(self.primary, self.regularizers, ctx, self.method_params)
-        self.engine.reduce_grads()
         values = raw.detach()
+        try:
+            if self.traces.wants_conflict(self.step):
+                self.traces.add_conflict(self.step, epoch, self._conflict_grads(ctx))
+            weights, penalty = apply_update(self.primary, self.regularizers, ctx,
+                                            self.method_params)
+        except GradientOverflow:  # fp16: what a method was to see overflowed
+            self._skip_step()
+            return values, None, None, torch.isfinite(torch.cat([values, values.new_zeros(1)]))
+        self.engine.reduce_grads()
         finite = torch.isfinite(values)
         finite = torch.cat([finite, torch.isfinite(penalty).reshape(1) if penalty is not None
                             else finite.new_ones(1)])
@@ -211,10 +216,16 @@ class Trainer:
             self.world.sum_(scaler.found_inf)
         finite[-1] |= scaler.found_inf > 0
         skip = scaler.overflowed()
-        scaler.update()
         if skip:
-            scaler.skipped_steps += 1
+            self._skip_step()
+        else:
+            scaler.update()
         return not skip
+
+    def _skip_step(self) -> None:
+        """fp16: the step's scaled gradients overflowed; back off the scale, no update."""
+        self.scaler.update()
+        self.scaler.skipped_steps += 1
 
     def train_epoch(self, epoch: int, bar) -> dict:
         self.model.train()

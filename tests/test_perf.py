@@ -139,8 +139,11 @@ def make_trainer(benchmark, method, overrides):
     return trainer, batch
 
 
-def test_fp16_overflow_skips_the_step_without_calling_it_divergence():
-    trainer, batch = make_trainer("digits_tasks", "repmtl", [*TINY_DIGITS, "engine.amp=fp16"])
+@pytest.mark.parametrize("method", ["ew", "repmtl", "dbmtl"])
+def test_fp16_overflow_skips_the_step_without_calling_it_divergence(method):
+    # ew: found in the final gradients; Rep-MTL: in the representation gradients; DB-MTL:
+    # in the Jacobian, before the method sees it (its EMA state stays untouched).
+    trainer, batch = make_trainer("digits_tasks", method, [*TINY_DIGITS, "engine.amp=fp16"])
     trainer.scaler.scale.fill_(3e38)  # every scaled gradient overflows
     before = [p.detach().clone() for p in trainer.model.parameters()]
     _, weights, penalty, finite = trainer.train_step(batch, 0, EpochStats())
@@ -149,6 +152,8 @@ def test_fp16_overflow_skips_the_step_without_calling_it_divergence():
     assert trainer.scaler.skipped_steps == 1
     assert float(trainer.scaler.scale) == pytest.approx(1.5e38, rel=1e-6)
     assert all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
+    if method == "dbmtl":
+        assert trainer.primary.ema is None and trainer.primary.steps_seen == 0
     # With a sane scale the next step trains.
     trainer.scaler.scale.fill_(2.0 ** 8)
     trainer.train_step(batch, 0, EpochStats())
