@@ -31,7 +31,8 @@ METHODS_DOC = (ROOT / "docs" / "methods.md").read_text(encoding="utf-8")
 
 def section(text: str, heading: str) -> str:
     """The body of the ``## heading`` section, up to the next level-2 heading."""
-    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text,
+                      re.MULTILINE | re.DOTALL)
     assert match, f"docs/methods.md has no '## {heading}' section"
     return match.group(1)
 
@@ -59,7 +60,8 @@ def test_table_lists_every_built_in_method_and_nothing_else():
 
 def test_table_rows_have_six_cells():
     bad = {name: len(cells) for name, cells in ROWS.items() if len(cells) != 6}
-    assert not bad, f"rows without the 6 columns (name, kind, paper, rule, hyperparameters, weights): {bad}"
+    assert not bad, ("rows without the 6 columns (name, kind, paper, rule, hyperparameters, "
+                     f"weights): {bad}")
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
@@ -81,7 +83,8 @@ def test_hyperparameters_and_defaults_as_in_the_code(name):
     documented = dict(re.findall(r"`(\w+)=([^`]*)`", cell))
     if not defaults:
         assert cell == "—", f"{name} has no hyperparameters, the table says {cell!r}"
-    assert sorted(documented) == sorted(defaults), f"{name}: documented keys differ from the config's"
+    assert sorted(documented) == sorted(defaults), \
+        f"{name}: documented keys differ from the config's"
     for key, text in documented.items():
         value = coerce(f"method.{name}.{key}", parse_value(text), hints[key])
         assert value == defaults[key], f"{name}.{key}: documented {text}, default {defaults[key]!r}"
@@ -103,7 +106,7 @@ def doc_commands(text: str) -> list[str]:
     """Every `python run_bench.py ...` line of a page's bash blocks, continuation lines
     joined."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.strip()
             if line.startswith("python run_bench.py"):
