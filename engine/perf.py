@@ -355,13 +355,20 @@ def plot_scaling(result: dict, path: Path) -> Path:
     points = result["points"]
     tasks = [p["tasks"] for p in points]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
-    for name in points[0]["rows"]:
-        style = "--" if name.startswith("floor:") or name == REFERENCE else "-"
-        left.plot(tasks, [1e3 * p["rows"][name]["median_s"] for p in points], style,
-                  marker="o", ms=3, label=name)
+    colours = plt.get_cmap("tab20").colors
+    for i, name in enumerate(points[0]["rows"]):
+        style = dict(color="black" if name.startswith("floor:") or name == REFERENCE
+                     else colours[i % len(colours)],
+                     ls="--" if name.startswith("floor:") or name == REFERENCE
+                     else ("-", "-.")[(i // len(colours)) % 2],
+                     marker="osv^D"[i % 5], ms=3, label=name)
+        left.plot(tasks, [1e3 * p["rows"][name]["median_s"] for p in points], **style)
         excess = [p["rows"][name]["excess_s"] for p in points]
-        if all(e is not None and e > 0 for e in excess):
-            right.plot(tasks, [1e3 * e for e in excess], "-", marker="o", ms=3, label=name)
+        if name.startswith("floor:") or all(e is None for e in excess):
+            continue
+        # Excess at or below zero (within the noise of the two medians) is left out.
+        right.plot(tasks, [1e3 * e if e is not None and e > 0 else float("nan") for e in excess],
+                   **style)
     guide = [tasks[0], tasks[-1]]
     for ax, title in ((left, "step time"), (right, "excess over floor (solver etc.)")):
         ax.set_xscale("log", base=2)
