@@ -56,19 +56,24 @@ def gradvac_coefficients(gramians: Tensor, rho: Tensor, beta: float,
     rho = rho.clone()
     sq_norms = gramians.diagonal(dim1=1, dim2=2)                          # [K, T]
     coefs = torch.eye(T, dtype=gramians.dtype, device=gramians.device).expand(K, T, T).clone()
-    for i in range(T):
-        c = coefs[:, i].clone()                                            # [K, T]
-        for j in orders[i]:
-            norm_i = torch.einsum("ka,kab,kb->k", c, gramians, c).clamp_min(0).sqrt()
-            norm_j = sq_norms[:, j].clamp_min(0).sqrt()
-            phi = (torch.einsum("ka,ka->k", c, gramians[:, :, j])
-                   / (norm_i * norm_j + _EPS)).clamp(-1, 1)
-            target = rho[i, j]
-            coef = (norm_i * (target * (1 - phi ** 2).sqrt() - phi * (1 - target ** 2).sqrt())
-                    / (norm_j * (1 - target ** 2).sqrt() + _EPS))
-            c[:, j] = c[:, j] + torch.where(phi < target, coef, torch.zeros_like(coef))
-            rho[i, j] = (1 - beta) * target + beta * phi
-        coefs[:, i] = c
+    if T < 2:
+        return coefs.sum(1), rho
+    # The T correction sequences are independent (row i only touches coefs[:, i] and
+    # rho[i]): step k corrects every row i with its k-th task at once.
+    order = torch.tensor(orders, device=gramians.device)                  # [T, T-1]
+    rows = torch.arange(T, device=gramians.device)
+    for k in range(T - 1):
+        j = order[:, k]                                                    # j_i for every i
+        norm_i = torch.einsum("kia,kab,kib->ki", coefs, gramians, coefs).clamp_min(0).sqrt()
+        norm_j = sq_norms[:, j].clamp_min(0).sqrt()                        # [K, T(i)]
+        phi = (torch.einsum("kia,kai->ki", coefs, gramians[:, :, j])
+               / (norm_i * norm_j + _EPS)).clamp(-1, 1)
+        target = rho[rows, j].T                                            # [K, T(i)]
+        coef = (norm_i * (target * (1 - phi ** 2).sqrt() - phi * (1 - target ** 2).sqrt())
+                / (norm_j * (1 - target ** 2).sqrt() + _EPS))
+        coefs[:, rows, j] = coefs[:, rows, j] + torch.where(phi < target, coef,
+                                                            torch.zeros_like(coef))
+        rho[rows, j] = ((1 - beta) * target + beta * phi).T
     return coefs.sum(1), rho
 
 

@@ -33,13 +33,19 @@ def pcgrad_weights(gramian: Tensor, orders: list[list[int]]) -> Tensor:
     which g_i is projected."""
     T = gramian.shape[0]
     coefs = torch.eye(T, dtype=gramian.dtype, device=gramian.device)
-    for i in range(T):
-        c = coefs[i].clone()
-        for j in orders[i]:
-            dot = c @ gramian[:, j]
-            # where(), not an if: stays on the device (a zero-norm g_j never conflicts)
-            c[j] = c[j] - torch.where(dot < 0, dot / gramian[j, j], torch.zeros_like(dot))
-        coefs[i] = c
+    if T < 2:
+        return coefs.sum(0)
+    # The T projection sequences are independent: step k projects every row i onto its
+    # k-th task at once (T - 1 vectorised steps, not T(T - 1) scalar ones).
+    order = torch.tensor(orders, device=gramian.device)          # [T, T-1]
+    rows = torch.arange(T, device=gramian.device)
+    columns = gramian.T                                          # columns[j] = G[:, j]
+    diagonal = gramian.diagonal()
+    for k in range(T - 1):
+        j = order[:, k]
+        dot = (coefs * columns[j]).sum(1)                        # c_i · g_j, every i
+        # where(), not an if: stays on the device (a zero-norm g_j never conflicts)
+        coefs[rows, j] -= torch.where(dot < 0, dot / diagonal[j], torch.zeros_like(dot))
     return coefs.sum(0)
 
 
