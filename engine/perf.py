@@ -357,8 +357,8 @@ def plot_scaling(result: dict, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
     colours = plt.get_cmap("tab20").colors
     for i, name in enumerate(points[0]["rows"]):
-        style = dict(color="black" if name.startswith("floor:") or name == REFERENCE
-                     else colours[i % len(colours)],
+        greys = {REFERENCE: "black", "floor:jacobian": "dimgrey", "floor:rep": "darkgrey"}
+        style = dict(color=greys.get(name, colours[i % len(colours)]),
                      ls="--" if name.startswith("floor:") or name == REFERENCE
                      else ("-", "-.")[(i // len(colours)) % 2],
                      marker="osv^D"[i % 5], ms=3, label=name)
