@@ -37,6 +37,8 @@ from engine.trainer import Trainer
 
 REFERENCE = "ew"
 FLOORS = ("floor:jacobian", "floor:rep")
+GREYS = {REFERENCE: "black", "floor:jacobian": "dimgrey", "floor:rep": "darkgrey"}
+"""Plot colours of the reference and the floors."""
 
 
 @dataclass
@@ -357,11 +359,10 @@ def plot_scaling(result: dict, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
     colours = plt.get_cmap("tab20").colors
     for i, name in enumerate(points[0]["rows"]):
-        greys = {REFERENCE: "black", "floor:jacobian": "dimgrey", "floor:rep": "darkgrey"}
-        style = dict(color=greys.get(name, colours[i % len(colours)]),
-                     ls="--" if name.startswith("floor:") or name == REFERENCE
-                     else ("-", "-.")[(i // len(colours)) % 2],
-                     marker="osv^D"[i % 5], ms=3, label=name)
+        reference = name.startswith("floor:") or name == REFERENCE
+        style = {"color": GREYS.get(name, colours[i % len(colours)]),
+                 "ls": "--" if reference else ("-", "-.")[(i // len(colours)) % 2],
+                 "marker": "osv^D"[i % 5], "ms": 3, "label": name}
         left.plot(tasks, [1e3 * p["rows"][name]["median_s"] for p in points], **style)
         excess = [p["rows"][name]["excess_s"] for p in points]
         if name.startswith("floor:") or all(e is None for e in excess):
