@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     from analysis.table import comparison_table
     from engine.runner import build_requests, run_all
 
-    from engine.distributed import init_from_env
+    from engine.distributed import init_from_env, shutdown
 
     # Under torchrun (WORLD_SIZE > 1) every process trains its share of each run.
     world, device = init_from_env(args.device)
@@ -94,6 +94,7 @@ def main(args: argparse.Namespace) -> int:
                               device, args.data_root)
     outcomes = run_all(requests, args.out, force=args.force, progress=not args.no_progress,
                        retry_failed=args.retry_failed, world=world)
+    shutdown(world)
     if world is not None and not world.is_main:
         return 0
     failed = [o for o in outcomes if o.state in (R.STATUS_FAILED, R.STATUS_DIVERGED)]

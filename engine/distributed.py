@@ -103,6 +103,14 @@ def slice_for(n: int, world: World) -> slice:
     return slice(world.rank * per, (world.rank + 1) * per)
 
 
+def shutdown(world: World | None) -> None:
+    """Leave the process group together (a process that exits while the group lives can
+    abort inside the backend)."""
+    if world is not None and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 

@@ -219,13 +219,15 @@ class SweepJob:
             return run_spec(self.spec, self.options)
         import submitit
 
-        from engine.distributed import init_from_env
+        from engine.distributed import init_from_env, shutdown
 
         # The job's tasks are the processes of one data-parallel run: submitit describes
         # them (rank, world size, master address) in the torch.distributed variables.
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         world, device = init_from_env(self.spec.device or "auto")
-        return run_spec(self.spec, self.options, device=device, world=world)
+        result = run_spec(self.spec, self.options, device=device, world=world)
+        shutdown(world)
+        return result
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit

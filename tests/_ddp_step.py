@@ -38,6 +38,10 @@ def main(out: str, methods: list[str]) -> None:
         }
     if world is None or world.is_main:
         torch.save(results, out)
+    if world is not None:
+        # Leave together: a process that exits while the group lives aborts in gloo.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
