@@ -26,9 +26,9 @@ def torchrun(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env,
                             timeout=900)
     if result.returncode != 0 and "terminate called without an active exception" in result.stderr:
-        # gloo's connection threads occasionally abort a process on a loaded machine (seen
-        # about once in twenty launches here, before any of our code runs a collective);
-        # such a crash is the launcher's, so the launch is tried once more.
+        # A process occasionally aborts inside the gloo backend (a C++ terminate, no Python
+        # error; seen about once in twenty launches on a loaded 2-core machine): the
+        # launch is tried once more. Any other failure, or the same crash twice, fails.
         result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env,
                                 timeout=900)
     return result
