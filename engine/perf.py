@@ -17,8 +17,8 @@ Floors, measured the same way in the same rounds:
 Peak memory: on CUDA, the allocator's peak during a method's steps minus what was
 allocated before them (methods measured one after another in this process). On the CPU
 there is no per-method allocator statistic, so each method runs a few steps in a fresh
-process and reports its peak resident memory minus the resident memory just before its
-first step.
+process and reports its peak resident memory during the steps (the kernel's high-water
+mark, reset just before the first step) minus the resident memory just before it.
 """
 from __future__ import annotations
 
@@ -166,10 +166,19 @@ def _page_size() -> int:
     return os.sysconf("SC_PAGE_SIZE")
 
 
-def _peak_rss_bytes() -> int:
-    import resource
+def _reset_peak_rss() -> None:
+    """Reset the process's peak resident memory (VmHWM), so that the peak measured is the
+    steps' and not the set-up's (loading data can peak higher than training)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _cpu_memory_worker(request: RunRequest, steps: int, queue) -> None:
@@ -178,6 +187,7 @@ def _cpu_memory_worker(request: RunRequest, steps: int, queue) -> None:
     benchmark = make_benchmark(request.config, device)
     trainer = build_trainers([request], device, benchmark)[request.method_name]
     batches = list(_draw_batches(benchmark, trainer.train_batch, steps))
+    _reset_peak_rss()
     baseline = _rss_bytes()
     stats = EpochStats()
     trainer.model.train()
