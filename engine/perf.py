@@ -400,14 +400,19 @@ def plot_scaling(result: dict, path: Path) -> Path:
     return path
 
 
-def save_scaling(result: dict, out: Path) -> tuple[Path, Path]:
+def _write(result: dict, out: Path, name: str, table: str) -> tuple[Path, Path]:
+    """``result`` as JSON and its table as Markdown, named with a time stamp."""
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    stem = out / f"{result['benchmark']}-scale-{result['key'].replace('.', '_')}-{stamp}"
+    stem = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    md_path.write_text("```\n" + format_scaling(result) + "\n```\n")
+    md_path.write_text("```\n" + table + "\n```\n")
     return json_path, md_path
+
+
+def save_scaling(result: dict, out: Path) -> tuple[Path, Path]:
+    name = f"{result['benchmark']}-scale-{result['key'].replace('.', '_')}"
+    return _write(result, out, name, format_scaling(result))
 
 
 def format_table(result: dict) -> str:
@@ -430,10 +435,4 @@ def format_table(result: dict) -> str:
 
 
 def save(result: dict, out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    stem = out / f"{result['benchmark']}-{result['profile']}-{stamp}"
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    md_path.write_text("```\n" + format_table(result) + "\n```\n")
-    return json_path, md_path
+    return _write(result, out, f"{result['benchmark']}-{result['profile']}", format_table(result))
