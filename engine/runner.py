@@ -10,7 +10,7 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -127,7 +127,6 @@ class RunOutcome:
     status: str
     reason: str = ""
     wall_s: float = 0.0
-    extra: dict = field(default_factory=dict)
     previous: str = ""
     """For a skipped run: the status on disk (complete, failed or diverged)."""
 
