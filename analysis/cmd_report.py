@@ -28,7 +28,6 @@ def skip_arg(text: str) -> tuple[str, ...]:
     return values
 
 
-
 def add_parser(sub, parents) -> None:
     p = sub.add_parser(
         "report", parents=parents, help="tables, figures and a report from a results folder",

@@ -24,7 +24,6 @@ def default_argv() -> list[str]:
     return ["run", "-b", DEFAULT_BENCHMARK, "-m", *default_methods(), "-s", "0"]
 
 
-
 def add_parser(sub, parents) -> None:
     p = sub.add_parser(
         "run", parents=parents, help="train methods on a benchmark and compare them",

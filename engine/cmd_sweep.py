@@ -19,9 +19,6 @@ from engine.argtypes import non_negative_int, positive_float, positive_int
 STATES = ("complete", "failed", "diverged", "pending")
 
 
-
-
-
 def add_parser(sub, parents) -> None:
     from engine.sweep import EXECUTORS
 
