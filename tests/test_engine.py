@@ -260,3 +260,23 @@ def test_updates_leave_gradients_in_the_flat_buffers(bench):
         buffer = model.shared_parameters()[0].grad
         start = buffer.untyped_storage().data_ptr()
         assert all(p.grad.untyped_storage().data_ptr() == start for p in model.shared_parameters())
+
+
+def test_conflict_statistics_are_recorded_or_their_absence_is_said(tmp_path):
+    overrides = TINY_DIGITS + ["engine.conflict_every=1"]
+    (ew,) = tiny_run("digits_tasks", "ew", tmp_path, overrides)
+    lines = (ew.run_dir / "conflict.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and '"first|second"' in lines[0]
+    (stl,) = tiny_run("digits_tasks", "stl", tmp_path, overrides)
+    assert stl.status == "complete"
+    assert "no shared parameters" in read_summary(stl.run_dir)["notes"][0]
+    assert not (stl.run_dir / "conflict.jsonl").exists()
+
+
+def test_representation_conflicts_are_refused_on_multi_input():
+    from engine.errors import UserError
+    from engine.runner import build_requests
+
+    with pytest.raises(UserError, match="multi-input"):
+        build_requests("digits_domains", ["ew"], [0], "quick", ["engine.conflict_space=rep"],
+                       "cpu", None)
