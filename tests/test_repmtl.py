@@ -600,3 +600,13 @@ def test_log_losses_option_trains(tmp_path):
                           TINY_DIGITS + ["method.repmtl.log_losses=true",
                                          "method.repmtl.saliency=log_loss"])
     assert outcome.status == "complete", outcome.reason
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (2, 3, 6, 4), (5, 1)])
+def test_gram_norm_gradient_is_exact(shape):
+    # The hand-written backward (one product with the saved Gram) against finite differences,
+    # in the C < N and C > N orientations, with a scale folded in.
+    X = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: sal.gram_norm(x, 0.37), (X,))
+    direct = (0.37 ** 2 * X @ X.transpose(-1, -2)).square().sum(dim=(-2, -1)).sqrt()
+    torch.testing.assert_close(sal.gram_norm(X, 0.37), direct)
