@@ -336,6 +336,9 @@ class TrainStepContext:
         self._parts = parts
         self._jacobian: Tensor | None = None
         self._rep_grads: dict[tuple[bool, bool], list[Tensor]] = {}
+        self.heads_received = False
+        """Whether a per-task backward pass has already given every head the gradient of
+        its own task's loss (accumulated in ``.grad``, unweighted)."""
         self.reps_override: list[Tensor] | None = None
         """Data parallel: the representation of the whole global batch (detached), shown
         to a representation-level aggregator while it aggregates the gathered gradients."""
@@ -370,13 +373,15 @@ class TrainStepContext:
             self._jacobian = self.engine.jacobian(self._losses, parts=self._parts)
         return self._jacobian
 
-    def jacobian_with_heads(self) -> tuple[Tensor, bool]:
+    def jacobian_with_heads(self) -> Tensor:
         """The Jacobian, giving each head its own task's gradient on the way when it is
-        computed now; returns whether the heads got it."""
+        computed now and the heads have not received it yet (see ``heads_received``)."""
         if self._jacobian is not None:
-            return self._jacobian, False
-        self._jacobian = self.engine.jacobian(self._losses, with_heads=True, parts=self._parts)
-        return self._jacobian, self.engine.heads_done
+            return self._jacobian
+        with_heads = not self.heads_received
+        self._jacobian = self.engine.jacobian(self._losses, with_heads=with_heads, parts=self._parts)
+        self.heads_received |= self.engine.heads_done
+        return self._jacobian
 
     def rep_grads(self, create_graph: bool = False, raw: bool = False) -> list[Tensor]:
         key = (create_graph, raw)
@@ -391,6 +396,54 @@ class TrainStepContext:
                 engine.scaler.check(engine.world)
         return self._rep_grads[key]
 
+    def rep_grads_with_heads(self) -> list[Tensor]:
+        """``rep_grads()``, giving each head its own task's gradient on the way when they
+        are computed now (one backward pass per task serves both)."""
+        if (False, False) not in self._rep_grads and not self.heads_received:
+            self._rep_pass([])
+        return self.rep_grads()
+
+    def _rep_pass(self, extra: list[Tensor]) -> Tensor | None:
+        """One backward pass per task, from its loss (as methods see it) to Z_t, to the
+        shared parameters ``extra`` (below Z) and to the task's head, which receives its
+        own loss's gradient on the way (accumulated in ``.grad``). Caches the
+        representation gradients; returns the [T, P'] gradients of ``extra`` (or None)."""
+        engine = self.engine
+        losses = self.loss_parts()
+        reps, rows = [], []
+        for i, task in enumerate(self.task_names):
+            z, head = self._reps[task], engine.heads[task]
+            grads = torch.autograd.grad(engine.scaled(losses[i]), [z, *extra, *head],
+                                        retain_graph=True, allow_unused=True)
+            reps.append(engine.unscaled(grads[0] if grads[0] is not None else torch.zeros_like(z)))
+            if extra:
+                rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                       for g, p in zip(grads[1:1 + len(extra)], extra)]))
+            received = [(p.grad, g) for p, g in zip(head, grads[1 + len(extra):]) if g is not None]
+            if received:
+                torch._foreach_add_(*map(list, zip(*received)))
+        self._rep_grads[(False, False)] = reps
+        self.heads_received = True
+        extra_grads = engine.unscaled(torch.stack(rows)) if extra else None
+        if engine.scaler is not None:
+            engine.scaler.check(engine.world)
+        return extra_grads
+
+    def backward_rep_combination(self, weights: Tensor, retain_graph: bool) -> None:
+        """Backpropagate Σ_t w_t ∂L_t/∂Z_t from Z into the shared parameters: the shared
+        gradient of Σ_t w_t L_t, from the cached representation gradients (one encoder
+        pass; single-input benchmarks sum over tasks on their one Z)."""
+        combined: dict[int, tuple[Tensor, Tensor]] = {}
+        for t, (task, grad) in enumerate(zip(self.task_names, self.rep_grads())):
+            z = self._reps[task]
+            term = weights[t].to(grad.dtype) * grad
+            if id(z) in combined:
+                term = combined[id(z)][1] + term
+            combined[id(z)] = (z, term)
+        zs = [z for z, _ in combined.values()]
+        grads = [self.engine.scaled(g).to(z.dtype) for z, g in combined.values()]
+        torch.autograd.backward(zs, grads, inputs=self.engine.shared, retain_graph=retain_graph)
+
     def reps(self) -> list[Tensor]:
         if self.reps_override is not None:
             return self.reps_override
@@ -400,6 +453,17 @@ class TrainStepContext:
         return [p for p in self.engine.model.last_shared.parameters() if p.requires_grad]
 
     def task_grads(self, params: list[Tensor], create_graph: bool = False) -> Tensor:
+        engine = self.engine
+        shared = {id(p) for p in engine.shared}
+        if (not create_graph and not self.heads_received and (False, False) not in self._rep_grads
+                and all(id(p) in shared for p in params)):
+            # Shared parameters below Z: the same per-task passes also give the
+            # representation gradients and the heads their gradients, so the update can be
+            # formed from Z without another backward pass through the heads.
+            grads = self._rep_pass(params)
+            if engine.world is not None:
+                engine.world.sum_(grads)
+            return grads
         rows = []
         losses = self.loss_parts()
         for i in range(len(self.task_names)):
@@ -452,13 +516,23 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
         # Each rank's penalty covers its own samples; the global penalty is their mean.
         penalty = world.global_value(penalty / world.size)
     weights = None
+    own_params = [p for p in method_params if p.requires_grad]
     if isinstance(primary, Weighting):
         out: Weighted = primary.weigh(ctx)
         weights = out.weights
         objective = out.objective if out.objective is not None else (weights * ctx.losses).sum()
-        if ctx.jacobian_computed:
-            engine.set_shared_combination(weights.detach(), ctx.jacobian())
-            inputs = engine.all_head_params + [p for p in method_params if p.requires_grad]
+        # The model's gradient of the objective is Σ_t w_t ∇L_t (w = ∂objective/∂L); where
+        # per-task passes already exist, it is formed from them instead of a new backward.
+        if ctx.jacobian_computed or ctx.heads_received:
+            if ctx.jacobian_computed:
+                engine.set_shared_combination(weights.detach(), ctx.jacobian())
+            else:
+                ctx.backward_rep_combination(weights.detach(), retain_graph=True)
+            if ctx.heads_received:
+                engine.scale_head_grads(weights.detach())
+                inputs = own_params
+            else:
+                inputs = engine.all_head_params + own_params
             if inputs:  # heads may have no parameters (toy2d)
                 torch.autograd.backward(engine.scaled(objective), inputs=inputs,
                                         retain_graph=penalty is not None)
@@ -467,14 +541,13 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
         else:
             engine.scaled(objective if penalty is None else objective + penalty).backward()
     elif isinstance(primary, Aggregator):
-        heads_done = False
         if primary.space == "param":
-            jacobian, heads_done = ctx.jacobian_with_heads()
+            jacobian = ctx.jacobian_with_heads()
             agg = primary.aggregate(jacobian, ctx)
             engine.set_shared_grads(agg.direction)
         else:
             reps = ctx.reps()
-            grads = torch.stack([g.reshape(-1) for g in ctx.rep_grads()])
+            grads = torch.stack([g.reshape(-1) for g in ctx.rep_grads_with_heads()])
             if world is None:
                 agg = primary.aggregate(grads, ctx)
                 local = agg.direction
@@ -491,7 +564,7 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
             torch.autograd.backward(reps[0], engine.scaled(local).view_as(reps[0]),
                                     inputs=engine.shared, retain_graph=True)
         weights = agg.weights
-        if engine.all_head_params and not heads_done:  # heads may have no parameters (toy2d)
+        if engine.all_head_params and not ctx.heads_received:  # heads may have no parameters
             torch.autograd.backward(engine.scaled(ctx.losses.sum()), inputs=engine.all_head_params,
                                     retain_graph=penalty is not None)
         if agg.head_scales is not None:

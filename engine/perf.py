@@ -14,16 +14,17 @@ Floors, measured the same way in the same rounds:
   through the encoder, plus the optimizer step (the floor of representation-level methods);
 - ``data``  drawing one training batch (the data path).
 
-Peak memory: on CUDA, the allocator's peak during a method's steps minus what was
-allocated before them (methods measured one after another in this process). On the CPU
-there is no per-method allocator statistic, so each method runs a few steps in a fresh
-process and reports its peak resident memory during the steps (the kernel's high-water
-mark, reset just before the first step) minus the resident memory just before it.
+Peak memory: the peak of the tensor memory allocated during a method's steps above what
+was allocated before them, methods measured one after another in this process: on CUDA the
+caching allocator's statistics; on the CPU the allocation and release events that the
+torch profiler records (every CPU tensor, from the forward, the backward passes and the
+method's own computations), summed in time order. Process-level figures (peak RSS) are not
+used: on the CPU they mostly count one-time costs (the optimizer state, the allocator's and
+oneDNN's caches), which swamp the difference between methods on a small model.
 """
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from engine.runner import RunRequest, build_requests, make_benchmark, resolve_de
 from engine.trainer import Trainer
 
 REFERENCE = "ew"
-FLOORS = ("floor:jacobian", "floor:rep")
+FLOORS = ("floor:jacobian", "floor:rep", "floor:second_order")
 GREYS = {REFERENCE: "black", "floor:jacobian": "dimgrey", "floor:rep": "darkgrey"}
 """Plot colours of the reference and the floors."""
 
@@ -79,7 +80,7 @@ class FloorStepper:
             for t, task in enumerate(tr.task_names):
                 torch.autograd.backward(losses[t], inputs=engine.shared + engine.heads[task],
                                         retain_graph=t + 1 < len(tr.task_names))
-        else:
+        elif self.kind == "floor:rep":
             z = reps[tr.task_names[0]]
             total = None
             for t, task in enumerate(tr.task_names):
@@ -89,19 +90,44 @@ class FloorStepper:
                 for p, g in zip(head, grads[1:]):
                     p.grad.add_(g)
             torch.autograd.backward(z, total, inputs=engine.shared)
+        else:
+            self._second_order(reps, losses)
         tr.optimizer.step()
+
+    def _second_order(self, reps: dict, losses: list) -> None:
+        """Differentiable saliencies S_t = ∂L_t/∂Z (T passes through the heads) and one
+        backward pass of Σ_t L_t + Σ_t ⟨c_t, S_t⟩ for fixed c_t: the second-order cost of
+        any penalty on the saliencies, whatever the penalty computes."""
+        total = sum(losses)
+        for t, task in enumerate(self.trainer.task_names):
+            (saliency,) = torch.autograd.grad(losses[t], reps[task], retain_graph=True,
+                                              create_graph=True)
+            total = total + (saliency * self._direction(saliency)).sum()
+        total.backward()
+
+    def _direction(self, like: Tensor) -> Tensor:
+        if not hasattr(self, "_directions"):
+            self._directions = {}
+        key = tuple(like.shape)
+        if key not in self._directions:
+            generator = torch.Generator().manual_seed(0)
+            self._directions[key] = torch.randn(key, generator=generator).to(like)
+        return self._directions[key]
 
 
 def floor_for(trainer: Trainer) -> str | None:
     """The floor a method is measured against: the Jacobian floor for methods that need
-    per-task gradients of the shared parameters, the representation floor for methods
-    that need per-task gradients w.r.t. Z, none for loss weightings."""
+    per-task gradients of the shared parameters, the second-order floor for penalties on
+    differentiable gradients w.r.t. Z (Rep-MTL), the representation floor for methods that
+    need per-task gradients w.r.t. Z, none for loss weightings."""
     needs = trainer.primary.needs
     for reg in trainer.regularizers:
         needs = needs | reg.needs
     space = getattr(trainer.primary, "space", None) if trainer.primary.kind == "aggregator" else None
     if needs.jacobian or space == "param":
         return "floor:jacobian"
+    if needs.second_order:
+        return "floor:second_order"
     if needs.rep_grads or space == "rep":
         return "floor:rep"
     return None
@@ -112,8 +138,10 @@ def build_trainers(requests: list[RunRequest], device: torch.device, benchmark):
                                    Path("/nonexistent"), progress=False) for r in requests}
 
 
-def measure_times(trainers: dict, benchmark, batches: list, steps: int, warmup: int,
-                  device: torch.device, floors: bool) -> dict[str, Timing]:
+def make_steppers(trainers: dict, floors: bool) -> dict:
+    """name → a function of a batch that takes one training step: every method's
+    Trainer.train_step, and the floors (on the reference's model) that some method here
+    is measured against."""
     reference = trainers[REFERENCE]
     steppers = {}
     for name, trainer in trainers.items():
@@ -121,10 +149,18 @@ def measure_times(trainers: dict, benchmark, batches: list, steps: int, warmup: 
         steppers[name] = (lambda b, tr=trainer, st=stats: tr.train_step(b, 0, st))
         trainer.model.train()
     if floors and reference.engine.shared:
+        wanted = {floor_for(trainer) for trainer in trainers.values()}
         for kind in FLOORS:
             if kind == "floor:rep" and reference.benchmark.multi_input:
                 continue  # no single representation to take the task gradients of
+            if kind == "floor:second_order" and kind not in wanted:
+                continue  # costly, and only a reference for penalties on saliencies
             steppers[kind] = FloorStepper(reference, kind).step
+    return steppers
+
+
+def measure_times(steppers: dict, benchmark, batch_size: int, batches: list, steps: int,
+                  warmup: int, device: torch.device) -> dict[str, Timing]:
     names = list(steppers)
     timings = {name: Timing(name) for name in names}
     data_timing = Timing("data")
@@ -144,7 +180,7 @@ def measure_times(trainers: dict, benchmark, batches: list, steps: int, warmup: 
         try:
             next(data_iter)
         except StopIteration:
-            data_iter = iter(benchmark.batches("train", reference.train_batch,
+            data_iter = iter(benchmark.batches("train", batch_size,
                                                torch.Generator().manual_seed(round_)))
             start = time.perf_counter()
             next(data_iter)
@@ -155,71 +191,50 @@ def measure_times(trainers: dict, benchmark, batches: list, steps: int, warmup: 
     return timings
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _page_size()
+def cpu_peak_bytes(step, steps: int) -> int:
+    """The peak, over ``steps`` calls of ``step()``, of the CPU tensor memory allocated
+    above the level at the start: the running sum of the profiler's allocation (+) and
+    release (−) events, in time order."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        for _ in range(steps):
+            step()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())
+    level = peak = 0
+    for event in events:
+        level += event.nbytes()
+        peak = max(peak, level)
+    return peak
 
 
-def _page_size() -> int:
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> None:
-    """Reset the process's peak resident memory (VmHWM), so that the peak measured is the
-    steps' and not the set-up's (loading data can peak higher than training)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def _cpu_memory_worker(request: RunRequest, steps: int, queue) -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    device = torch.device("cpu")
-    benchmark = make_benchmark(request.config, device)
-    trainer = build_trainers([request], device, benchmark)[request.method_name]
-    batches = list(_draw_batches(benchmark, trainer.train_batch, steps))
-    _reset_peak_rss()
-    baseline = _rss_bytes()
-    stats = EpochStats()
-    trainer.model.train()
-    for batch in batches:
-        trainer.train_step(batch, 0, stats)
-    queue.put(max(0, _peak_rss_bytes() - baseline))
-
-
-def measure_memory(requests: list[RunRequest], trainers: dict, batches: list, steps: int,
+def measure_memory(steppers: dict, batches: list, steps: int,
                    device: torch.device) -> dict[str, int]:
-    peaks = {}
-    if device.type == "cuda":
-        for name, trainer in trainers.items():
-            torch.cuda.synchronize(device)
-            before = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            stats = EpochStats()
-            for batch in batches[:steps]:
-                trainer.train_step(batch, 0, stats)
-            torch.cuda.synchronize(device)
-            peaks[name] = torch.cuda.max_memory_allocated(device) - before
-        return peaks
-    if device.type != "cpu":
-        return peaks
-    ctx = mp.get_context("spawn")
-    for request in requests:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_cpu_memory_worker, args=(request, steps, queue))
-        proc.start()
-        proc.join()
-        peaks[request.method_name] = queue.get() if proc.exitcode == 0 else None
-    return peaks
+    """Each method's (and floor's) peak tensor memory during ``steps`` training steps,
+    taken after the timed steps, so the optimizer state and the persistent buffers
+    already exist (as during training)."""
+    peaks = {name: _peak_of_steps(step, batches[:steps], device) for name, step in steppers.items()}
+    return {name: peak for name, peak in peaks.items() if peak is not None}
+
+
+def _peak_of_steps(step_on, batches: list, device: torch.device) -> int | None:
+    queue = iter(batches)
+
+    def step() -> None:
+        step_on(next(queue))
+
+    if device.type == "cpu":
+        return cpu_peak_bytes(step, len(batches))
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in batches:
+        step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def _draw_batches(benchmark, batch_size: int, count: int) -> list:
@@ -244,8 +259,10 @@ def run_perf(benchmark: str, methods: list[str], profile: str, overrides: list[s
     bench = make_benchmark(requests[0].config, device)
     trainers = build_trainers(requests, device, bench)
     batches = _draw_batches(bench, trainers[REFERENCE].train_batch, min(steps + warmup, 16))
-    timings = measure_times(trainers, bench, batches, steps, warmup, device, floors)
-    peaks = measure_memory(requests, trainers, batches, min(steps, 5), device) if memory else {}
+    steppers = make_steppers(trainers, floors)
+    timings = measure_times(steppers, bench, trainers[REFERENCE].train_batch, batches, steps,
+                            warmup, device)
+    peaks = measure_memory(steppers, batches, min(steps, 2), device) if memory else {}
     ref = timings[REFERENCE].median
     ref_peak = peaks.get(REFERENCE)
     rows = []
@@ -257,6 +274,9 @@ def run_perf(benchmark: str, methods: list[str], profile: str, overrides: list[s
             if floor in timings:
                 row["floor"] = floor
                 row["ratio_to_floor"] = timing.median / timings[floor].median
+                if peaks.get(name) and peaks.get(floor):
+                    row["memory_ratio_to_floor"] = peaks[name] / peaks[floor]
+        if name in steppers:
             row["peak_memory_bytes"] = peaks.get(name)
             if peaks.get(name) and ref_peak:
                 row["memory_ratio_to_ew"] = peaks[name] / ref_peak
@@ -266,9 +286,10 @@ def run_perf(benchmark: str, methods: list[str], profile: str, overrides: list[s
             "tasks": len(bench.task_names), "overrides": overrides,
             "torch_threads": torch.get_num_threads(), "rows": rows,
             "data_fraction_of_ew_step": timings["data"].median / ref,
-            "memory_note": ("CUDA allocator peak minus memory allocated before the steps"
-                            if device.type == "cuda" else
-                            "peak RSS of a fresh process during the steps minus its RSS before")}
+            "memory_note": ("peak tensor memory during the steps above the memory allocated "
+                            "before them (" + ("CUDA allocator" if device.type == "cuda"
+                                               else "CPU, torch profiler's allocation events")
+                            + ")")}
 
 
 def parse_scale(text: str) -> tuple[str, list[str]]:
@@ -420,15 +441,16 @@ def format_table(result: dict) -> str:
              f"{result['batch_size']}, T={result['tasks']}, median of {result['steps']} steps "
              f"after {result['warmup']} warm-up, methods interleaved")
     header = (f"{'name':<24} {'step ms':>9} {'IQR ms':>8} {'× ew':>7} {'× floor':>8} "
-              f"{'peak MiB':>9} {'mem × ew':>9}")
+              f"{'peak MiB':>9} {'mem × ew':>9} {'mem × floor':>12}")
     lines = [title, header]
     for row in result["rows"]:
         floor = f"{row['ratio_to_floor']:.2f}" if "ratio_to_floor" in row else ""
         peak = row.get("peak_memory_bytes")
         peak_s = f"{peak / 2**20:.1f}" if peak else ""
         mem = f"{row['memory_ratio_to_ew']:.2f}" if row.get("memory_ratio_to_ew") else ""
+        mem_floor = f"{row['memory_ratio_to_floor']:.2f}" if row.get("memory_ratio_to_floor") else ""
         lines.append(f"{row['name']:<24} {1e3 * row['median_s']:>9.2f} {1e3 * row['iqr_s']:>8.2f} "
-                     f"{row['ratio_to_ew']:>7.2f} {floor:>8} {peak_s:>9} {mem:>9}")
+                     f"{row['ratio_to_ew']:>7.2f} {floor:>8} {peak_s:>9} {mem:>9} {mem_floor:>12}")
     lines.append(f"data path: {100 * result['data_fraction_of_ew_step']:.1f}% of an ew step")
     lines.append(f"memory: {result['memory_note']}")
     return "\n".join(lines)

@@ -36,6 +36,17 @@ class JacobianWeighting(Weighting):
         return Weighted(torch.tensor([0.5, 2.0, 0.1]))
 
 
+class LastLayerWeighting(Weighting):
+    """Fixed weights that asks for the last shared layer's task gradients, as GradNorm."""
+    description = "fixed weights that asks for last-layer task gradients (test)"
+    seen = None
+
+    def weigh(self, ctx):
+        LastLayerWeighting.seen = (ctx.task_grads(ctx.last_shared_params()),
+                                   ctx.last_shared_params(), ctx.heads_received)
+        return Weighted(torch.tensor([0.5, 2.0, 0.1]))
+
+
 class FixedWeighting(Weighting):
     description = "fixed weights (test)"
 
@@ -120,6 +131,23 @@ def test_weighting_via_jacobian_equals_plain_backward(bench):
     _, _, plain = step_grads(bench, FixedWeighting(MethodConfig(), TASKS))
     for name in plain:
         torch.testing.assert_close(via_jacobian[name], plain[name], rtol=1e-9, atol=1e-12)
+
+
+def test_weighting_via_task_gradients_equals_plain_backward(bench):
+    # The per-task passes to the last shared layer also give Z's gradients and the heads'
+    # own; the update is formed from them (no further pass through the heads) and must be
+    # exactly that of the plain backward of Σ w_t L_t.
+    model, _, via_passes = step_grads(bench, LastLayerWeighting(MethodConfig(), TASKS))
+    _, _, plain = step_grads(bench, FixedWeighting(MethodConfig(), TASKS))
+    for name in plain:
+        torch.testing.assert_close(via_passes[name], plain[name], rtol=1e-9, atol=1e-12)
+    task_grads, params, heads_received = LastLayerWeighting.seen
+    assert heads_received  # the path under test, not the plain backward
+    names = {id(p): n for n, p in model.named_parameters()}
+    for t in range(3):
+        single = per_task_grads(bench, t)
+        expected = torch.cat([single[names[id(p)]].reshape(-1) for p in params])
+        torch.testing.assert_close(task_grads[t], expected, rtol=1e-9, atol=1e-12)
 
 
 def test_single_task_learning_trains_independent_encoders(bench):

@@ -268,6 +268,31 @@ def test_perf_memory_and_scaling(tmp_path):
     assert png.stat().st_size > 1000
 
 
+def test_cpu_peak_counts_the_tensors_alive_together():
+    from engine.perf import cpu_peak_bytes
+
+    def step():
+        a = torch.empty(1_000_000)          # 4 MB
+        b = torch.empty(500_000)            # + 2 MB: the peak
+        del a, b
+        c = torch.empty(1_200_000)          # 4.8 MB alone
+        del c
+
+    peak = cpu_peak_bytes(step, 2)
+    assert 6_000_000 <= peak < 6_100_000
+
+
+def test_second_order_floor_is_measured_for_rep_mtl(tmp_path):
+    out = tmp_path / "perf"
+    assert cli_main(["perf", "-b", "synthetic", "-m", "repmtl", "uw", "--steps", "2", "--warmup", "1",
+                     "--out", str(out), "--set", "data.train_size=64",
+                     "--set", "train.batch_size=16"]) == 0
+    rows = {r["name"]: r for r in json.loads(next(out.glob("*.json")).read_text())["rows"]}
+    assert rows["repmtl"]["floor"] == "floor:second_order"
+    assert rows["repmtl"]["ratio_to_floor"] > 0 and rows["repmtl"]["memory_ratio_to_floor"] > 0
+    assert rows["floor:second_order"]["peak_memory_bytes"] > 0
+
+
 def test_scale_option_is_checked():
     from engine.errors import UserError
 
