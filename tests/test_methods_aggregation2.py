@@ -154,11 +154,12 @@ def test_nashmtl_failed_solve_is_counted_not_swallowed():
 
 # ---------------------------------------------------------------------------- FairGrad
 
+@pytest.mark.parametrize("solver", ["newton", "least_squares"])
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 5.0])
-def test_fairgrad_orthogonal_golden(alpha):
+def test_fairgrad_orthogonal_golden(alpha, solver):
     # ‖g_i‖² w_i = w_i^{-1/α}  =>  w_i = ‖g_i‖^{-2α/(α+1)}
     norms = np.array([2.0, 0.5, 3.0])
-    solution = fairgrad_weights(np.diag(norms ** 2), alpha)
+    solution = fairgrad_weights(np.diag(norms ** 2), alpha, solver=solver)
     assert solution.converged
     np.testing.assert_allclose(solution.weights, norms ** (-2 * alpha / (alpha + 1)), rtol=1e-6)
 
@@ -172,6 +173,26 @@ def test_fairgrad_solves_its_equations_and_alpha_one_is_nash(seed):
         np.testing.assert_allclose(gram @ w, w ** (-1 / alpha), rtol=1e-6)
     np.testing.assert_allclose(fairgrad_weights(gram, 1.0).weights, nash_weights(gram).alpha,
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 5.0])
+def test_fairgrad_newton_finds_the_authors_least_squares_root(alpha):
+    # The root is unique, so the fast solver must land where the authors' solver does, on
+    # random Gramians of 2-8 tasks, well and badly conditioned (condition up to ~1e6).
+    rng = np.random.default_rng(0)
+    compared = 0
+    for trial in range(40):
+        tasks = int(rng.integers(2, 9))
+        basis = rng.normal(size=(tasks, 32))
+        basis *= np.logspace(0, rng.uniform(0, 3), tasks)[:, None]
+        gram = basis @ basis.T
+        reference = fairgrad_weights(gram, alpha, solver="least_squares")
+        fast = fairgrad_weights(gram, alpha, solver="newton")
+        assert fast.converged and fast.residual <= 1e-6
+        if reference.converged:
+            np.testing.assert_allclose(fast.weights, reference.weights, rtol=1e-6)
+            compared += 1
+    assert compared >= 30
 
 
 def test_fairgrad_direction_is_t_times_the_combination_then_clipped():
