@@ -102,6 +102,14 @@ class EngineConfig:
     needs and torch.compile does not support)."""
     compile_backend: str = "inductor"
     """torch.compile backend when engine.compile is on: inductor | aot_eager | eager."""
+    cpu_malloc: str = "reuse"
+    """CPU runs: reuse keeps freed memory in the process for the next step instead of
+    returning it to the kernel (engine/cpu_malloc.py; glibc only, process-wide); system
+    leaves the C library's default."""
+    head_convs: str = "second_order"
+    """For methods that differentiate through the heads' backward (Rep-MTL): second_order
+    switches the heads' Conv2d layers to engine/second_order.py (same values, a cheaper
+    double backward); builtin keeps torch's. No effect on other methods."""
 
     def validate(self) -> None:
         check_choice("engine.jacobian", self.jacobian, ("auto", "loop", "batched"))
@@ -113,6 +121,8 @@ class EngineConfig:
         check_choice("engine.conflict_space", self.conflict_space, ("param", "rep"))
         check_choice("engine.amp", self.amp, AMP_MODES)
         check_choice("engine.compile_backend", self.compile_backend, COMPILE_BACKENDS)
+        check_choice("engine.head_convs", self.head_convs, ("second_order", "builtin"))
+        check_choice("engine.cpu_malloc", self.cpu_malloc, ("reuse", "system"))
         if self.compile and self.jacobian == "batched" and self.compile_backend == "inductor":
             raise ConfigError("engine.compile=true cannot combine with engine.jacobian=batched "
                               "under the inductor backend: the compiled encoder's backward has "
@@ -148,8 +158,16 @@ class RunConfig:
         payload = self.to_dict()
         for key in ("seed", "device", "data_root"):
             payload.pop(key)
+        # Keys added after runs were on disk enter only when set away from their default,
+        # so that the folders (and resumption) of earlier runs stay valid.
+        for key, default in LATE_ENGINE_KEYS.items():
+            if payload["engine"].get(key) == default:
+                payload["engine"].pop(key)
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+LATE_ENGINE_KEYS = {"cpu_malloc": "reuse", "head_convs": "second_order"}
 
 
 # --------------------------------------------------------------------------- values

@@ -34,6 +34,7 @@ import torch
 
 from engine.gradients import EpochStats
 from engine.runner import RunRequest, build_requests, make_benchmark, resolve_device
+from engine.second_order import second_order_convolutions
 from engine.trainer import Trainer
 
 REFERENCE = "ew"
@@ -93,6 +94,14 @@ class FloorStepper:
         else:
             self._second_order(reps, losses)
         tr.optimizer.step()
+
+    def __call__(self, batch) -> None:
+        if self.kind == "floor:second_order" and self.trainer.config.engine.head_convs == "second_order":
+            # With the heads' convolutions that methods with second-order needs train with.
+            with second_order_convolutions(self.trainer.model.heads):
+                self.step(batch)
+        else:
+            self.step(batch)
 
     def _second_order(self, reps: dict, losses: list) -> None:
         """Differentiable saliencies S_t = ∂L_t/∂Z (T passes through the heads) and one
@@ -155,7 +164,7 @@ def make_steppers(trainers: dict, floors: bool) -> dict:
                 continue  # no single representation to take the task gradients of
             if kind == "floor:second_order" and kind not in wanted:
                 continue  # costly, and only a reference for penalties on saliencies
-            steppers[kind] = FloorStepper(reference, kind).step
+            steppers[kind] = FloorStepper(reference, kind)
     return steppers
 
 

@@ -20,11 +20,13 @@ from benchmarks.base import Batch, Benchmark
 from engine.amp import GradientOverflow, LossScaler, autocast
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import RunConfig
+from engine.cpu_malloc import reuse_freed_memory
 from engine.distributed import World, slice_for
 from engine.errors import UserError
 from engine.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
 from engine.models import MultiTaskModel
 from engine.results import METRICS, write_jsonl
+from engine.second_order import convert_convolutions
 from engine.traces import Traces
 from methods.base import Method, Regularizer
 from methods.registry import METHODS, Composition
@@ -86,6 +88,8 @@ class Trainer:
         init_seed, data_seed, method_seed, other_seed = derive_seeds(config.seed)
 
         engine_cfg = config.engine
+        if device.type == "cpu" and engine_cfg.cpu_malloc == "reuse":
+            reuse_freed_memory()
         torch.manual_seed(init_seed)
         self.model = MultiTaskModel(
             benchmark, separate_encoders=needs.separate_encoders,
@@ -95,6 +99,8 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         if engine_cfg.compile:
             self.model.compile_encoders(engine_cfg.compile_backend)
+        if needs.second_order and engine_cfg.head_convs == "second_order":
+            convert_convolutions(self.model.heads)
         self.amp = engine_cfg.amp
         self.scaler = LossScaler(device) if engine_cfg.amp == "fp16" else None
         self.primary: Method = METHODS.get(composition.primary)(
