@@ -47,6 +47,8 @@ def test_method_keys_full_and_short():
     ("method.other.c=1", "not part of the method"),
     ("train.epochs=0", "out of range"),
     ("train.optimizer=rmsprop", "expected one of sgd, adam, adamw"),
+    ("engine.head_convs=fast", "expected one of second_order, builtin"),
+    ("engine.cpu_malloc=jemalloc", "expected one of reuse, system"),
 ])
 def test_bad_overrides_are_refused_with_a_reason(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -75,3 +77,11 @@ def test_parse_value_literals():
     assert parse_value("true") is True
     assert parse_value("[1, 2]") == [1, 2]
     assert parse_value("loop") == "loop"
+
+
+def test_late_engine_keys_leave_earlier_run_folders_valid():
+    # Keys added after runs were on disk change the hash only when set away from default.
+    base = build([]).hash()
+    assert build(["engine.cpu_malloc=reuse", "engine.head_convs=second_order"]).hash() == base
+    assert build(["engine.head_convs=builtin"]).hash() != base
+    assert build(["engine.cpu_malloc=system"]).hash() != base

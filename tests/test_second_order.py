@@ -1,6 +1,7 @@
 """The heads' convolutions with a fast second-order backward (engine/second_order.py) give
 the built-in convolution's first and second derivatives."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +72,32 @@ def test_only_plain_zero_padded_convolutions_are_converted():
     assert convert_convolutions(model) == 1
     assert [type(m).__name__ for m in model] == ["SecondOrderConv2d", "Conv2d", "Conv2d", "ReLU"]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("method, overrides, converted", [
+    ("repmtl", [], True), ("pcgrad+repmtl_csa", [], True), ("ew", [], False),
+    ("repmtl", ["engine.head_convs=builtin"], False)])
+def test_trainer_converts_the_heads_only_for_second_order_methods(method, overrides, converted):
+    from engine.runner import build_requests, make_benchmark
+    from engine.trainer import Trainer
+
+    (request,) = build_requests("scenes", [method], [0], "quick",
+                                ["data.train_size=8", "data.val_size=4", "data.test_size=4", "train.batch_size=4",
+                                 *overrides], "cpu", None)
+    device = torch.device("cpu")
+    trainer = Trainer(request.config, make_benchmark(request.config, device), request.composition,
+                      device, Path("/nonexistent"), progress=False)
+    head_convs = [m for m in trainer.model.heads.modules() if isinstance(m, nn.Conv2d)]
+    encoder_convs = [m for m in trainer.model.encoders.modules() if isinstance(m, nn.Conv2d)]
+    assert head_convs and all(isinstance(m, SecondOrderConv2d) == converted for m in head_convs)
+    assert not any(isinstance(m, SecondOrderConv2d) for m in encoder_convs)
+
+
+def test_cpu_memory_reuse_applies_on_glibc():
+    import platform
+
+    from engine.cpu_malloc import reuse_freed_memory
+
+    applied = reuse_freed_memory()
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert reuse_freed_memory() == applied  # once per process
