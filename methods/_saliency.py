@@ -13,7 +13,8 @@ formed. Cosine similarities of Gram matrices only need
     ⟨S Sᵀ, A Aᵀ⟩_F = ‖Aᵀ S‖_F²     ([K, N] per sample, K = T or 1 anchor columns)
     ‖S Sᵀ‖_F = ‖Sᵀ S‖_F          (the Gram in the smaller of C and N; its gradient
                                   4·(S Sᵀ)·S reuses that Gram: one product, not two)
-    ⟨A_b A_bᵀ, A_k A_kᵀ⟩_F = ‖A_bᵀ A_k‖_F²   (one [B·K, B·K] product for all pairs)
+    ⟨A_b A_bᵀ, A_k A_kᵀ⟩_F = ‖A_bᵀ A_k‖_F²   (one [B·K, B·K] product for all pairs, or the
+                                          C×C affinities when that is cheaper: many tasks)
 
 all batched over samples and tasks, with no Python loop over samples.
 """
@@ -117,6 +118,20 @@ def gram_norm(X: Tensor, scale: Tensor | float = 1.0) -> Tensor:
     return _GramSquaredNorm.apply(X, scale).clamp_min(TINY).sqrt()
 
 
+def anchor_cross(A: Tensor) -> Tensor:
+    """[B, B]: ⟨A_b A_bᵀ, A_k A_kᵀ⟩_F = ‖A_bᵀ A_k‖_F² for every pair of the anchors [B, C, K],
+    by whichever exact route is cheaper: all K×K blocks of one [B·K, B·K] product
+    (B²K²C multiply-adds, the choice for few tasks and wide features), or the C×C anchor
+    affinities themselves (B·K·C² + B²·C², linear in K: the choice when C(K + B) < B·K²,
+    e.g. many tasks on narrow features)."""
+    B, C, K = A.shape
+    if C * (K + B) < B * K * K:
+        affinity = (A @ A.transpose(1, 2)).reshape(B, C * C)               # [B, C²]
+        return affinity @ affinity.T
+    flat = A.transpose(1, 2).reshape(B * K, C)
+    return (flat @ flat.T).reshape(B, K, B, K).square().sum(dim=(1, 3))
+
+
 def csa_similarities(S: Tensor, anchor: str) -> tuple[Tensor, Tensor]:
     """Cosine similarities of the flattened affinity maps (Eqs. 7-8).
 
@@ -127,9 +142,7 @@ def csa_similarities(S: Tensor, anchor: str) -> tuple[Tensor, Tensor]:
     scale = 1 / S.detach().abs().amax().clamp_min(TINY)
     T, B, C, N = S.shape
     A = anchors(S, anchor) * scale                                # [B, C, K]
-    K = A.shape[2]
-    flat = A.transpose(1, 2).reshape(B * K, C)
-    cross = (flat @ flat.T).reshape(B, K, B, K).square().sum(dim=(1, 3))   # [B, B]
+    cross = anchor_cross(A)                                                # [B, B]
     a_norm = cross.diagonal().clamp_min(TINY).sqrt()                       # ‖A_b A_bᵀ‖_F
     neg = cross / (a_norm[:, None] * a_norm[None, :])
     # ‖A_bᵀ S_t[b]‖_F² for every (t, b): one batched product over S viewed as [T·B, C, N].

@@ -610,3 +610,19 @@ def test_gram_norm_gradient_is_exact(shape):
     assert torch.autograd.gradcheck(lambda x: sal.gram_norm(x, 0.37), (X,))
     direct = (0.37 ** 2 * X @ X.transpose(-1, -2)).square().sum(dim=(-2, -1)).sqrt()
     torch.testing.assert_close(sal.gram_norm(X, 0.37), direct)
+
+
+def test_anchor_cross_routes_agree_in_value_and_gradient():
+    # Few tasks on wide features take the [B·K, B·K] product; many tasks on narrow features
+    # the C×C affinities. Both must be ⟨A_b A_bᵀ, A_k A_kᵀ⟩_F.
+    for B, C, K in ((4, 16, 3), (5, 2, 8)):
+        A = torch.randn(B, C, K, dtype=torch.float64, requires_grad=True)
+        direct = torch.stack([torch.stack([((A[b] @ A[b].T) * (A[k] @ A[k].T)).sum()
+                                           for k in range(B)]) for b in range(B)])
+        fast = sal.anchor_cross(A)
+        torch.testing.assert_close(fast, direct)
+        weights = torch.randn(B, B, dtype=torch.float64)
+        (g_fast,) = torch.autograd.grad((fast * weights).sum(), A)
+        (g_direct,) = torch.autograd.grad((direct * weights).sum(), A)
+        torch.testing.assert_close(g_fast, g_direct)
+    assert 2 * (8 + 5) < 5 * 8 * 8 and not 16 * (3 + 4) < 4 * 3 * 3  # each route taken once
