@@ -1,8 +1,10 @@
 """The mathematics of Rep-MTL's two regularizers, as small pure functions of the task
 saliencies (Wang, Li, Xu, "Rep-MTL", ICCV 2025, arXiv 2507.21049; Eqs. 3-9).
 
-Every function takes the saliencies stacked as ``S`` of shape [T, B, C, N]: task t, sample
-b, channel c, position n (the H'W' positions flattened; N = 1 for vector features).
+Every function takes the saliencies ``S`` as T tensors of shape [B, C, N], one per task
+(sample b, channel c, position n: the H'W' positions flattened; N = 1 for vector
+features), or stacked as one [T, B, C, N] tensor. They are never stacked here: on the
+paper's NYUv2 model at batch 8 one copy of all T saliencies is 340 MB.
 Nothing here knows about the engine; ``methods/repmtl.py`` builds ``S`` and combines the
 terms. See docs/repmtl.md for the formulation and the reasoning behind every option.
 
@@ -21,6 +23,8 @@ all batched over samples and tasks, with no Python loop over samples.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 from torch import Tensor
@@ -36,12 +40,16 @@ POSITIVES = ("mean", "sum", "joint")
 DENOMINATORS = ("negatives", "with_positive")
 
 
-def stack_saliencies(grads: list[Tensor]) -> Tensor:
-    """[T, B, C, N] from T tensors shaped like Z ([B, C, *spatial] or [B, C]).
+Saliencies = Union[Tensor, Sequence[Tensor]]
 
-    On multi-input benchmarks the T tensors come from T different batches: stacking them
-    pairs the b-th sample of every task's batch (see docs/repmtl.md), which needs the
-    tasks' batches to have one shape."""
+
+def stack_saliencies(grads: list[Tensor]) -> list[Tensor]:
+    """The T saliencies as [B, C, N] views of T tensors shaped like Z ([B, C, *spatial] or
+    [B, C]); no copy.
+
+    On multi-input benchmarks the T tensors come from T different batches: the terms pair
+    the b-th sample of every task's batch (see docs/repmtl.md), which needs the tasks'
+    batches to have one shape."""
     shapes = {tuple(g.shape) for g in grads}
     if len(shapes) != 1:
         raise UserError(f"Rep-MTL compares the tasks' saliencies position by position (on a "
@@ -50,10 +58,14 @@ def stack_saliencies(grads: list[Tensor]) -> Tensor:
     (shape,) = shapes
     if len(shape) < 2:
         raise UserError(f"Rep-MTL needs a representation of shape [B, C, ...]; got {list(shape)}")
-    return torch.stack([g.reshape(shape[0], shape[1], -1) for g in grads])
+    return [g.reshape(shape[0], shape[1], -1) for g in grads]
 
 
-def task_entropy(S: Tensor, eps: float) -> Tensor:
+def _per_task(S: Saliencies) -> list[Tensor]:
+    return list(S.unbind(0)) if isinstance(S, Tensor) else list(S)
+
+
+def task_entropy(S: Saliencies, eps: float) -> Tensor:
     """[B, N]: the entropy over tasks at every (sample, position) (Eqs. 4-5).
 
     Ŝ_t = channel mean of S_t (signed); P_t = |Ŝ_t| / (Σ_k |Ŝ_k| + ε·s̄), an L1
@@ -61,23 +73,23 @@ def task_entropy(S: Tensor, eps: float) -> Tensor:
     (detached), makes ε dimensionless: saliencies of batch-mean losses scale with 1/B and
     with the network, and an absolute ε would be large for some models and lost in others.
     """
-    mag = S.mean(dim=2).abs()                      # [T, B, N]
+    mag = torch.stack([s.mean(dim=1) for s in _per_task(S)]).abs()   # [T, B, N]
     # Floor: ε·s̄ stays a normal float when every saliency is 0; NaN stays NaN.
     scale = mag.detach().mean().clamp_min(torch.finfo(mag.dtype).tiny / eps)
     p = mag / (mag.sum(dim=0) + eps * scale)
     return -(p * torch.log(p + eps)).sum(dim=0)
 
 
-def tsr_loss(S: Tensor, eps: float) -> Tensor:
+def tsr_loss(S: Saliencies, eps: float) -> Tensor:
     """L_tsr (Eq. 6): the mean over all B·N positions of the entropy over tasks."""
     return task_entropy(S, eps).mean()
 
 
-def anchors(S: Tensor, anchor: str) -> Tensor:
+def anchors(S: Saliencies, anchor: str) -> Tensor:
     """[B, C, K]: each sample's anchor A_b, the spatial means of its saliencies, one
     column per task (``stacked``, the paper's figure; K = T) or averaged over the tasks
     (``mean``; K = 1)."""
-    a = S.mean(dim=3).permute(1, 2, 0)             # [B, C, T]
+    a = torch.stack([s.mean(dim=2) for s in _per_task(S)], dim=2)    # [B, C, T]
     return a.mean(dim=2, keepdim=True) if anchor == "mean" else a
 
 
@@ -132,26 +144,29 @@ def anchor_cross(A: Tensor) -> Tensor:
     return (flat @ flat.T).reshape(B, K, B, K).square().sum(dim=(1, 3))
 
 
-def csa_similarities(S: Tensor, anchor: str) -> tuple[Tensor, Tensor]:
+def csa_similarities(S: Saliencies, anchor: str) -> tuple[Tensor, Tensor]:
     """Cosine similarities of the flattened affinity maps (Eqs. 7-8).
 
     Returns ``pos`` [B, T] = sim(z_b^a, z_b^t) and ``neg`` [B, B] = sim(z_b^a, z_k^a)."""
+    S = _per_task(S)
     # Cosines of Gram matrices do not change when every saliency is scaled by one
     # constant; scaling by 1/max keeps the 4th powers below far from underflow. The scale
     # is applied to the small factors, never to a copy of S.
-    scale = 1 / S.detach().abs().amax().clamp_min(TINY)
-    T, B, C, N = S.shape
+    scale = 1 / torch.stack([s.detach().abs().amax() for s in S]).amax().clamp_min(TINY)
     A = anchors(S, anchor) * scale                                # [B, C, K]
     cross = anchor_cross(A)                                                # [B, B]
     a_norm = cross.diagonal().clamp_min(TINY).sqrt()                       # ‖A_b A_bᵀ‖_F
     neg = cross / (a_norm[:, None] * a_norm[None, :])
-    # ‖A_bᵀ S_t[b]‖_F² for every (t, b): one batched product over S viewed as [T·B, C, N].
-    inner = (A.transpose(1, 2) @ S * scale).square().sum(dim=(2, 3))       # [T, B]
-    pos = inner / (a_norm[None, :] * gram_norm(S, scale))
+    # Per task (a task at a time bounds the temporaries): ‖A_bᵀ S_t[b]‖_F² [B] and the
+    # norms of the task Gram matrices.
+    At = A.transpose(1, 2)
+    inner = torch.stack([(At @ s * scale).square().sum(dim=(1, 2)) for s in S])  # [T, B]
+    norms = torch.stack([gram_norm(s, scale) for s in S])                       # [T, B]
+    pos = inner / (a_norm[None, :] * norms)
     return pos.T, neg
 
 
-def csa_loss(S: Tensor, tau: float, anchor: str = "stacked", positives: str = "mean",
+def csa_loss(S: Saliencies, tau: float, anchor: str = "stacked", positives: str = "mean",
              denominator: str = "negatives") -> Tensor:
     """L_csa (Eq. 9), an InfoNCE over the samples of the batch.
 
@@ -160,14 +175,15 @@ def csa_loss(S: Tensor, tau: float, anchor: str = "stacked", positives: str = "m
     the positive's own term (``with_positive``, the usual InfoNCE). The T positives of a
     sample combine as the ``mean`` or the ``sum`` of the ℓ_bt, or ``joint``ly, with all T
     positives in one numerator (-log[Σ_t exp(pos_bt/τ) / D_b]). Averaged over b."""
-    B = S.shape[1]
+    S = _per_task(S)
+    B = S[0].shape[0]
     if B < 2:
         raise ConfigError(f"Rep-MTL's CSA contrasts each sample with the other samples of its "
                           f"batch, so it needs a training batch of at least 2 samples; got "
                           f"{B} (train.batch_size)")
     pos, neg = csa_similarities(S, anchor)
     pos, neg = pos / tau, neg / tau
-    self_pair = torch.eye(B, dtype=torch.bool, device=S.device)
+    self_pair = torch.eye(B, dtype=torch.bool, device=pos.device)
     neg_lse = torch.logsumexp(neg.masked_fill(self_pair, -math.inf), dim=1)     # [B]
     if positives == "joint":
         pos_lse = torch.logsumexp(pos, dim=1)

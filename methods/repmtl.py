@@ -149,21 +149,21 @@ class _RepMTLBase(Regularizer):
     def transform_losses(self, losses: Tensor) -> Tensor:
         return losses.log() if self.config.log_losses else losses
 
-    def saliencies(self, ctx: StepContext) -> Tensor:
-        """[T, B, C, N]: S_t of every task, differentiable (second order)."""
+    def saliencies(self, ctx: StepContext) -> list[Tensor]:
+        """S_t of every task as T tensors [B, C, N], differentiable (second order)."""
         grads = ctx.rep_grads(create_graph=True, raw=True)
         if self.config.saliency == "log_loss":
             raw = ctx.raw_losses
             grads = [g / raw[i] for i, g in enumerate(grads)]
         S = sal.stack_saliencies(grads)
         if self.config.gather and ctx.world_size > 1:
-            S = ctx.gather_samples(S, dim=1)
+            S = [ctx.gather_samples(s, dim=0) for s in S]
         return S
 
-    def _tsr(self, S: Tensor) -> Tensor:
+    def _tsr(self, S: list[Tensor]) -> Tensor:
         return sal.tsr_loss(S, self.config.eps)
 
-    def _csa(self, S: Tensor) -> Tensor:
+    def _csa(self, S: list[Tensor]) -> Tensor:
         c = self.config
         return sal.csa_loss(S, c.tau, c.anchor, c.positives, c.denominator)
 
@@ -178,11 +178,11 @@ class _RepMTLBase(Regularizer):
                 value = fn(S)
                 weighted = self._lambda(term) * value
                 total = weighted if total is None else total + weighted
-            elif term == "csa" and S.shape[1] < 2:
+            elif term == "csa" and S[0].shape[0] < 2:
                 continue  # undefined on a batch of one; only recorded, so not an error here
             else:
                 with torch.no_grad():
-                    value = fn(S.detach())
+                    value = fn([s.detach() for s in S])
             ctx.log(f"{self.name}.L_{term}", value)
             if term == "tsr":
                 ctx.log(f"{self.name}.task_entropy", value.detach() / math.log(self.num_tasks))
@@ -203,7 +203,7 @@ class RepMTLTSR(_RepMTLBase):
     Config = TSRConfig
     penalised = ("tsr",)
 
-    def _csa(self, S: Tensor) -> Tensor:
+    def _csa(self, S: list[Tensor]) -> Tensor:
         # Recorded with Rep-MTL's default CSA options, so that the ablations' logs compare.
         defaults = CSAConfig()
         return sal.csa_loss(S, defaults.tau, defaults.anchor, defaults.positives,
