@@ -54,9 +54,10 @@ class Timing:
 
     @property
     def iqr(self) -> float:
-        if len(self.times) < 4:
+        """Interquartile range (inclusive quartiles: defined from two steps on)."""
+        if len(self.times) < 2:
             return 0.0
-        q = statistics.quantiles(self.times, n=4)
+        q = statistics.quantiles(self.times, n=4, method="inclusive")
         return q[2] - q[0]
 
 
