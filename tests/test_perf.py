@@ -1,8 +1,10 @@
 """Performance machinery: the perf command end to end, mixed precision (bf16 autocast, fp16
 loss scaling), channels_last, compile, and the slice-wise head scaling. No timing
 assertions."""
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,6 +250,14 @@ def test_perf_command_writes_ratios_and_floors(tmp_path, capsys):
     assert 0 <= result["data_fraction_of_ew_step"]
     md = next(out.glob("*.md")).read_text()
     assert "floor:jacobian" in md and "× ew" in md
+    # The docs' table with each method's target (benchmarks/scripts/perf_doc_table.py).
+    spec = importlib.util.spec_from_file_location(
+        "perf_doc_table", Path(__file__).parents[1] / "benchmarks/scripts/perf_doc_table.py")
+    doc_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(doc_table)
+    lines = {line.split(" | ")[0].strip("| "): line for line in doc_table.table(result).splitlines()}
+    assert "≤ 1.10 × ew" in lines["uw"] and "≤ 1.15 × floor" in lines["pcgrad"]
+    assert "≤ 2.00 × ew" in lines["mgda_ub"] and lines["ew"].count("|") == 11
 
 
 def test_perf_memory_and_scaling(tmp_path):
