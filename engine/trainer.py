@@ -158,7 +158,7 @@ class Trainer:
         return reps, torch.stack(losses)
 
     def _recompute(self, batch: Batch) -> Tensor:
-        with torch.no_grad():
+        with torch.inference_mode():
             return self.compute_losses(batch)[1]
 
     # ------------------------------------------------------------------ training
