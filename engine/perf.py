@@ -138,7 +138,7 @@ def floor_for(trainer: Trainer) -> str | None:
         return "floor:jacobian"
     if needs.second_order:
         return "floor:second_order"
-    if needs.rep_grads or space == "rep":
+    if needs.rep_grads or needs.task_grads or space == "rep":
         return "floor:rep"
     return None
 

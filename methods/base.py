@@ -43,6 +43,9 @@ class Needs:
     """Per-task gradients of the shared parameters, a [T, P] matrix."""
     rep_grads: bool = False
     """Per-task gradients of the loss w.r.t. the shared representation Z."""
+    task_grads: bool = False
+    """Per-task gradients of some shared parameters (``ctx.task_grads``, e.g. GradNorm's
+    last shared layer): T backward passes through the heads to those parameters."""
     second_order: bool = False
     """The representation gradients are needed with a differentiable graph."""
     shared_representation: bool = False
@@ -110,7 +113,10 @@ class StepContext(Protocol):
         """Parameters of the last layer of the shared encoder (GradNorm's choice)."""
 
     def task_grads(self, params: list[Tensor], create_graph: bool = False) -> Tensor:
-        """[T, P'] per-task gradients w.r.t. the given parameters."""
+        """[T, P'] per-task gradients w.r.t. the given parameters. For shared parameters
+        (below Z) without ``create_graph`` the same passes give the heads their own
+        gradients and the representation gradients, and a weighting's update is formed
+        from them (no further backward pass through the heads)."""
 
     world_size: int
     """Number of data-parallel processes (1 for a single process)."""

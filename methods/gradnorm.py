@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.errors import check_choice, check_range
-from methods.base import MethodConfig, StepContext, Weighted, Weighting
+from methods.base import MethodConfig, Needs, StepContext, Weighted, Weighting
 from methods.registry import register_method
 
 LAYERS = ("last", "all")
@@ -75,9 +75,12 @@ class GradNorm(Weighting):
     description = ("GradNorm: learn weights equalising weighted gradient norms (last shared layer "
                    "or all shared parameters) by training rate (sum to T)")
     Config = GradNormConfig
+    needs = Needs(task_grads=True)  # layer="all" takes the Jacobian instead
 
     def __init__(self, config: GradNormConfig, task_names: tuple[str, ...]):
         super().__init__(config, task_names)
+        if config.layer == "all":
+            self.needs = Needs(jacobian=True)
         self.weights = nn.Parameter(torch.ones(self.num_tasks))
         self.register_buffer("initial_losses", torch.ones(self.num_tasks))
         self.has_initial = False

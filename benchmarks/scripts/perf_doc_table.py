@@ -5,8 +5,8 @@ docs/performance.md.
 
 Targets: loss weightings ≤ 1.10× EW (FAMO ≤ 1.40×: an extra forward by design);
 methods that need per-task gradients through the heads (representation-level aggregators,
-Rep-MTL, GradNorm's last-layer gradients) ≤ 2× EW; methods that need the Jacobian of the
-shared parameters ≤ 1.15× their floor.
+Rep-MTL, GradNorm's last-layer gradients: `floor:rep` or `floor:second_order`) ≤ 2× EW;
+methods that need the Jacobian of the shared parameters ≤ 1.15× their floor.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-SPECIAL = {"famo": ("ew", 1.40), "gradnorm": ("ew", 2.00)}
+SPECIAL = {"famo": ("ew", 1.40)}
 
 
 def target(row: dict) -> tuple[str, float] | None:
