@@ -14,7 +14,10 @@ def add_parser(sub, parents) -> None:
                     "training-step time (after warm-up), its spread and the peak memory of each "
                     "method, as ratios to equal weighting measured in the same run, beside the "
                     "floors (forward + T backward passes; forward + T head passes + one encoder "
-                    "pass) and the data path. Prints a table and saves JSON + Markdown.",
+                    "pass; for Rep-MTL, T differentiable head passes and their double backward) "
+                    "and the data path. Peak memory is the tensor memory allocated during the "
+                    "steps (CUDA allocator; on the CPU the profiler's allocation events). "
+                    "Prints a table and saves JSON + Markdown.",
         epilog="Examples:\n"
                "  python run_bench.py perf -b digits_tasks -m uw pcgrad mgda repmtl\n"
                "  python run_bench.py perf -b scenes -m cagrad nashmtl --steps 30 --batch-size 16\n"
@@ -38,7 +41,7 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--data-root", default=None, metavar="DIR", help="data of paper benchmarks")
     p.add_argument("--no-memory", action="store_true",
-                   help="skip the memory measurement (on the CPU it starts a process per method)")
+                   help="skip the memory measurement (two more profiled steps per method)")
     p.add_argument("--scale", default=None, metavar="KEY=V1,V2,...",
                    help="measure at every value of one config key (e.g. data.num_tasks=2,4,8): "
                         "step time per method and its excess over the floor against the "
