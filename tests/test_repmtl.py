@@ -626,3 +626,23 @@ def test_anchor_cross_routes_agree_in_value_and_gradient():
         (g_direct,) = torch.autograd.grad((direct * weights).sum(), A)
         torch.testing.assert_close(g_fast, g_direct)
     assert 2 * (8 + 5) < 5 * 8 * 8 and not 16 * (3 + 4) < 4 * 3 * 3  # each route taken once
+
+
+@pytest.mark.parametrize("tasks_per_chunk", [1, 2])
+def test_chunked_terms_match_naive(monkeypatch, tasks_per_chunk):
+    # Large saliencies are processed a task (or a few) at a time; the result must not move.
+    model, x, y = setup(3, 3, False)
+    config = RepMTLConfig(tau=0.3, lambda_tsr=0.7, lambda_csa=1.3)
+    method = RepMTL(config, TASKS)
+    reps, losses = model.losses(x, y)
+    S = saliencies_of(model, x, y)
+    per_task = S[0].numel()
+    monkeypatch.setattr(sal, "CHUNK_ELEMENTS", tasks_per_chunk * per_task)
+    flat = sal.stack_saliencies(S)
+    assert len(sal._chunks(flat)) == math.ceil(len(TASKS) / tasks_per_chunk)
+    efficient = method.penalty(make_ctx(reps, losses, method))
+    naive = 0.7 * naive_tsr(S, config.eps) + 1.3 * naive_csa(S, 0.3, "stacked", "mean", "negatives")
+    torch.testing.assert_close(efficient, naive, rtol=1e-9, atol=1e-12)
+    for ge, gn in zip(torch.autograd.grad(efficient, params_of(model)),
+                      torch.autograd.grad(naive, params_of(model))):
+        torch.testing.assert_close(ge, gn, rtol=1e-7, atol=1e-12)
