@@ -19,9 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class SolverAccounting(nn.Module):
-    """Mixin for a Method: counters of solves and failed solves, kept in ``state_dict``."""
+    """Mixin for a Method, listed before the method's kind (``class M(SolverAccounting,
+    Aggregator)``): counters of solves and failed solves, kept in ``state_dict``."""
 
-    def init_solver_accounting(self) -> None:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.register_buffer("solves", torch.zeros((), dtype=torch.long))
         self.register_buffer("solver_failures", torch.zeros((), dtype=torch.long))
 

@@ -230,10 +230,6 @@ class CAGrad(SolverAccounting, Aggregator):
             check_choice("method.cagrad.rescale", str(self.rescale), [str(r) for r in RESCALES])
             check_range("method.cagrad.tol", self.tol, 0, low_open=True)
 
-    def __init__(self, config: Config, task_names: tuple[str, ...]):
-        super().__init__(config, task_names)
-        self.init_solver_accounting()
-
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
         cfg = self.config
         sol = cagrad_weights(grads @ grads.T, cfg.c, cfg.rescale, cfg.tol, cfg.solver)

@@ -190,10 +190,6 @@ class FairGrad(SolverAccounting, Aggregator):
     space = "param"
     Config = FairGradConfig
 
-    def __init__(self, config: FairGradConfig, task_names: tuple[str, ...]):
-        super().__init__(config, task_names)
-        self.init_solver_accounting()
-
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
         cfg: FairGradConfig = self.config
         solution = fairgrad_weights(grads @ grads.T, cfg.alpha, cfg.tol, cfg.solver)

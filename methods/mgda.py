@@ -93,10 +93,6 @@ class _MinNormAggregator(SolverAccounting, Aggregator):
             check_range(f"{self.key}.max_iter", self.max_iter, 1)
             check_range(f"{self.key}.tol", self.tol, 0, low_open=True)
 
-    def __init__(self, config: Config, task_names: tuple[str, ...]):
-        super().__init__(config, task_names)
-        self.init_solver_accounting()
-
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
         gramian = grads @ grads.T
         result = mgda_weights(gramian, ctx.losses, self.config.normalization,

@@ -77,7 +77,6 @@ class NashMTL(SolverAccounting, Aggregator):
 
     def __init__(self, config: NashMTLConfig, task_names: tuple[str, ...]):
         super().__init__(config, task_names)
-        self.init_solver_accounting()
         # The authors start from α = 1 (equal weights, unnormalised).
         self.alpha = np.ones(self.num_tasks)
         self.steps_seen = 0

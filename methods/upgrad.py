@@ -100,10 +100,6 @@ class UPGrad(SolverAccounting, Aggregator):
             check_range("method.upgrad.reg_eps", self.reg_eps, 0, low_open=True)
             check_range("method.upgrad.tol", self.tol, 0, low_open=True)
 
-    def __init__(self, config: Config, task_names: tuple[str, ...]):
-        super().__init__(config, task_names)
-        self.init_solver_accounting()
-
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
         sol = upgrad_weights(grads @ grads.T, self.config.norm_eps, self.config.reg_eps,
                              self.config.tol)
