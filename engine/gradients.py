@@ -308,6 +308,12 @@ class EpochStats:
         return out
 
 
+def _flat_row(grads, params: list[Tensor]) -> Tensor:
+    """One flat row of per-parameter gradients (zeros where a parameter got none)."""
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                      for g, p in zip(grads, params)])
+
+
 class TrainStepContext:
     """The StepContext of methods/base.py for one training step."""
 
@@ -399,9 +405,15 @@ class TrainStepContext:
     def rep_grads_with_heads(self) -> list[Tensor]:
         """``rep_grads()``, giving each head its own task's gradient on the way when they
         are computed now (one backward pass per task serves both)."""
-        if (False, False) not in self._rep_grads and not self.heads_received:
+        if self._rep_pass_pending:
             self._rep_pass([])
         return self.rep_grads()
+
+    @property
+    def _rep_pass_pending(self) -> bool:
+        """Neither the representation gradients nor the heads' own gradients exist yet, so
+        one set of per-task passes can give both."""
+        return (False, False) not in self._rep_grads and not self.heads_received
 
     def _rep_pass(self, extra: list[Tensor]) -> Tensor | None:
         """One backward pass per task, from its loss (as methods see it) to Z_t, to the
@@ -417,8 +429,7 @@ class TrainStepContext:
                                         retain_graph=True, allow_unused=True)
             reps.append(engine.unscaled(grads[0] if grads[0] is not None else torch.zeros_like(z)))
             if extra:
-                rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                       for g, p in zip(grads[1:1 + len(extra)], extra)]))
+                rows.append(_flat_row(grads[1:1 + len(extra)], extra))
             received = [(p.grad, g) for p, g in zip(head, grads[1 + len(extra):]) if g is not None]
             if received:
                 torch._foreach_add_(*map(list, zip(*received)))
@@ -455,8 +466,7 @@ class TrainStepContext:
     def task_grads(self, params: list[Tensor], create_graph: bool = False) -> Tensor:
         engine = self.engine
         shared = {id(p) for p in engine.shared}
-        if (not create_graph and not self.heads_received and (False, False) not in self._rep_grads
-                and all(id(p) in shared for p in params)):
+        if not create_graph and self._rep_pass_pending and all(id(p) in shared for p in params):
             # Shared parameters below Z: the same per-task passes also give the
             # representation gradients and the heads their gradients, so the update can be
             # formed from Z without another backward pass through the heads.
@@ -470,8 +480,7 @@ class TrainStepContext:
             grads = torch.autograd.grad(self.engine.scaled(losses[i]), params,
                                         retain_graph=True, create_graph=create_graph,
                                         allow_unused=True)
-            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                   for g, p in zip(grads, params)]))
+            rows.append(_flat_row(grads, params))
         grads = self.engine.unscaled(torch.stack(rows))
         if self.engine.scaler is not None:
             self.engine.scaler.check(self.engine.world)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from engine.gradients import EpochStats
 from engine.runner import RunRequest, build_requests, make_benchmark, resolve_device
@@ -39,7 +40,8 @@ from engine.trainer import Trainer
 
 REFERENCE = "ew"
 FLOORS = ("floor:jacobian", "floor:rep", "floor:second_order")
-GREYS = {REFERENCE: "black", "floor:jacobian": "dimgrey", "floor:rep": "darkgrey"}
+GREYS = {REFERENCE: "black", "floor:jacobian": "dimgrey", "floor:rep": "darkgrey",
+         "floor:second_order": "grey"}
 """Plot colours of the reference and the floors."""
 
 
@@ -72,6 +74,8 @@ class FloorStepper:
     def __init__(self, trainer: Trainer, kind: str):
         self.trainer = trainer
         self.kind = kind
+        self._directions: dict[tuple[int, ...], Tensor] = {}
+        """floor:second_order: the fixed c_t of each saliency shape."""
 
     def step(self, batch) -> None:
         tr = self.trainer
@@ -116,8 +120,6 @@ class FloorStepper:
         total.backward()
 
     def _direction(self, like: Tensor) -> Tensor:
-        if not hasattr(self, "_directions"):
-            self._directions = {}
         key = tuple(like.shape)
         if key not in self._directions:
             generator = torch.Generator().manual_seed(0)

@@ -356,3 +356,25 @@ def test_per_task_passes_run_only_their_own_head():
     assert calls == {t: 2 + 2 * len(calls) for t in trainer.task_names}
     for hook in hooks:
         hook.remove()
+
+
+def test_each_kind_of_method_is_measured_against_its_floor():
+    from types import SimpleNamespace
+
+    from engine.perf import floor_for
+    from methods.registry import METHODS
+
+    def make(name, **config):
+        cls = METHODS.get(name)
+        return cls(cls.Config(**config), ("a", "b"))
+
+    def floor(primary, *regularizers):
+        return floor_for(SimpleNamespace(primary=primary, regularizers=list(regularizers)))
+
+    assert floor(make("gradnorm")) == "floor:rep"  # Needs.task_grads: the last shared layer
+    assert floor(make("gradnorm", layer="all")) == "floor:jacobian"
+    assert floor(make("mgda_ub")) == "floor:rep"
+    assert floor(make("pcgrad")) == "floor:jacobian"
+    assert floor(make("ew"), make("repmtl")) == "floor:second_order"
+    assert floor(make("pcgrad"), make("repmtl")) == "floor:jacobian"
+    assert floor(make("uw")) is None
