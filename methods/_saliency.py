@@ -3,8 +3,9 @@ saliencies (Wang, Li, Xu, "Rep-MTL", ICCV 2025, arXiv 2507.21049; Eqs. 3-9).
 
 Every function takes the saliencies ``S`` as T tensors of shape [B, C, N], one per task
 (sample b, channel c, position n: the H'W' positions flattened; N = 1 for vector
-features), or stacked as one [T, B, C, N] tensor. They are never stacked here: on the
-paper's NYUv2 model at batch 8 one copy of all T saliencies is 340 MB.
+features), or stacked as one [T, B, C, N] tensor. Dense saliencies are never copied into
+one stack here (on the paper's NYUv2 model at batch 8 one copy of all T saliencies is
+340 MB); small ones are, in bounded chunks (CHUNK_ELEMENTS).
 Nothing here knows about the engine; ``methods/repmtl.py`` builds ``S`` and combines the
 terms. See docs/repmtl.md for the formulation and the reasoning behind every option.
 
@@ -18,7 +19,7 @@ formed. Cosine similarities of Gram matrices only need
     ⟨A_b A_bᵀ, A_k A_kᵀ⟩_F = ‖A_bᵀ A_k‖_F²   (one [B·K, B·K] product for all pairs, or the
                                           C×C affinities when that is cheaper: many tasks)
 
-all batched over samples and tasks, with no Python loop over samples.
+all batched over samples (and over the tasks of a chunk), with no Python loop over samples.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ DENOMINATORS = ("negatives", "with_positive")
 Saliencies = Union[Tensor, Sequence[Tensor]]
 
 
-def stack_saliencies(grads: list[Tensor]) -> list[Tensor]:
+def flatten_saliencies(grads: list[Tensor]) -> list[Tensor]:
     """The T saliencies as [B, C, N] views of T tensors shaped like Z ([B, C, *spatial] or
     [B, C]); no copy.
 

@@ -155,7 +155,7 @@ class _RepMTLBase(Regularizer):
         if self.config.saliency == "log_loss":
             raw = ctx.raw_losses
             grads = [g / raw[i] for i, g in enumerate(grads)]
-        S = sal.stack_saliencies(grads)
+        S = sal.flatten_saliencies(grads)
         if self.config.gather and ctx.world_size > 1:
             S = [ctx.gather_samples(s, dim=0) for s in S]
         return S

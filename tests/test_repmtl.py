@@ -638,7 +638,7 @@ def test_chunked_terms_match_naive(monkeypatch, tasks_per_chunk):
     S = saliencies_of(model, x, y)
     per_task = S[0].numel()
     monkeypatch.setattr(sal, "CHUNK_ELEMENTS", tasks_per_chunk * per_task)
-    flat = sal.stack_saliencies(S)
+    flat = sal.flatten_saliencies(S)
     assert len(sal._chunks(flat)) == math.ceil(len(TASKS) / tasks_per_chunk)
     efficient = method.penalty(make_ctx(reps, losses, method))
     naive = 0.7 * naive_tsr(S, config.eps) + 1.3 * naive_csa(S, 0.3, "stacked", "mean", "negatives")
