@@ -378,3 +378,11 @@ def test_each_kind_of_method_is_measured_against_its_floor():
     assert floor(make("ew"), make("repmtl")) == "floor:second_order"
     assert floor(make("pcgrad"), make("repmtl")) == "floor:jacobian"
     assert floor(make("uw")) is None
+
+
+def test_iqr_uses_inclusive_quartiles_from_two_steps_on():
+    from engine.perf import Timing
+
+    assert Timing("one", [1.0]).iqr == 0.0
+    assert Timing("two", [1.0, 3.0]).iqr == 1.0
+    assert Timing("three", [1.0, 2.0, 3.0]).iqr == 1.0

@@ -101,3 +101,29 @@ def test_cpu_memory_reuse_applies_on_glibc():
     applied = reuse_freed_memory()
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     assert reuse_freed_memory() == applied  # once per process
+
+
+def test_second_order_convolutions_are_switched_back_after_the_block():
+    from engine.second_order import second_order_convolutions
+
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 1))
+    with second_order_convolutions(model):
+        assert [type(m) for m in model] == [SecondOrderConv2d, nn.ReLU, SecondOrderConv2d]
+    assert [type(m) for m in model] == [nn.Conv2d, nn.ReLU, nn.Conv2d]
+
+
+@pytest.mark.parametrize("choice, applied", [("reuse", True), ("system", False)])
+def test_cpu_malloc_option_decides_whether_memory_is_kept(monkeypatch, choice, applied):
+    import engine.trainer
+    from engine.runner import build_requests, make_benchmark
+    from engine.trainer import Trainer
+
+    calls = []
+    monkeypatch.setattr(engine.trainer, "reuse_freed_memory", lambda: calls.append(1))
+    (request,) = build_requests("digits_tasks", ["ew"], [0], "quick",
+                                ["data.train_size=16", "data.val_size=8", "data.test_size=8",
+                                 "train.batch_size=8", f"engine.cpu_malloc={choice}"], "cpu", None)
+    device = torch.device("cpu")
+    Trainer(request.config, make_benchmark(request.config, device), request.composition,
+            device, Path("/nonexistent"), progress=False)
+    assert bool(calls) == applied
