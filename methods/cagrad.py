@@ -154,13 +154,12 @@ def _dual_active_set(G: np.ndarray, c: float) -> tuple[np.ndarray, bool]:
             return w, False
         slope = float(grad[idx] @ step)
         if slope > -1e-3 * gap:  # the face has (almost) nothing left to give
-            entering = np.where(support, np.inf, grad)
-            if not np.isfinite(entering).any() or entering.min() >= grad @ w:
-                if slope >= 0.0:
-                    return w, False
-            else:
-                support[int(np.argmin(entering))] = True
+            outside = np.where(support, np.inf, grad)
+            if outside.min() < grad @ w:  # a coordinate outside S that would lower f
+                support[int(np.argmin(outside))] = True
                 continue
+            if slope >= 0.0:
+                return w, False
         shrinking = step < 0
         t_max = float(np.min(-w[idx][shrinking] / step[shrinking])) if shrinking.any() else np.inf
         t = min(1.0, t_max)
