@@ -525,7 +525,6 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
         # Each rank's penalty covers its own samples; the global penalty is their mean.
         penalty = world.global_value(penalty / world.size)
     weights = None
-    own_params = [p for p in method_params if p.requires_grad]
     if isinstance(primary, Weighting):
         out: Weighted = primary.weigh(ctx)
         weights = out.weights
@@ -539,9 +538,8 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
                 ctx.backward_rep_combination(weights.detach(), retain_graph=True)
             if ctx.heads_received:
                 engine.scale_head_grads(weights.detach())
-                inputs = own_params
-            else:
-                inputs = engine.all_head_params + own_params
+            heads = [] if ctx.heads_received else engine.all_head_params
+            inputs = heads + [p for p in method_params if p.requires_grad]
             if inputs:  # heads may have no parameters (toy2d)
                 torch.autograd.backward(engine.scaled(objective), inputs=inputs,
                                         retain_graph=penalty is not None)

@@ -1,4 +1,5 @@
-"""Bookkeeping of the small solvers some aggregators run at every step (MGDA, CAGrad, UPGrad).
+"""Bookkeeping of the small solvers some aggregators run at every step (MGDA, CAGrad, UPGrad,
+Nash-MTL, FairGrad).
 
 A solve that fails or stops before its optimality certificate is met is never hidden: it
 is logged at every step as the statistic ``solver_failures`` (0 or 1, so the epoch mean in
