@@ -73,3 +73,33 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
     result = stats.ttest_ind(a, b, equal_var=False)
     return float(result.statistic), float(result.pvalue)
+
+
+CORRECTIONS = ("holm", "bh", "none")
+
+
+def adjust_p_values(p: Sequence[float], method: str = "holm") -> np.ndarray:
+    """p-values adjusted for multiple comparisons over the family ``p`` (NaNs are left out of
+    the family and stay NaN): ``holm`` (Holm–Bonferroni, controls the family-wise error rate),
+    ``bh`` (Benjamini–Hochberg, controls the false discovery rate) or ``none``."""
+    if method not in CORRECTIONS:
+        raise ValueError(f"unknown correction {method!r}: expected one of {', '.join(CORRECTIONS)}")
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if method == "none" or not ok.any():
+        out[ok] = p[ok]
+        return out
+    out[ok] = stats.false_discovery_control(p[ok], method="bh") if method == "bh" \
+        else _holm(p[ok])
+    return out
+
+
+def _holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment: p_(i) · (m − i + 1), made monotone, capped at 1."""
+    m = len(p)
+    order = np.argsort(p)
+    stepped = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    out = np.empty(m)
+    out[order] = np.minimum(stepped, 1.0)
+    return out
