@@ -22,6 +22,18 @@ def mse(pred: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(pred.reshape(target.shape), target)
 
 
+class StandardizedMSE:
+    """Squared error against the standardized target (target − offset) / scale: the loss of a
+    regression task trained in units where its target has unit variance."""
+
+    def __init__(self, scale: float, offset: float) -> None:
+        self.scale = scale
+        self.offset = offset
+
+    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(pred.reshape(target.shape), (target - self.offset) / self.scale)
+
+
 class AccuracyMeter:
     """Top-1 accuracy in percent over the split."""
 
@@ -41,15 +53,24 @@ class AccuracyMeter:
 
 
 class RegressionMeter:
-    """Mean absolute error and root mean squared error over every target element."""
+    """Mean absolute error and root mean squared error over every target element.
 
-    def __init__(self) -> None:
+    ``scale`` and ``offset`` map a prediction made in a task's training units back to the
+    target's own units (``pred * scale + offset``), so that metrics stay in the units a
+    reader knows whatever scale the loss is trained on."""
+
+    def __init__(self, scale: float = 1.0, offset: float = 0.0) -> None:
+        self.scale = scale
+        self.offset = offset
         self.abs_sum = None
         self.sq_sum = None
         self.count = 0
 
     def update(self, pred: Tensor, target: Tensor) -> None:
-        err = (pred.reshape(target.shape) - target).detach()
+        pred = pred.reshape(target.shape)
+        if self.scale != 1.0 or self.offset != 0.0:
+            pred = pred * self.scale + self.offset
+        err = (pred - target).detach()
         a, s = err.abs().sum(), err.square().sum()
         self.abs_sum = a if self.abs_sum is None else self.abs_sum + a
         self.sq_sum = s if self.sq_sum is None else self.sq_sum + s

@@ -520,6 +520,8 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
     penalty = None
     for reg in regularizers:
         term = reg.penalty(ctx)
+        if term is None:  # e.g. a regularizer still in its warm-up
+            continue
         penalty = term if penalty is None else penalty + term
     if penalty is not None and world is not None:
         # Each rank's penalty covers its own samples; the global penalty is their mean.

@@ -218,5 +218,6 @@ class Regularizer(Method):
         """The task losses the primary method sees (identity unless an option says so)."""
         return losses
 
-    def penalty(self, ctx: StepContext) -> Tensor:
+    def penalty(self, ctx: StepContext) -> Tensor | None:
+        """The scalar term added to the objective (None: nothing this step)."""
         raise NotImplementedError

@@ -74,6 +74,10 @@ class SaliencyConfig(MethodConfig):
     eps: float = 1e-8
     """ε of TSR: P = |Ŝ|/(Σ|Ŝ| + ε·mean|Ŝ|) and log(P + ε); needed where every task's
     saliency vanishes at a position."""
+    warmup_epochs: int = 0
+    """Epochs trained without the penalty before it starts (its terms are still recorded).
+    0: from the first step, as the paper. A warm-up lets the primary method shape Z
+    before the saliencies are regularised (the paper fine-tunes a pretrained encoder)."""
     gather: bool = True
     """Data-parallel runs: compute both terms on the saliencies of the whole global batch
     (gathered from every process, gradients flowing back to each), so CSA's negatives are
@@ -83,6 +87,7 @@ class SaliencyConfig(MethodConfig):
     def validate(self) -> None:
         check_choice(f"{self.key}.saliency", self.saliency, SALIENCY_OF)
         check_range(f"{self.key}.eps", self.eps, 0, 1, low_open=True)
+        check_range(f"{self.key}.warmup_epochs", self.warmup_epochs, 0)
 
 
 @dataclass
@@ -149,9 +154,10 @@ class _RepMTLBase(Regularizer):
     def transform_losses(self, losses: Tensor) -> Tensor:
         return losses.log() if self.config.log_losses else losses
 
-    def saliencies(self, ctx: StepContext) -> list[Tensor]:
-        """S_t of every task as T tensors [B, C, N], differentiable (second order)."""
-        grads = ctx.rep_grads(create_graph=True, raw=True)
+    def saliencies(self, ctx: StepContext, differentiable: bool = True) -> list[Tensor]:
+        """S_t of every task as T tensors [B, C, N], differentiable (second order) unless
+        ``differentiable`` is off (the warm-up only records the terms)."""
+        grads = ctx.rep_grads(create_graph=differentiable, raw=True)
         if self.config.saliency == "log_loss":
             raw = ctx.raw_losses
             grads = [g / raw[i] for i, g in enumerate(grads)]
@@ -170,11 +176,12 @@ class _RepMTLBase(Regularizer):
     def _lambda(self, term: str) -> float:
         return getattr(self.config, f"lambda_{term}")
 
-    def penalty(self, ctx: StepContext) -> Tensor:
-        S = self.saliencies(ctx)
+    def penalty(self, ctx: StepContext) -> Tensor | None:
+        active = ctx.epoch >= self.config.warmup_epochs
+        S = self.saliencies(ctx, differentiable=active)
         total = None
         for term, fn in (("tsr", self._tsr), ("csa", self._csa)):
-            if term in self.penalised:
+            if term in self.penalised and active:
                 value = fn(S)
                 weighted = self._lambda(term) * value
                 total = weighted if total is None else total + weighted

@@ -646,3 +646,18 @@ def test_chunked_terms_match_naive(monkeypatch, tasks_per_chunk):
     for ge, gn in zip(torch.autograd.grad(efficient, params_of(model)),
                       torch.autograd.grad(naive, params_of(model))):
         torch.testing.assert_close(ge, gn, rtol=1e-7, atol=1e-12)
+
+
+def test_warmup_epochs_train_like_the_primary_method_and_still_record_the_terms(tmp_path):
+    warm = ["train.epochs=2", "method.repmtl.warmup_epochs=1", *TINY_DIGITS[1:]]
+    (ew,) = tiny_run("digits_tasks", "ew", tmp_path / "ew", ["train.epochs=2", *TINY_DIGITS[1:]])
+    (rep,) = tiny_run("digits_tasks", "repmtl", tmp_path / "rep", warm)
+    ew_records, rep_records = read_records(ew.run_dir), read_records(rep.run_dir)
+    first = lambda records, split: next(r for r in records if r["epoch"] == 0 and r["split"] == split)  # noqa: E731
+    for task, metrics in first(ew_records, "val")["metrics"].items():
+        for name, value in metrics.items():
+            assert first(rep_records, "val")["metrics"][task][name] == pytest.approx(value, rel=1e-4)
+    train0 = first(rep_records, "train")
+    assert "repmtl.L_tsr" in train0["method"] and "repmtl.L_csa" in train0["method"]
+    second = lambda records: next(r for r in records if r["epoch"] == 1 and r["split"] == "val")  # noqa: E731
+    assert second(rep_records)["losses"] != second(ew_records)["losses"]  # the penalty started
