@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     e = args.epochs - 1  # epochs are counted from 0
     higher = m.drop_duplicates(["task", "metric"]).set_index(["task", "metric"]).higher_is_better
     print(f"## {args.benchmark}: profile epochs {args.epochs}, long runs {last + 1} epochs, "
-          f"seeds {sorted(m.seed.unique())}")
+          f"seeds {sorted(int(s) for s in m.seed.unique())}")
     print("\nstl plateau (validation, mean over seeds; change = signed relative change from "
           f"epoch {args.epochs} to epoch {last + 1}, positive = still improving):")
     short, long_ = at_epoch(m, "stl", "val", e).mean(), at_epoch(m, "stl", "val", last).mean()
