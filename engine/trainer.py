@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.base import Batch, Benchmark
 from engine.amp import GradientOverflow, LossScaler, autocast
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import check_loadable, load_checkpoint, portable, restore, save_checkpoint
 from engine.config import RunConfig
 from engine.cpu_malloc import reuse_freed_memory
 from engine.distributed import World, slice_for
@@ -74,8 +74,10 @@ class Trainer:
 
     def __init__(self, config: RunConfig, benchmark: Benchmark, composition: Composition,
                  device: torch.device, run_dir: Path, progress: bool = True,
-                 world: World | None = None):
+                 world: World | None = None, data_fingerprint: str | None = None):
         self.config = config
+        self.data_fingerprint = data_fingerprint
+        self.method_state_checked = False
         self.world = world
         self.writes = world is None or world.is_main
         """Only one process of a data-parallel run writes files."""
@@ -329,10 +331,17 @@ class Trainer:
                "method": self.method_generator.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        methods = portable(self.methods.state_dict())
+        if not self.method_state_checked:
+            for name in self.methods:
+                prefix = f"{name}."
+                check_loadable(name, {k: v for k, v in methods.items() if k.startswith(prefix)})
+            self.method_state_checked = True
         return {"epoch": epoch, "step": self.step, "config_hash": self.config.hash(),
+                "seed": self.config.seed, "data_fingerprint": self.data_fingerprint,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                "methods": self.methods.state_dict(), "rng": rng, "records": records,
+                "methods": methods, "rng": rng, "records": records,
                 "traces": self.traces.state(),
                 "loss_scale": self.scaler.state_dict() if self.scaler is not None else None}
 
@@ -341,7 +350,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.methods.load_state_dict(state["methods"])
+        self.methods.load_state_dict(restore(state["methods"]))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         self.data_generator.set_state(rng["data"])
@@ -359,7 +368,8 @@ class Trainer:
         if self.world is not None and not self.writes:
             torch.distributed.barrier()  # rank 0 has checked (and set aside) the checkpoints
         if resume:
-            state = load_checkpoint(self.run_dir, self.config.hash())
+            state = load_checkpoint(self.run_dir, self.config.hash(), self.config.seed,
+                                    self.data_fingerprint)
             if state is not None:
                 self.load_state(state)
                 start_epoch = state["epoch"] + 1
