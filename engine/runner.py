@@ -109,6 +109,9 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
     fingerprints: dict[str, str] = {}
     requests = []
     unused_per_run: list[set[str]] = []
+    names = [canonical_name(spec) for spec in method_specs]
+    # Two spellings of one composition (repmtl+pcgrad, pcgrad+repmtl) are one run.
+    method_specs = [spec for i, spec in enumerate(method_specs) if names[i] not in names[:i]]
     for spec in method_specs:
         composition = parse_method(spec)
         check_compatible(composition, spec, bench_cls)
@@ -149,6 +152,9 @@ class RunOutcome:
     wall_s: float = 0.0
     previous: str = ""
     """For a skipped run: the status on disk (complete, failed or diverged)."""
+    user_error: bool = False
+    """The run failed, or was refused, because of the user's input (its data, config or
+    folder), not a bug or divergence: the command exits 2, as for any user mistake."""
 
     @property
     def state(self) -> str:
@@ -208,10 +214,11 @@ def execute(request: RunRequest, out: Path, force: bool = False, progress: bool 
     except RunLocked as exc:
         return RunOutcome(request, run_dir, "locked", str(exc))
     except UserError as exc:  # the lock file cannot be taken (a folder, no permission)
-        return RunOutcome(request, run_dir, "refused", str(exc))
+        return RunOutcome(request, run_dir, "refused", str(exc), user_error=True)
     except OSError as exc:  # the run folder cannot be created or written
         return RunOutcome(request, run_dir, "refused",
-                          f"cannot write to run folder {run_dir}: {exc.strerror or exc}")
+                          f"cannot write to run folder {run_dir}: {exc.strerror or exc}",
+                          user_error=True)
 
 
 def _execute_distributed(request: RunRequest, out: Path, force: bool, progress: bool,
@@ -233,12 +240,14 @@ def _execute_distributed(request: RunRequest, out: Path, force: bool, progress: 
                 skipped = RunOutcome(request, run_dir, "locked", str(exc))
             except (UserError, OSError) as exc:
                 lock = None
-                skipped = RunOutcome(request, run_dir, "refused", str(exc))
-        decision[0] = None if skipped is None else (skipped.status, skipped.reason, skipped.previous)
+                skipped = RunOutcome(request, run_dir, "refused", str(exc), user_error=True)
+        decision[0] = None if skipped is None else (skipped.status, skipped.reason,
+                                                    skipped.previous, skipped.user_error)
     dist.broadcast_object_list(decision, src=0)
     if decision[0] is not None:
-        status, reason, previous = decision[0]
-        return RunOutcome(request, run_dir, status, reason, previous=previous)
+        status, reason, previous, user_error = decision[0]
+        return RunOutcome(request, run_dir, status, reason, previous=previous,
+                          user_error=user_error)
     try:
         if world.is_main:
             with run_log(run_dir):
@@ -257,7 +266,7 @@ def _skip(request: RunRequest, run_dir: Path, force: bool, retry_failed: bool,
         return None
     mismatch = request.mismatch(out)
     if mismatch:
-        return RunOutcome(request, run_dir, "refused", mismatch)
+        return RunOutcome(request, run_dir, "refused", mismatch, user_error=True)
     summary_path = run_dir / R.SUMMARY
     if not summary_path.exists():
         return None
@@ -275,7 +284,7 @@ def _skip(request: RunRequest, run_dir: Path, force: bool, retry_failed: bool,
         return RunOutcome(request, run_dir, "skipped",
                           f"{status} before: {previous.get('reason', '')} (--retry-failed "
                           f"retries it from its last checkpoint, --force from scratch)",
-                          previous=status)
+                          previous=status, user_error=previous.get("user_error") is True)
     return None
 
 
@@ -338,14 +347,14 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
         if tensorboard:
             board = TensorBoardHook(run_dir)
             trainer.epoch_hooks.append(board)
-        fit = trainer.fit(resume=not force)
+        fit = trainer.fit(resume=not force, started=start)
         summary.update(status=R.STATUS_COMPLETE, reason="", epochs=fit.epochs_done,
                        steps=fit.steps, resumed_from_epoch=fit.resumed_from)
     except Diverged as exc:
         summary.update(status=R.STATUS_DIVERGED, reason=str(exc), diverged_step=exc.step,
                        diverged_epoch=exc.epoch, diverged_what=exc.what)
-    except UserError as exc:
-        summary.update(status=R.STATUS_FAILED, reason=str(exc))
+    except UserError as exc:  # its data, config or plugin: the user's to fix
+        summary.update(status=R.STATUS_FAILED, reason=str(exc), user_error=True)
     except Exception as exc:  # a failed run must not stop the others; its traceback is kept
         tb = traceback.format_exc()
         if writes:
@@ -358,8 +367,12 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
             board.close()
     wall = time.perf_counter() - start
     log.info("run %s: %s %s (%.1f s)", run_dir, summary["status"], summary.get("reason", ""), wall)
-    summary.update(wall_time_s=wall, peak_memory_bytes=R.peak_memory_bytes(device),
-                   device=str(device))
+    # The cost of the run, not of this process: a resumed run adds the time its
+    # checkpoint recorded (a run resumed at its end would otherwise cost seconds); unknown
+    # (None) when an older checkpoint recorded none.
+    total = trainer.wall_time_s() if trainer is not None and hasattr(trainer, "started") else wall
+    summary.update(wall_time_s=total, session_wall_time_s=wall,
+                   peak_memory_bytes=R.peak_memory_bytes(device), device=str(device))
     if trainer is not None:
         summary.update(jacobian_path=trainer.engine.jacobian_path,
                        jacobian_fallback=trainer.engine.fallback_reason,
@@ -369,7 +382,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
     write_json(summary_path, summary)
     if writes:
         R.remove_temporaries(run_dir)
-    return RunOutcome(request, run_dir, summary["status"], summary.get("reason", ""), wall)
+    return RunOutcome(request, run_dir, summary["status"], summary.get("reason", ""), wall,
+                      user_error=summary.get("user_error") is True)
 
 
 def _method_summaries(trainer: Trainer) -> dict:

@@ -66,6 +66,9 @@ class FitResult:
     steps: int
     records: list[dict]
     resumed_from: int
+    wall_time_s: float | None = None
+    """Wall time of the whole run, summed over the processes that trained it (None when a
+    checkpoint written before this was recorded was resumed)."""
 
 
 class Trainer:
@@ -338,6 +341,7 @@ class Trainer:
                 check_loadable(name, {k: v for k, v in methods.items() if k.startswith(prefix)})
             self.method_state_checked = True
         return {"epoch": epoch, "step": self.step, "config_hash": self.config.hash(),
+                "wall_time_s": self.wall_time_s(),
                 "seed": self.config.seed, "data_fingerprint": self.data_fingerprint,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
@@ -362,7 +366,17 @@ class Trainer:
             self.scaler.load_state_dict(state["loss_scale"])
         self.traces.load_state(state.get("traces", {}))
 
-    def fit(self, resume: bool = True) -> FitResult:
+    def wall_time_s(self) -> float | None:
+        """This run's wall time so far, over every process that trained it."""
+        if self.time_before is None:
+            return None
+        return self.time_before + time.perf_counter() - self.started
+
+    def fit(self, resume: bool = True, started: float | None = None) -> FitResult:
+        """Train to the last epoch. ``started`` (perf_counter) is when this process began
+        the run (before building the data), for the wall time."""
+        self.started = time.perf_counter() if started is None else started
+        self.time_before: float | None = 0.0
         records: list[dict] = []
         start_epoch = 0
         if self.world is not None and not self.writes:
@@ -374,6 +388,7 @@ class Trainer:
                 self.load_state(state)
                 start_epoch = state["epoch"] + 1
                 records = state["records"]
+                self.time_before = state.get("wall_time_s")
         if self.world is not None:
             if self.writes:
                 torch.distributed.barrier()
@@ -409,4 +424,4 @@ class Trainer:
         finally:
             bar.close()
         return FitResult(epochs_done=epochs, steps=self.step, records=records,
-                         resumed_from=start_epoch)
+                         resumed_from=start_epoch, wall_time_s=self.wall_time_s())
