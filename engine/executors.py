@@ -222,6 +222,8 @@ def record_crash(spec: RunSpec, reason: str) -> RunResult:
             R.atomic_write_json(path, summary)
     except RunLocked:
         return RunResult(spec.label, spec.run_dir, "locked", "pending", reason)
+    except (UserError, OSError) as exc:  # the folder cannot be written: report it here
+        reason = f"{reason}; not recorded in its folder ({exc})"
     log.warning("%s: %s", spec.label, reason)
     return RunResult(spec.label, spec.run_dir, R.STATUS_FAILED, R.STATUS_FAILED, reason)
 

@@ -45,10 +45,17 @@ def files_fingerprint(root: Path) -> str:
     return "files:" + digest.hexdigest()[:16]
 
 
+_files_cache: dict[str, str] = {}
+
+
 def data_fingerprint(bench_cls, data_config, data_root: str | None) -> str:
-    """The run's data fingerprint (see the module docstring)."""
+    """The run's data fingerprint (see the module docstring). A data folder is walked once
+    per process (a sweep builds every run of a benchmark from the same folder)."""
     if bench_cls.needs_data_root and data_root is not None:
-        return files_fingerprint(Path(data_root))
+        key = str(Path(data_root).resolve())
+        if key not in _files_cache:
+            _files_cache[key] = files_fingerprint(Path(data_root))
+        return _files_cache[key]
     options = dataclasses.asdict(data_config) if dataclasses.is_dataclass(data_config) else {}
     text = json.dumps({"benchmark": bench_cls.name, "data": options}, sort_keys=True,
                       default=str)
