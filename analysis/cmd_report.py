@@ -64,6 +64,12 @@ def add_parser(sub, parents) -> None:
 def main(args: argparse.Namespace) -> int:
     if not args.results.is_dir():
         raise UserError(f"results folder {args.results} does not exist or is not a folder")
+    from analysis.collect import find_run_dirs
+
+    if not find_run_dirs(args.results):
+        raise UserError(f"results folder {args.results} holds no runs (no "
+                        f"<benchmark>/<method>/seed<k>-<hash>/summary.json under it); "
+                        f"expected the --out folder of `run` or `sweep`")
     written = build_report(args.results, args.out, args.formats, args.select, args.k,
                            args.benchmark, args.skip)
     out = args.out or args.results / "report"

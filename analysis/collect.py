@@ -11,10 +11,12 @@ cannot be used (``usable`` is False for failed, diverged, running, corrupt or in
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 
+log = logging.getLogger(__name__)
 RUN_COLUMNS = ["benchmark", "method", "seed", "config_hash", "status", "reason", "usable",
                "protocol", "profile", "setting", "setup", "run_dir"]
 METRIC_COLUMNS = ["benchmark", "method", "seed", "config_hash", "run_dir", "epoch", "split",
@@ -78,9 +80,16 @@ def run_setup(config: dict) -> str:
     return json.dumps({"data": config.get("data"), "train": config.get("train")}, sort_keys=True)
 
 
-def _check_metrics(run_dir: Path, summary: dict) -> str:
+def configured_epochs(config: dict) -> int | None:
+    """``train.epochs`` of a run's config.json, None when it records none."""
+    epochs = (config.get("train") or {}).get("epochs") if isinstance(config, dict) else None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+
+def _check_metrics(run_dir: Path, summary: dict, config: dict | None = None) -> str:
     """Why the run's metrics.jsonl cannot be used, or "" when it can: it must parse, hold test
-    metrics, give every record an integer epoch, and every metric a direction in summary.json."""
+    metrics for every epoch of its config's ``train.epochs`` (and no other), give every record
+    an integer epoch, and every metric a direction in summary.json."""
     try:
         records = read_jsonl(run_dir / "metrics.jsonl")
     except OSError:
@@ -93,6 +102,18 @@ def _check_metrics(run_dir: Path, summary: dict) -> str:
     for rec in records:
         if not isinstance(rec.get("epoch"), int):
             return "metrics.jsonl has a record without an integer epoch"
+    epochs = configured_epochs(config or {})
+    if epochs is not None:
+        tested = {r["epoch"] for r in records if r.get("split") == "test" and r.get("metrics")}
+        missing = sorted(set(range(epochs)) - tested)
+        extra = sorted(tested - set(range(epochs)))
+        if missing:
+            return (f"incomplete: metrics.jsonl has test metrics for {len(tested)} of the "
+                    f"{epochs} epochs of train.epochs (missing epoch {missing[0]}"
+                    + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + ")")
+        if extra:
+            return f"metrics.jsonl has epoch {extra[0]}, beyond train.epochs={epochs}"
+    for rec in records:
         for task, metrics in (rec.get("metrics") or {}).items():
             for metric in metrics:
                 info = (directions.get(task) or {}).get(metric) or {}
@@ -101,8 +122,45 @@ def _check_metrics(run_dir: Path, summary: dict) -> str:
     return ""
 
 
-def load_runs(root: Path) -> pd.DataFrame:
-    """One row per run folder under ``root`` (see RUN_COLUMNS)."""
+def repair_metrics(run_dir: Path, config: dict) -> str:
+    """Rewrite a complete run's damaged or missing metrics.jsonl from its checkpoint, which
+    holds every epoch's records. Returns "" when repaired, else why not. Only a checkpoint
+    of the run's own config hash and of its last epoch is used, under the run's lock."""
+    import torch
+
+    from engine.locks import RunLock, RunLocked
+    from engine.results import write_jsonl
+
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return "no checkpoint to repair it from"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable: keep the original problem
+        return f"its checkpoint is unreadable ({type(exc).__name__})"
+    epochs = configured_epochs(config)
+    if not isinstance(state, dict) or state.get("config_hash") != config.get("config_hash"):
+        return "its checkpoint belongs to another config"
+    if epochs is None or state.get("epoch") != epochs - 1:
+        return "its checkpoint is not of the last epoch"
+    records = state.get("records")
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        return "its checkpoint holds no records"
+    try:
+        with RunLock(run_dir):
+            write_jsonl(run_dir / "metrics.jsonl", records)
+    except RunLocked:
+        return "the run is being trained"
+    except Exception as exc:  # a read-only copy of the results
+        return f"cannot rewrite metrics.jsonl ({exc})"
+    log.warning("%s: metrics.jsonl rewritten from the checkpoint", run_dir)
+    return ""
+
+
+def load_runs(root: Path, repair: bool = False) -> pd.DataFrame:
+    """One row per run folder under ``root`` (see RUN_COLUMNS). With ``repair``, a complete
+    run whose metrics.jsonl is damaged, missing or incomplete is rewritten from its
+    checkpoint where that is possible (``repair_metrics``)."""
     rows = []
     for run_dir in find_run_dirs(root):
         summary = read_json(run_dir / "summary.json")
@@ -127,7 +185,11 @@ def load_runs(root: Path) -> pd.DataFrame:
             row.update(status="corrupt", reason="summary.json names no benchmark or method",
                        usable=False)
         else:
-            problem = _check_metrics(run_dir, summary)
+            problem = _check_metrics(run_dir, summary, config)
+            if problem and repair and problem.startswith(("metrics.jsonl", "incomplete")):
+                why_not = repair_metrics(run_dir, config)
+                problem = (_check_metrics(run_dir, summary, config) if not why_not
+                           else f"{problem}; not repaired: {why_not}")
             row.update(status="corrupt" if problem else "complete", reason=problem,
                        usable=not problem)
         rows.append(row)
@@ -190,10 +252,12 @@ def load_costs(runs: pd.DataFrame) -> pd.DataFrame:
         times = [r["step_time_s"] for r in load_train_records(Path(run.run_dir))
                  if isinstance(r.get("step_time_s"), (int, float))]
         memory = summary.get("peak_memory_bytes")
+        wall = summary.get("wall_time_s")  # None: a resumed run whose total is unknown
         rows.append({"benchmark": run.benchmark, "method": run.method, "seed": run.seed,
                      "device": summary.get("device", ""),
                      "step_time_s": sum(times) / len(times) if times else float("nan"),
-                     "wall_time_s": summary.get("wall_time_s", float("nan")),
+                     "wall_time_s": float(wall) if isinstance(wall, (int, float))
+                     and not isinstance(wall, bool) else float("nan"),
                      "peak_memory_mib": memory / 2 ** 20 if isinstance(memory, (int, float))
                      else float("nan")})
     return pd.DataFrame(rows, columns=COST_COLUMNS)

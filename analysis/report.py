@@ -113,7 +113,7 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
     ``root/report``); return the files written."""
     root = Path(root)
     out = Path(out) if out is not None else root / "report"
-    runs = load_runs(root)
+    runs = load_runs(root, repair=True)  # first: the tables below read repaired files
     if benchmark is not None:
         runs = runs[runs.benchmark == benchmark]
     doc = Document(out, "Multi-task optimization report", tuple(formats))

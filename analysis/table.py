@@ -12,6 +12,7 @@ stored in ``Comparison.compared``) on the mean of every metric.
 """
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,7 +294,9 @@ def cells(table: Comparison, style: str) -> tuple[list[str], list[list[str]]]:
     """Header and body of the table as strings; ``style`` is text, md, html or tex (best in
     bold, second underlined; in text the best is marked with *)."""
     header = ["method"]
-    body = [[r if style != "tex" else _tex(r)] for r in table.mean.index]
+    # Names come from the runs' files: escaped wherever they reach markup.
+    body = [[_tex(r) if style == "tex" else html.escape(str(r)) if style in ("html", "md")
+             else r] for r in table.mean.index]
     for head, mean, std, hib in display_columns(table):
         header.append(head if style != "tex" else _tex_header(head))
         dec = _decimals(mean)

@@ -174,6 +174,8 @@ def check_headers(root: Path, entries: Sequence[Entry], workers: int) -> None:
         try:
             with Image.open(path) as img:
                 img.size  # noqa: B018  (reading the header is the check)
+        except Image.DecompressionBombError as exc:
+            return f"{path}: {_bomb(exc)}"
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             return f"{path}: not a readable image ({exc})"
         return None
@@ -182,6 +184,13 @@ def check_headers(root: Path, entries: Sequence[Entry], workers: int) -> None:
         for problem in pool.map(probe, entries):
             if problem is not None:
                 raise DataError(problem)
+
+
+def _bomb(exc: Exception) -> str:
+    """The reason for an image that PIL's decompression-bomb guard refuses."""
+    return (f"too large to decode safely ({exc}); an image of this size is not expected in "
+            f"the data set: replace it, or raise PIL.Image.MAX_IMAGE_PIXELS in a plugin if it "
+            f"is genuine")
 
 
 def load_image(path: Path, size: int) -> Tensor:
@@ -221,8 +230,12 @@ class ImageItems(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Item:
         task, entry = self.items[i]
         path = self.root / entry.path
+        from PIL import Image
+
         try:
             return Item(task, load_image(path, self.size), entry.label)
+        except Image.DecompressionBombError as exc:
+            return Item(task, None, entry.label, f"{path}: {_bomb(exc)}")
         except (OSError, ValueError, SyntaxError) as exc:
             return Item(task, None, entry.label, f"{path}: cannot be decoded (truncated or "
                                                  f"corrupt image: {exc})")

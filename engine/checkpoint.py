@@ -2,15 +2,25 @@
 
 The previous checkpoint is kept as ``checkpoint.prev.pt``, so that a truncated or corrupt
 latest checkpoint costs one epoch, not the run. A checkpoint of another config (edited
-config, other code version) is never loaded silently.
+config, other code version), seed or data (engine/identity.py) is never loaded: the run is
+refused with the reason.
+
+Method state may hold numpy arrays and numpy scalars (plugins' ``get_extra_state``); they
+are stored as tensors (``portable``) and given back as numpy on load (``restore``), since
+``weights_only=True`` loads no numpy objects. ``check_loadable`` tries each method's state
+once, when a run saves its first checkpoint, so that a state that could not be loaded back
+fails the run at once, naming the method, instead of at every resume.
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from engine.errors import UserError
@@ -29,11 +39,66 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     atomic_write_bytes(latest, buffer.getvalue())
 
 
+NDARRAY_TAG = "__ndarray__"
+
+
+def portable(value: Any) -> Any:
+    """``value`` with numpy arrays as tagged tensors and numpy scalars as Python numbers."""
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return {NDARRAY_TAG: torch.from_numpy(np.ascontiguousarray(value).copy())}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return _same_mapping(value, {k: portable(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(portable(v) for v in value)
+    return value
+
+
+def _same_mapping(original: dict, items: dict) -> dict:
+    """``items`` as the original's kind of mapping, keeping a state dict's ``_metadata``
+    (module versions that ``load_state_dict`` reads)."""
+    out = OrderedDict(items) if isinstance(original, OrderedDict) else items
+    if hasattr(original, "_metadata"):
+        out._metadata = original._metadata
+    return out
+
+
+def restore(value: Any) -> Any:
+    """The inverse of ``portable``."""
+    if isinstance(value, dict):
+        if set(value) == {NDARRAY_TAG} and isinstance(value[NDARRAY_TAG], torch.Tensor):
+            return value[NDARRAY_TAG].numpy()
+        return _same_mapping(value, {k: restore(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [restore(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(restore(v) for v in value)
+    return value
+
+
+def check_loadable(name: str, state: Any) -> None:
+    """Refuse a method state that a checkpoint could not give back (weights_only=True)."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(state, buffer)
+        buffer.seek(0)
+        torch.load(buffer, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"method {name}: its state cannot be saved in a checkpoint and loaded "
+                        f"back with weights_only=True ({first}); keep tensors, numbers, "
+                        f"strings, numpy arrays and lists or dicts of them in its state") from None
+
+
 class CheckpointMismatch(UserError):
     pass
 
 
-def load_checkpoint(run_dir: Path, config_hash: str) -> dict | None:
+def load_checkpoint(run_dir: Path, config_hash: str, seed: int | None = None,
+                    data_fingerprint: str | None = None) -> dict | None:
     """The newest readable checkpoint of this run, or None. A corrupt file is set aside
     (renamed ``*.corrupt``) and the previous one is tried; the log says which one the run
     resumes from, or that it starts from scratch."""
@@ -56,6 +121,15 @@ def load_checkpoint(run_dir: Path, config_hash: str) -> dict | None:
             raise CheckpointMismatch(
                 f"{path} belongs to config {state.get('config_hash')}, not {config_hash}; "
                 f"rerun with --force to start this run over")
+        # Checkpoints written before seeds and fingerprints were recorded have neither.
+        if seed is not None and state.get("seed", seed) != seed:
+            raise CheckpointMismatch(f"{path} belongs to seed {state['seed']}, not {seed}; "
+                                     f"rerun with --force to start this run over")
+        theirs = state.get("data_fingerprint")
+        if data_fingerprint is not None and theirs is not None and theirs != data_fingerprint:
+            raise CheckpointMismatch(f"{path} was trained on other data (fingerprint {theirs}, "
+                                     f"not {data_fingerprint}); rerun with --force to start "
+                                     f"this run over")
         log.log(logging.WARNING if set_aside else logging.INFO,
                 "resuming %s from the end of epoch %d (%s)", run_dir, state["epoch"], name)
         return state

@@ -92,7 +92,8 @@ def main(args: argparse.Namespace) -> int:
         if "strict" not in field_types(BENCHMARKS.get(args.benchmark).Config):
             raise UserError(f"--strict: benchmark {args.benchmark} has no official counts to "
                             f"check (only the paper benchmarks do)")
-        overrides.append("data.strict=true")
+        if "data.strict=true" not in overrides:
+            overrides.append("data.strict=true")
     requests = build_requests(args.benchmark, methods, args.seeds, args.profile, overrides,
                               device, args.data_root)
     outcomes = run_all(requests, args.out, force=args.force, progress=not args.no_progress,
@@ -116,5 +117,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"{o.state}: {o.run_dir}: {o.reason}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(outcomes)} runs did not complete", file=sys.stderr)
-        return 1
+        # A run refused or failed for its data, config or folder is the user's mistake.
+        return 2 if any(o.user_error for o in failed) else 1
     return 0

@@ -4,7 +4,9 @@ The whole sweep is checked (names, keys, values, line by line) before the first 
 starts. Running the same command again is always safe: complete runs are skipped,
 interrupted ones resume from their last checkpoint, failed and diverged ones are retried
 only with --retry-failed, and runs that another process or job is training are left to it.
-The command ends with a status table and exits 1 when any run failed or diverged.
+The command ends with a status table and exits 1 when any run failed or diverged, or is
+still pending (another process holds its lock), naming those runs; 2 when a run failed
+for its data, config or folder (a user mistake).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from engine import results as R
 from engine.argtypes import non_negative_int, positive_float, positive_int
+from engine.errors import UserError
 
 STATES = ("complete", "failed", "diverged", "pending")
 
@@ -111,6 +114,10 @@ def main(args: argparse.Namespace) -> int:
         print(listing(specs))
         return 0
     check_writable(args.out)
+    if not args.force:
+        from engine.runner import refuse_mismatches
+
+        refuse_mismatches([request for _, request in runs], args.out)
     todo, results = X.plan(specs, options)
     progress = not args.no_progress
     print(f"sweep {sweep.name}: {len(specs)} runs, {len(todo)} to train "
@@ -129,7 +136,18 @@ def main(args: argparse.Namespace) -> int:
             return 0
         results += X.wait_jobs(todo, submitted, progress)
     print(status_table(specs, results))
-    return 1 if any(r.state in (R.STATUS_FAILED, R.STATUS_DIVERGED) for r in results) else 0
+    failed = any(r.state in (R.STATUS_FAILED, R.STATUS_DIVERGED) for r in results)
+    done = {r.run_dir for r in results if r.state != "pending"}
+    pending = [spec for spec in specs if spec.run_dir not in done]
+    if pending:
+        # Locked by another sweep or job (or interrupted): this sweep did not finish them.
+        print(f"{len(pending)} run(s) still pending, not trained by this sweep: "
+              + ", ".join(spec.label for spec in pending[:5])
+              + (" ..." if len(pending) > 5 else "")
+              + "; run the sweep again once the other process is done", file=sys.stderr)
+    if any(r.user_error for r in results if r.state in (R.STATUS_FAILED, R.STATUS_DIVERGED)):
+        return 2  # a run failed for its data, config or folder: the user's mistake
+    return 1 if failed or pending else 0
 
 
 def _row(spec) -> str:
@@ -153,6 +171,8 @@ def listing(specs) -> str:
                     note = " (interrupted: resumes from its checkpoint)"
             except RunLocked as exc:
                 note = f" (training: {exc.holder})"
+            except (UserError, OSError) as exc:
+                note = f" (cannot be locked: {exc})"
         states[state] += 1
         lines.append(f"{state:<9} {_row(spec)}  seed {spec.seed}  {run_dir}{note}")
     lines.append(f"{len(specs)} runs: " + ", ".join(f"{states[s]} {s}" for s in STATES))

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import math
 import tomllib
 import types
 import typing
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError, check_choice, check_range, closest
+
+log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine")
@@ -223,6 +227,8 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"{key}={value!r}: expected an integer")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}={value!r}: expected a finite number")
             return float(value)
         raise ConfigError(f"{key}={value!r}: expected a number")
     if tp is str:
@@ -279,7 +285,19 @@ def group_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"--set {pair!r} is malformed; expected SECTION.KEY=VALUE, "
                               f"e.g. train.lr=1e-3 or method.cagrad.c=0.4")
         out.append((key, parse_value(text.strip())))
+    # A repeated key: the last value wins (so that a script can append to a base list of
+    # overrides), but never silently when the values differ.
+    seen: dict[str, Any] = {}
+    for key, value in out:
+        if key in seen and seen[key] != value and (key, seen[key], value) not in _warned:
+            _warned.add((key, seen[key], value))
+            log.warning("--set %s is given more than once (%r, then %r); the last value, "
+                        "%r, is used", key, seen[key], value, value)
+        seen[key] = value
     return out
+
+
+_warned: set = set()
 
 
 @dataclass

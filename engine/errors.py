@@ -6,6 +6,7 @@ other exception is a bug or a failed run and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 
@@ -32,7 +33,10 @@ def closest(name: str, valid: Iterable[str], n: int = 3) -> str:
 
 def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
                 *, low_open: bool = False, high_open: bool = False) -> None:
-    """Refuse a hyperparameter outside its domain, naming the parameter and the valid range."""
+    """Refuse a hyperparameter outside its domain, naming the parameter and the valid range.
+    NaN and infinities are refused whatever the range (an open bound is not infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r}: expected a finite number")
     ok = True
     if low is not None:
         ok &= value > low if low_open else value >= low

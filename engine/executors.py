@@ -55,6 +55,8 @@ class RunResult:
     state: str
     """complete, failed, diverged or pending (where the run stands now)."""
     reason: str = ""
+    user_error: bool = False
+    """Failed or refused for the user's input (data, config, folder): the sweep exits 2."""
 
 
 def run_spec(spec: RunSpec, options: Options, device: str | None = None, progress: bool = False,
@@ -63,10 +65,14 @@ def run_spec(spec: RunSpec, options: Options, device: str | None = None, progres
     from engine.registry import load_plugin
     from engine.runner import build_requests, execute
 
-    for plugin in spec.plugins:
-        load_plugin(plugin)
-    (request,) = build_requests(spec.benchmark, [spec.method], [spec.seed], spec.profile,
-                                list(spec.overrides), device or spec.device, spec.data_root)
+    try:
+        for plugin in spec.plugins:
+            load_plugin(plugin)
+        (request,) = build_requests(spec.benchmark, [spec.method], [spec.seed], spec.profile,
+                                    list(spec.overrides), device or spec.device, spec.data_root)
+    except UserError as exc:  # e.g. a plugin that fails to import in this process
+        return RunResult(spec.label, spec.run_dir, R.STATUS_FAILED, R.STATUS_FAILED,
+                         f"cannot build the run here: {exc}", user_error=True)
     if request.config.hash() != spec.config_hash:
         return RunResult(spec.label, spec.run_dir, R.STATUS_FAILED, R.STATUS_FAILED,
                          f"its config hash is now {request.config.hash()}, not "
@@ -76,7 +82,7 @@ def run_spec(spec: RunSpec, options: Options, device: str | None = None, progres
                       benchmark_cache=benchmark_cache, retry_failed=options.retry_failed,
                       tensorboard=options.tensorboard, world=world)
     return RunResult(spec.label, str(outcome.run_dir), outcome.status, outcome.state,
-                     outcome.reason)
+                     outcome.reason, outcome.user_error)
 
 
 def _bar(total: int, progress: bool, desc: str):
@@ -104,8 +110,29 @@ def run_local(specs: list[RunSpec], options: Options, progress: bool = True) -> 
 
 # --------------------------------------------------------------------------- processes
 
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker end when the sweep's process does (SIGKILL included): Linux's
+    parent-death signal, and a check that the parent did not die before it was set. On
+    other systems the worker's pipe to the parent is its only link."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def _process_main(spec: RunSpec, options: Options, device: str | None, threads: int,
-                  conn) -> None:
+                  conn, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     import torch
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -143,7 +170,8 @@ def run_processes(specs: list[RunSpec], options: Options, jobs: int,
                     slot = free.pop(0)
                     parent, child = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=_process_main, name=f"run-{spec.label}",
-                                       args=(spec, options, devices[slot], threads, child))
+                                       args=(spec, options, devices[slot], threads, child,
+                                             os.getpid()))
                     proc.start()
                     child.close()
                     running[proc.sentinel] = (index, slot, spec, parent, proc)
@@ -189,11 +217,13 @@ def record_crash(spec: RunSpec, reason: str) -> RunResult:
     try:
         with RunLock(run_dir):
             path = run_dir / R.SUMMARY
-            summary = R.read_json(path) if path.exists() else {}
+            summary = disk_summary(run_dir)
             summary.update(status=R.STATUS_FAILED, reason=reason)
             R.atomic_write_json(path, summary)
     except RunLocked:
         return RunResult(spec.label, spec.run_dir, "locked", "pending", reason)
+    except (UserError, OSError) as exc:  # the folder cannot be written: report it here
+        reason = f"{reason}; not recorded in its folder ({exc})"
     log.warning("%s: %s", spec.label, reason)
     return RunResult(spec.label, spec.run_dir, R.STATUS_FAILED, R.STATUS_FAILED, reason)
 
@@ -327,7 +357,7 @@ def disk_summary(run_dir: Path) -> dict:
     path = run_dir / R.SUMMARY
     try:
         summary = R.read_json(path) if path.exists() else {}
-    except ValueError:
+    except (OSError, ValueError):
         return {}
     return summary if isinstance(summary, dict) else {}
 
@@ -346,5 +376,6 @@ def plan(specs: list[RunSpec], options: Options) -> tuple[list[RunSpec], list[Ru
             todo.append(spec)
         else:
             settled.append(RunResult(spec.label, spec.run_dir, "skipped", status,
-                                     summary.get("reason", "")))
+                                     summary.get("reason", ""),
+                                     summary.get("user_error") is True))
     return todo, settled

@@ -86,14 +86,38 @@ def load_plugin(spec: str) -> None:
             raise UserError(f"plugin {spec!r} cannot be imported as a Python file")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[module_name] = module
-        loader_spec.loader.exec_module(module)
+        try:
+            loader_spec.loader.exec_module(module)
+        except BaseException as exc:
+            sys.modules.pop(module_name, None)
+            _raise_import_failure(spec, exc)
     else:
         try:
             importlib.import_module(spec)
         except ModuleNotFoundError as exc:
-            raise UserError(f"plugin {spec!r} is neither a .py file nor an importable module "
-                            f"({exc})") from None
+            if exc.name and spec.startswith(exc.name):  # the plugin itself is not found
+                raise UserError(f"plugin {spec!r} is neither a .py file nor an importable "
+                                f"module ({exc})") from None
+            _raise_import_failure(spec, exc)
+        except BaseException as exc:
+            _raise_import_failure(spec, exc)
     _loaded_plugins.add(spec)
+
+
+def _raise_import_failure(spec: str, exc: BaseException) -> None:
+    """A plugin that fails while being imported: one line naming it and where it failed."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, UserError)):
+        raise exc
+    if isinstance(exc, SyntaxError):
+        raise UserError(f"plugin {spec!r} has a syntax error: {exc.msg} ({exc.filename}, "
+                        f"line {exc.lineno})") from None
+    tb = exc.__traceback__
+    where = ""
+    while tb is not None:  # the innermost frame: where the plugin's code raised
+        where = f" ({tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno})"
+        tb = tb.tb_next
+    raise UserError(f"plugin {spec!r} failed while being imported: "
+                    f"{type(exc).__name__}: {exc}{where}") from None
 
 
 def load_entry_point_plugins() -> None:
@@ -101,5 +125,8 @@ def load_entry_point_plugins() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.value in _loaded_plugins:
             continue
-        ep.load()
+        try:
+            ep.load()
+        except BaseException as exc:
+            _raise_import_failure(ep.value, exc)
         _loaded_plugins.add(ep.value)

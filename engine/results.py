@@ -52,6 +52,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files (``.<name>.*.tmp``) that an interrupted atomic write left
+    in ``folder``; only call it while holding the folder's run lock. Returns them."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")

@@ -6,6 +6,8 @@ run that fails or diverges leaves its reason on disk and the others go on.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import time
@@ -23,6 +25,7 @@ from engine import results as R
 from engine.config import RunConfig, resolve
 from engine.distributed import World
 from engine.errors import UserError
+from engine.identity import FINGERPRINT_KEY, data_fingerprint, folder_mismatch
 from engine.locks import RunLock, RunLocked
 from engine.runlog import TensorBoardHook, log_epoch, run_log
 from engine.trainer import Diverged, Trainer
@@ -72,10 +75,17 @@ class RunRequest:
     config: RunConfig
     composition: Composition
     method_name: str
+    data_fingerprint: str | None = None
+    """engine/identity.py; None when the data were not looked at (a dry run)."""
 
     def dir(self, out: Path) -> Path:
         return R.run_dir(out, self.config.benchmark, self.method_name, self.config.seed,
                          self.config.hash())
+
+    def mismatch(self, out: Path) -> str:
+        """Why the run's folder holds another run (config, seed or data), or ""."""
+        return folder_mismatch(self.dir(out), self.config.hash(), self.config.seed,
+                               self.data_fingerprint)
 
 
 def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], profile: str,
@@ -93,8 +103,15 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
         if not Path(data_root).is_dir():
             raise UserError(f"--data-root {data_root}: no such folder (benchmark {benchmark}; "
                             f"see docs/paper_benchmarks.md for the expected layout)")
+    if data_root is not None and not bench_cls.needs_data_root:
+        raise UserError(f"--data-root {data_root}: benchmark {benchmark} reads no data from "
+                        f"disk (its data are generated or bundled); leave --data-root out")
+    fingerprints: dict[str, str] = {}
     requests = []
     unused_per_run: list[set[str]] = []
+    names = [canonical_name(spec) for spec in method_specs]
+    # Two spellings of one composition (repmtl+pcgrad, pcgrad+repmtl) are one run.
+    method_specs = [spec for i, spec in enumerate(method_specs) if names[i] not in names[:i]]
     for spec in method_specs:
         composition = parse_method(spec)
         check_compatible(composition, spec, bench_cls)
@@ -108,7 +125,13 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
             if bench_cls.multi_input and config.engine.conflict_space == "rep":
                 raise UserError(f"engine.conflict_space=rep needs one representation shared by "
                                 f"all tasks, but {benchmark} is multi-input; use param")
-            requests.append(RunRequest(config, composition, canonical_name(spec)))
+            fingerprint = None
+            if check_data:
+                key = json.dumps(dataclasses.asdict(config.data), sort_keys=True, default=str)
+                if key not in fingerprints:
+                    fingerprints[key] = data_fingerprint(bench_cls, config.data, data_root)
+                fingerprint = fingerprints[key]
+            requests.append(RunRequest(config, composition, canonical_name(spec), fingerprint))
     never_used = set.intersection(*unused_per_run) if unused_per_run else set()
     if never_used:
         # Resolve strictly for the first run to get the precise message.
@@ -129,6 +152,9 @@ class RunOutcome:
     wall_s: float = 0.0
     previous: str = ""
     """For a skipped run: the status on disk (complete, failed or diverged)."""
+    user_error: bool = False
+    """The run failed, or was refused, because of the user's input (its data, config or
+    folder), not a bug or divergence: the command exits 2, as for any user mistake."""
 
     @property
     def state(self) -> str:
@@ -136,6 +162,8 @@ class RunOutcome:
         (locked by another process, or interrupted)."""
         if self.status == "skipped":
             return self.previous
+        if self.status == "refused":
+            return R.STATUS_FAILED
         return self.status if self.status in FINAL_STATUSES else "pending"
 
 
@@ -172,19 +200,25 @@ def execute(request: RunRequest, out: Path, force: bool = False, progress: bool 
     if world is not None:
         return _execute_distributed(request, out, force, progress, benchmark_cache,
                                     retry_failed, world)
-    skipped = _skip(request, run_dir, force, retry_failed)
+    skipped = _skip(request, run_dir, force, retry_failed, out)
     if skipped is not None:
         return skipped
     try:
         with RunLock(run_dir):
             # Another process may have finished the run between the check and the lock.
-            skipped = _skip(request, run_dir, force, retry_failed)
+            skipped = _skip(request, run_dir, force, retry_failed, out)
             if skipped is not None:
                 return skipped
             with run_log(run_dir):
                 return _train(request, run_dir, force, progress, benchmark_cache, tensorboard)
     except RunLocked as exc:
         return RunOutcome(request, run_dir, "locked", str(exc))
+    except UserError as exc:  # the lock file cannot be taken (a folder, no permission)
+        return RunOutcome(request, run_dir, "refused", str(exc), user_error=True)
+    except OSError as exc:  # the run folder cannot be created or written
+        return RunOutcome(request, run_dir, "refused",
+                          f"cannot write to run folder {run_dir}: {exc.strerror or exc}",
+                          user_error=True)
 
 
 def _execute_distributed(request: RunRequest, out: Path, force: bool, progress: bool,
@@ -196,7 +230,7 @@ def _execute_distributed(request: RunRequest, out: Path, force: bool, progress: 
     lock = None
     decision: list = [None]
     if world.is_main:
-        skipped = _skip(request, run_dir, force, retry_failed)
+        skipped = _skip(request, run_dir, force, retry_failed, out)
         if skipped is None:
             lock = RunLock(run_dir)
             try:
@@ -204,11 +238,16 @@ def _execute_distributed(request: RunRequest, out: Path, force: bool, progress: 
             except RunLocked as exc:
                 lock = None
                 skipped = RunOutcome(request, run_dir, "locked", str(exc))
-        decision[0] = None if skipped is None else (skipped.status, skipped.reason, skipped.previous)
+            except (UserError, OSError) as exc:
+                lock = None
+                skipped = RunOutcome(request, run_dir, "refused", str(exc), user_error=True)
+        decision[0] = None if skipped is None else (skipped.status, skipped.reason,
+                                                    skipped.previous, skipped.user_error)
     dist.broadcast_object_list(decision, src=0)
     if decision[0] is not None:
-        status, reason, previous = decision[0]
-        return RunOutcome(request, run_dir, status, reason, previous=previous)
+        status, reason, previous, user_error = decision[0]
+        return RunOutcome(request, run_dir, status, reason, previous=previous,
+                          user_error=user_error)
     try:
         if world.is_main:
             with run_log(run_dir):
@@ -219,14 +258,24 @@ def _execute_distributed(request: RunRequest, out: Path, force: bool, progress: 
             lock.__exit__(None, None, None)
 
 
-def _skip(request: RunRequest, run_dir: Path, force: bool, retry_failed: bool) -> RunOutcome | None:
+def _skip(request: RunRequest, run_dir: Path, force: bool, retry_failed: bool,
+          out: Path) -> RunOutcome | None:
+    """The outcome of a run that is not to train (settled on disk, or its folder holds
+    another run), or None."""
+    if force:
+        return None
+    mismatch = request.mismatch(out)
+    if mismatch:
+        return RunOutcome(request, run_dir, "refused", mismatch, user_error=True)
     summary_path = run_dir / R.SUMMARY
-    if force or not summary_path.exists():
+    if not summary_path.exists():
         return None
     try:
         previous = R.read_json(summary_path)
-    except ValueError:
+    except (OSError, ValueError):
         return None
+    if not isinstance(previous, dict):
+        return None  # rewritten by this run
     status = previous.get("status")
     if status == R.STATUS_COMPLETE:
         return RunOutcome(request, run_dir, "skipped", "already complete (use --force to rerun)",
@@ -235,7 +284,7 @@ def _skip(request: RunRequest, run_dir: Path, force: bool, retry_failed: bool) -
         return RunOutcome(request, run_dir, "skipped",
                           f"{status} before: {previous.get('reason', '')} (--retry-failed "
                           f"retries it from its last checkpoint, --force from scratch)",
-                          previous=status)
+                          previous=status, user_error=previous.get("user_error") is True)
     return None
 
 
@@ -258,11 +307,17 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
     device = resolve_device(config.device)
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / R.CONFIG, {**config.to_dict(), "config_hash": config.hash()})
+        # Under the run's lock no other process writes here: any temporary file is what
+        # a killed process left behind.
+        R.remove_temporaries(run_dir)
+    identity = {"config_hash": config.hash()}
+    if request.data_fingerprint is not None:
+        identity[FINGERPRINT_KEY] = request.data_fingerprint
+    write_json(run_dir / R.CONFIG, {**config.to_dict(), **identity})
     write_json(run_dir / R.ENV, {**R.environment(device),
                                  "world_size": world.size if world is not None else 1})
     summary = {"status": R.STATUS_RUNNING, "benchmark": config.benchmark,
-               "method": request.method_name, "seed": config.seed, "config_hash": config.hash(),
+               "method": request.method_name, "seed": config.seed, **identity,
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "world_size": world.size if world is not None else 1}
     write_json(summary_path, summary)
@@ -286,19 +341,20 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
         extra = benchmark.extra_record()  # e.g. a generated split, the validation protocol
         if extra:
             write_json(run_dir / R.BENCHMARK_RECORD, extra)
-        trainer = Trainer(config, benchmark, request.composition, device, run_dir, progress, world)
+        trainer = Trainer(config, benchmark, request.composition, device, run_dir, progress, world,
+                          data_fingerprint=request.data_fingerprint)
         trainer.epoch_hooks.append(log_epoch)
         if tensorboard:
             board = TensorBoardHook(run_dir)
             trainer.epoch_hooks.append(board)
-        fit = trainer.fit(resume=not force)
+        fit = trainer.fit(resume=not force, started=start)
         summary.update(status=R.STATUS_COMPLETE, reason="", epochs=fit.epochs_done,
                        steps=fit.steps, resumed_from_epoch=fit.resumed_from)
     except Diverged as exc:
         summary.update(status=R.STATUS_DIVERGED, reason=str(exc), diverged_step=exc.step,
                        diverged_epoch=exc.epoch, diverged_what=exc.what)
-    except UserError as exc:
-        summary.update(status=R.STATUS_FAILED, reason=str(exc))
+    except UserError as exc:  # its data, config or plugin: the user's to fix
+        summary.update(status=R.STATUS_FAILED, reason=str(exc), user_error=True)
     except Exception as exc:  # a failed run must not stop the others; its traceback is kept
         tb = traceback.format_exc()
         if writes:
@@ -311,8 +367,12 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
             board.close()
     wall = time.perf_counter() - start
     log.info("run %s: %s %s (%.1f s)", run_dir, summary["status"], summary.get("reason", ""), wall)
-    summary.update(wall_time_s=wall, peak_memory_bytes=R.peak_memory_bytes(device),
-                   device=str(device))
+    # The cost of the run, not of this process: a resumed run adds the time its
+    # checkpoint recorded (a run resumed at its end would otherwise cost seconds); unknown
+    # (None) when an older checkpoint recorded none.
+    total = trainer.wall_time_s() if trainer is not None and hasattr(trainer, "started") else wall
+    summary.update(wall_time_s=total, session_wall_time_s=wall,
+                   peak_memory_bytes=R.peak_memory_bytes(device), device=str(device))
     if trainer is not None:
         summary.update(jacobian_path=trainer.engine.jacobian_path,
                        jacobian_fallback=trainer.engine.fallback_reason,
@@ -320,7 +380,10 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
                                             if trainer.benchmark.multi_input else None),
                        methods=_method_summaries(trainer), notes=trainer.notes)
     write_json(summary_path, summary)
-    return RunOutcome(request, run_dir, summary["status"], summary.get("reason", ""), wall)
+    if writes:
+        R.remove_temporaries(run_dir)
+    return RunOutcome(request, run_dir, summary["status"], summary.get("reason", ""), wall,
+                      user_error=summary.get("user_error") is True)
 
 
 def _method_summaries(trainer: Trainer) -> dict:
@@ -332,11 +395,21 @@ def _method_summaries(trainer: Trainer) -> dict:
     return out
 
 
+def refuse_mismatches(requests: list[RunRequest], out: Path) -> None:
+    """Refuse, before anything trains, runs whose folders hold another config, seed or data."""
+    problems = [p for p in (r.mismatch(out) for r in requests) if p]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(problems[0] + more)
+
+
 def run_all(requests: list[RunRequest], out: Path, force: bool = False,
             progress: bool = True, retry_failed: bool = False,
             world: World | None = None) -> list[RunOutcome]:
     if world is None or world.is_main:
         check_writable(out)
+    if world is None and not force:
+        refuse_mismatches(requests, out)
     progress = progress and (world is None or world.is_main)
     outcomes = []
     cache: dict = {}

@@ -336,6 +336,8 @@ def expand(sweep: Sweep, out: Path, device: str | None = None, data_root: str | 
     device = device or sweep.device
     for bench in sweep.benchmarks:
         root = data_root or sweep.data_root.get(bench)
+        if not BENCHMARKS.get(bench).needs_data_root:
+            root = None  # a data folder concerns only the benchmarks read from disk
         if check_data:
             _check_data_root(sweep, bench, root, from_file=data_root is None)
         for spec in sweep.methods:

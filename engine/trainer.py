@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.base import Batch, Benchmark
 from engine.amp import GradientOverflow, LossScaler, autocast
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import check_loadable, load_checkpoint, portable, restore, save_checkpoint
 from engine.config import RunConfig
 from engine.cpu_malloc import reuse_freed_memory
 from engine.distributed import World, slice_for
@@ -66,6 +66,9 @@ class FitResult:
     steps: int
     records: list[dict]
     resumed_from: int
+    wall_time_s: float | None = None
+    """Wall time of the whole run, summed over the processes that trained it (None when a
+    checkpoint written before this was recorded was resumed)."""
 
 
 class Trainer:
@@ -74,8 +77,10 @@ class Trainer:
 
     def __init__(self, config: RunConfig, benchmark: Benchmark, composition: Composition,
                  device: torch.device, run_dir: Path, progress: bool = True,
-                 world: World | None = None):
+                 world: World | None = None, data_fingerprint: str | None = None):
         self.config = config
+        self.data_fingerprint = data_fingerprint
+        self.method_state_checked = False
         self.world = world
         self.writes = world is None or world.is_main
         """Only one process of a data-parallel run writes files."""
@@ -329,10 +334,18 @@ class Trainer:
                "method": self.method_generator.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        methods = portable(self.methods.state_dict())
+        if not self.method_state_checked:
+            for name in self.methods:
+                prefix = f"{name}."
+                check_loadable(name, {k: v for k, v in methods.items() if k.startswith(prefix)})
+            self.method_state_checked = True
         return {"epoch": epoch, "step": self.step, "config_hash": self.config.hash(),
+                "wall_time_s": self.wall_time_s(),
+                "seed": self.config.seed, "data_fingerprint": self.data_fingerprint,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                "methods": self.methods.state_dict(), "rng": rng, "records": records,
+                "methods": methods, "rng": rng, "records": records,
                 "traces": self.traces.state(),
                 "loss_scale": self.scaler.state_dict() if self.scaler is not None else None}
 
@@ -341,7 +354,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.methods.load_state_dict(state["methods"])
+        self.methods.load_state_dict(restore(state["methods"]))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         self.data_generator.set_state(rng["data"])
@@ -353,17 +366,29 @@ class Trainer:
             self.scaler.load_state_dict(state["loss_scale"])
         self.traces.load_state(state.get("traces", {}))
 
-    def fit(self, resume: bool = True) -> FitResult:
+    def wall_time_s(self) -> float | None:
+        """This run's wall time so far, over every process that trained it."""
+        if self.time_before is None:
+            return None
+        return self.time_before + time.perf_counter() - self.started
+
+    def fit(self, resume: bool = True, started: float | None = None) -> FitResult:
+        """Train to the last epoch. ``started`` (perf_counter) is when this process began
+        the run (before building the data), for the wall time."""
+        self.started = time.perf_counter() if started is None else started
+        self.time_before: float | None = 0.0
         records: list[dict] = []
         start_epoch = 0
         if self.world is not None and not self.writes:
             torch.distributed.barrier()  # rank 0 has checked (and set aside) the checkpoints
         if resume:
-            state = load_checkpoint(self.run_dir, self.config.hash())
+            state = load_checkpoint(self.run_dir, self.config.hash(), self.config.seed,
+                                    self.data_fingerprint)
             if state is not None:
                 self.load_state(state)
                 start_epoch = state["epoch"] + 1
                 records = state["records"]
+                self.time_before = state.get("wall_time_s")
         if self.world is not None:
             if self.writes:
                 torch.distributed.barrier()
@@ -399,4 +424,4 @@ class Trainer:
         finally:
             bar.close()
         return FitResult(epochs_done=epochs, steps=self.step, records=records,
-                         resumed_from=start_epoch)
+                         resumed_from=start_epoch, wall_time_s=self.wall_time_s())

@@ -73,6 +73,12 @@ def parse_method(spec: str) -> Composition:
 
 
 def canonical_name(spec: str) -> str:
-    """The folder name of a composition: the spec as the user wrote it, normalised
-    ("repmtl" stays "repmtl"; spaces dropped)."""
-    return "+".join(p.strip() for p in spec.split("+"))
+    """The one name (and folder) of a composition, however it is spelled: the primary
+    method first, then the regularizers in the order given (the order in which they
+    transform the losses), spaces dropped; equal weighting, the default primary, is left
+    out when regularizers follow. So ``repmtl+pcgrad`` is ``pcgrad+repmtl`` and
+    ``ew+repmtl`` is ``repmtl``."""
+    composition = parse_method(spec)
+    if composition.primary == DEFAULT_PRIMARY and composition.regularizers:
+        return "+".join(composition.regularizers)
+    return "+".join(composition.components)

@@ -157,7 +157,7 @@ def test_failed_run_is_skipped_unless_retried(tmp_path, monkeypatch):
 
     real_fit = T.Trainer.fit
 
-    def broken(self, resume=True):
+    def broken(self, resume=True, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
     monkeypatch.setattr(T.Trainer, "fit", broken)
