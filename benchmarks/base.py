@@ -118,6 +118,9 @@ class Benchmark:
     setting: ClassVar[str] = "task shift"  # or "domain shift"
     multi_input: ClassVar[bool] = False
     needs_data_root: ClassVar[bool] = False
+    fixed_batch: ClassVar[int | None] = None
+    """Samples in every training batch whatever ``train.batch_size`` (toy2d: 1); None:
+    ``train.batch_size``."""
     Config: ClassVar[type] = None  # a dataclass of data/model options, set by subclasses
 
     tasks: tuple[TaskSpec, ...]

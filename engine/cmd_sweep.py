@@ -42,7 +42,8 @@ def add_parser(sub, parents) -> None:
                    help="parallel runs of the processes executor (default: the file's `jobs`, "
                         "else 1); torch threads are divided between them")
     p.add_argument("--dry-run", action="store_true",
-                   help="list the runs and where each stands; train nothing")
+                   help="list the runs and where each stands; train nothing (a missing data "
+                        "folder is reported as a warning)")
     p.add_argument("--retry-failed", action="store_true",
                    help="retrain failed and diverged runs, from their last checkpoint")
     p.add_argument("--force", action="store_true",
@@ -96,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     from engine import executors as X
     from engine.runlog import check_tensorboard
     from engine.runner import check_writable
-    from engine.sweep import expand, load_sweep
+    from engine.sweep import expand, load_sweep, missing_data
 
     sweep = load_sweep(args.sweep_file)
     if args.tensorboard:
@@ -109,6 +110,8 @@ def main(args: argparse.Namespace) -> int:
     options = X.Options(str(args.out), args.force, args.retry_failed, args.tensorboard)
     if args.dry_run:
         print(listing(specs))
+        for problem in missing_data(sweep, args.data_root):
+            print(f"warning: the sweep itself will refuse to start: {problem}", file=sys.stderr)
         return 0
     check_writable(args.out)
     todo, results = X.plan(specs, options)

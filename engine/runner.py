@@ -65,6 +65,17 @@ def check_compatible(composition: Composition, spec: str, bench_cls: type[Benchm
                         f"{bench_cls.name} is multi-input (each task has its own batch)")
 
 
+def check_batch(composition: Composition, spec: str, bench_cls: type[Benchmark],
+                batch_size: int) -> None:
+    """Refuse a method whose batch-wise term cannot be computed on this benchmark's batch."""
+    need = max(METHODS.get(name).min_batch for name in composition.components)
+    have = bench_cls.fixed_batch or batch_size
+    if have < need:
+        where = (f"{bench_cls.name} trains on batches of {have} sample(s) whatever "
+                 f"train.batch_size" if bench_cls.fixed_batch else f"train.batch_size={have}")
+        raise UserError(f"{spec} needs training batches of at least {need} samples, but {where}")
+
+
 @dataclass
 class RunRequest:
     """One (benchmark, method, seed) to train, with its resolved config."""
@@ -105,6 +116,7 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
                              bench_cls.Config, method_configs, PROFILE_DIR, device, data_root,
                              unused=unused)
             unused_per_run.append(unused)
+            check_batch(composition, spec, bench_cls, config.train.batch_size)
             if bench_cls.multi_input and config.engine.conflict_space == "rep":
                 raise UserError(f"engine.conflict_space=rep needs one representation shared by "
                                 f"all tasks, but {benchmark} is multi-input; use param")

@@ -365,6 +365,19 @@ def expand(sweep: Sweep, out: Path, device: str | None = None, data_root: str | 
     return runs
 
 
+def missing_data(sweep: Sweep, data_root: str | None = None) -> list[str]:
+    """What the real sweep would refuse about its data folders, one message per benchmark
+    (a dry run lists the runs anyway: it may plan a sweep for another machine)."""
+    problems = []
+    for bench in sweep.benchmarks:
+        try:
+            _check_data_root(sweep, bench, data_root or sweep.data_root.get(bench),
+                             from_file=data_root is None)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def _check_data_root(sweep: Sweep, bench: str, root: str | None, from_file: bool) -> None:
     """A benchmark read from disk needs its folder; refused now rather than in every run."""
     if not BENCHMARKS.get(bench).needs_data_root:
