@@ -87,10 +87,11 @@ def slurm_params(sweep_slurm: dict, args: argparse.Namespace) -> dict:
     return {**sweep_slurm, **{k: v for k, v in flags.items() if v is not None}}
 
 
-def _plugins(args: argparse.Namespace) -> tuple[str, ...]:
+def _plugins(args: argparse.Namespace, sweep) -> tuple[str, ...]:
     # Workers may start elsewhere: plugin files are passed as absolute paths.
-    return tuple(str(Path(p).resolve()) if p.endswith(".py") or Path(p).exists() else p
-                 for p in args.plugin)
+    given = tuple(str(Path(p).resolve()) if p.endswith(".py") or Path(p).exists() else p
+                  for p in args.plugin)
+    return given + tuple(p for p in sweep.plugins if p not in given)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -102,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep_file)
     if args.tensorboard:
         check_tensorboard()
-    runs = expand(sweep, args.out, args.device, args.data_root, _plugins(args),
+    runs = expand(sweep, args.out, args.device, args.data_root, _plugins(args, sweep),
                   check_data=not args.dry_run)
     specs = [spec for spec, _ in runs]
     executor = args.executor or sweep.executor

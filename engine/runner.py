@@ -18,7 +18,7 @@ import torch
 import benchmarks  # noqa: F401  (registers the built-in benchmarks)
 import methods  # noqa: F401  (registers the built-in methods)
 from benchmarks.base import Benchmark
-from benchmarks.registry import BENCHMARKS, PROFILE_DIR
+from benchmarks.registry import BENCHMARKS, profile_source
 from engine import results as R
 from engine.config import RunConfig, resolve
 from engine.distributed import World
@@ -104,6 +104,7 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
         if not Path(data_root).is_dir():
             raise UserError(f"--data-root {data_root}: no such folder (benchmark {benchmark}; "
                             f"see docs/paper_benchmarks.md for the expected layout)")
+    profiles = profile_source(bench_cls)
     requests = []
     unused_per_run: list[set[str]] = []
     for spec in method_specs:
@@ -113,7 +114,7 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
         for seed in seeds:
             unused: set[str] = set()
             config = resolve(benchmark, canonical_name(spec), seed, profile, overrides,
-                             bench_cls.Config, method_configs, PROFILE_DIR, device, data_root,
+                             bench_cls.Config, method_configs, profiles, device, data_root,
                              unused=unused)
             unused_per_run.append(unused)
             check_batch(composition, spec, bench_cls, config.train.batch_size)
@@ -128,7 +129,7 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
         resolve(benchmark, first.config.method, first.config.seed, profile,
                 [o for o in overrides if o.partition("=")[0].strip() in never_used],
                 bench_cls.Config, {n: METHODS.get(n).Config() for n in first.composition.components},
-                PROFILE_DIR, device, data_root)
+                profiles, device, data_root)
     return requests
 
 
