@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 from engine import results as R
-from engine.argtypes import non_negative_int, positive_float, positive_int
+from engine.argtypes import (add_tracker_flags, check_trackers, non_negative_int,
+                             positive_float, positive_int)
 
 STATES = ("complete", "failed", "diverged", "pending")
 
@@ -50,8 +51,7 @@ def add_parser(sub, parents) -> None:
                    help="retrain every run from scratch, complete ones included")
     p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
                    help="results root (default results/)")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard events in each run's folder (needs tensorboard)")
+    add_tracker_flags(p)
     p.add_argument("--device", default=None, metavar="DEVICE",
                    help="replace the file's device (auto, cpu, cuda, cuda:N, mps)")
     p.add_argument("--data-root", default=None, metavar="DIR",
@@ -96,19 +96,18 @@ def _plugins(args: argparse.Namespace, sweep) -> tuple[str, ...]:
 
 def main(args: argparse.Namespace) -> int:
     from engine import executors as X
-    from engine.runlog import check_tensorboard
     from engine.runner import check_writable
     from engine.sweep import expand, load_sweep, missing_data
 
     sweep = load_sweep(args.sweep_file)
-    if args.tensorboard:
-        check_tensorboard()
+    check_trackers(args)
     runs = expand(sweep, args.out, args.device, args.data_root, _plugins(args, sweep),
                   check_data=not args.dry_run)
     specs = [spec for spec, _ in runs]
     executor = args.executor or sweep.executor
     jobs = args.jobs or sweep.jobs
-    options = X.Options(str(args.out), args.force, args.retry_failed, args.tensorboard)
+    options = X.Options(str(args.out), args.force, args.retry_failed, args.tensorboard,
+                        args.wandb)
     if args.dry_run:
         print(listing(specs))
         for problem in missing_data(sweep, args.data_root):

@@ -24,7 +24,7 @@ from engine.config import RunConfig, resolve
 from engine.distributed import World
 from engine.errors import UserError
 from engine.locks import RunLock, RunLocked
-from engine.runlog import TensorBoardHook, log_epoch, run_log
+from engine.runlog import log_epoch, run_log, tracker_hooks
 from engine.trainer import Diverged, Trainer
 from methods.base import Aggregator
 from methods.registry import METHODS, Composition, canonical_name, parse_method
@@ -173,7 +173,8 @@ def make_benchmark(config: RunConfig, device: torch.device) -> Benchmark:
 
 def execute(request: RunRequest, out: Path, force: bool = False, progress: bool = True,
             benchmark_cache: dict | None = None, retry_failed: bool = False,
-            tensorboard: bool = False, world: World | None = None) -> RunOutcome:
+            tensorboard: bool = False, world: World | None = None,
+            wandb: bool = False) -> RunOutcome:
     """Train one run, resuming from its checkpoint, unless it is complete, or it failed or
     diverged and ``retry_failed`` is False (such runs are skipped and keep their status;
     a retried run resumes from its last checkpoint). ``force`` retrains every run from
@@ -195,7 +196,8 @@ def execute(request: RunRequest, out: Path, force: bool = False, progress: bool 
             if skipped is not None:
                 return skipped
             with run_log(run_dir):
-                return _train(request, run_dir, force, progress, benchmark_cache, tensorboard)
+                return _train(request, run_dir, force, progress, benchmark_cache, tensorboard,
+                              wandb=wandb)
     except RunLocked as exc:
         return RunOutcome(request, run_dir, "locked", str(exc))
 
@@ -254,7 +256,7 @@ def _skip(request: RunRequest, run_dir: Path, force: bool, retry_failed: bool) -
 
 def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
            benchmark_cache: dict | None, tensorboard: bool,
-           world: World | None = None) -> RunOutcome:
+           world: World | None = None, wandb: bool = False) -> RunOutcome:
     config = request.config
     summary_path = run_dir / R.SUMMARY
     writes = world is None or world.is_main
@@ -282,7 +284,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = board = None
+    trainer = None
+    trackers: list = []
     try:
         torch.use_deterministic_algorithms(config.engine.deterministic, warn_only=True)
         key = (config.benchmark, repr(config.data), str(device), config.data_root)
@@ -301,9 +304,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
             write_json(run_dir / R.BENCHMARK_RECORD, extra)
         trainer = Trainer(config, benchmark, request.composition, device, run_dir, progress, world)
         trainer.epoch_hooks.append(log_epoch)
-        if tensorboard:
-            board = TensorBoardHook(run_dir)
-            trainer.epoch_hooks.append(board)
+        trackers = tracker_hooks(run_dir, request.method_name, config.to_dict(), tensorboard, wandb)
+        trainer.epoch_hooks.extend(trackers)
         fit = trainer.fit(resume=not force)
         summary.update(status=R.STATUS_COMPLETE, reason="", epochs=fit.epochs_done,
                        steps=fit.steps, resumed_from_epoch=fit.resumed_from)
@@ -320,8 +322,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
         summary.update(status=R.STATUS_FAILED, reason=f"{type(exc).__name__}: {exc}",
                        traceback=R.TRACEBACK)
     finally:
-        if board is not None:
-            board.close()
+        for tracker in trackers:
+            tracker.close()
     wall = time.perf_counter() - start
     log.info("run %s: %s %s (%.1f s)", run_dir, summary["status"], summary.get("reason", ""), wall)
     summary.update(wall_time_s=wall, peak_memory_bytes=R.peak_memory_bytes(device),
@@ -347,7 +349,8 @@ def _method_summaries(trainer: Trainer) -> dict:
 
 def run_all(requests: list[RunRequest], out: Path, force: bool = False,
             progress: bool = True, retry_failed: bool = False,
-            world: World | None = None) -> list[RunOutcome]:
+            world: World | None = None, tensorboard: bool = False,
+            wandb: bool = False) -> list[RunOutcome]:
     if world is None or world.is_main:
         check_writable(out)
     progress = progress and (world is None or world.is_main)
@@ -358,7 +361,8 @@ def run_all(requests: list[RunRequest], out: Path, force: bool = False,
     for request in tqdm(requests, desc="runs", disable=not progress or len(requests) < 2,
                         unit="run"):
         outcome = execute(request, out, force=force, progress=progress, benchmark_cache=cache,
-                          retry_failed=retry_failed, world=world)
+                          retry_failed=retry_failed, world=world, tensorboard=tensorboard,
+                          wandb=wandb)
         outcomes.append(outcome)
         if outcome.status not in (R.STATUS_COMPLETE, "skipped"):
             log.warning("%s: %s (%s)", outcome.run_dir, outcome.status, outcome.reason)
