@@ -101,9 +101,10 @@ def test_plugin_benchmark_ships_its_profiles_as_tables_or_a_toml_file(tmp_path):
     (folder / "profiles.toml").write_text(
         '[quick.train]\nepochs = 2\nbatch_size = 32\n[quick.data]\ntrain_size = 256\n'
         '[long.train]\nepochs = 20\nlr = 5e-4\n[long.data]\ntrain_size = 256\n')
+    tables_block = bench_example[bench_example.index("    profiles = {"):]
     (folder / "toml_digits.py").write_text(
         bench_example.replace('"small_digits"', '"toml_digits"')
-        .replace(bench_example[bench_example.index("    profiles = {"):], '    profiles = "profiles.toml"\n'))
+        .replace(tables_block, '    profiles = "profiles.toml"\n'))
     for plugin, name in ((tables, "small_digits"), (folder / "toml_digits.py", "toml_digits")):
         probe = subprocess.run([sys.executable, "-c", PROBE_PROFILES, str(plugin), name],
                                cwd=ROOT, capture_output=True, text=True, timeout=300)
