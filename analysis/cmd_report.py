@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from analysis.report import FORMATS, SECTIONS, build_report
-from analysis.select import RULES
+from analysis.names import FORMATS, RULES, SECTIONS
 from engine.argtypes import positive_int
 from engine.errors import UserError
 
@@ -70,6 +69,9 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"results folder {args.results} holds no runs (no "
                         f"<benchmark>/<method>/seed<k>-<hash>/summary.json under it); "
                         f"expected the --out folder of `run` or `sweep`")
+
+    from analysis.report import build_report  # the analysis stack, only when reporting
+
     written = build_report(args.results, args.out, args.formats, args.select, args.k,
                            args.benchmark, args.skip)
     out = args.out or args.results / "report"

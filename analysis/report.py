@@ -28,9 +28,7 @@ from analysis.reference import (
 from analysis.select import describe
 from analysis.table import Comparison, cells, comparisons
 
-SECTIONS = ("tables", "published", "transfer", "cost", "weights", "conflict", "curves", "spectra",
-            "toy")
-FORMATS = ("md", "html", "tex", "csv")
+from analysis.names import FORMATS, SECTIONS  # re-exported
 
 
 def _slug(*parts: str) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 from analysis.measures import rank_matrix
 from engine.errors import check_choice, check_range
 
-RULES = ("last", "best_val", "last_k")
+from analysis.names import RULES  # re-exported
 KEY = ["benchmark", "method", "config_hash", "seed", "run_dir"]
 
 

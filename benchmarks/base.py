@@ -118,6 +118,13 @@ class Benchmark:
     setting: ClassVar[str] = "task shift"  # or "domain shift"
     multi_input: ClassVar[bool] = False
     needs_data_root: ClassVar[bool] = False
+    profiles: ClassVar[dict | str | Path | None] = None
+    """A plugin's own profiles: ``{"quick": {"train": {...}, "data": {...}}, ...}`` or the
+    path of a TOML file in the layout of ``benchmarks/profiles/`` (relative to the file that
+    defines the benchmark). None: ``benchmarks/profiles/<name>.toml`` when it exists."""
+    fixed_batch: ClassVar[int | None] = None
+    """Samples in every training batch whatever ``train.batch_size`` (toy2d: 1); None:
+    ``train.batch_size``."""
     Config: ClassVar[type] = None  # a dataclass of data/model options, set by subclasses
 
     tasks: tuple[TaskSpec, ...]

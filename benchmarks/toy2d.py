@@ -126,6 +126,7 @@ class Toy2d(Benchmark):
     description = ("The 2-D two-objective toy of CAGrad / Nash-MTL / FAMO: x in R^2 is the "
                    "shared parameter; trajectories recorded for plots")
     setting = "task shift"
+    fixed_batch = 1  # one dummy sample per step: the objective has no data
     Config = Toy2dConfig
 
     def __init__(self, config: Toy2dConfig, data_root: Path | None, device: torch.device):

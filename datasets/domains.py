@@ -13,7 +13,6 @@ up to one pixel, then renders it as 3 channels:
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 DOMAINS = ("ink", "negative", "tilted", "colour")
 CANVAS = 12
@@ -41,6 +40,8 @@ def render(domain: str, images: np.ndarray, rng: np.random.Generator) -> np.ndar
     elif domain == "negative":
         out = grey(1.0 - canvas) + rng.normal(0.0, 0.2, size=(len(canvas), 3, CANVAS, CANVAS))
     elif domain == "tilted":
+        from scipy import ndimage  # imported when used: `list` stays light
+
         angles = rng.uniform(20.0, 40.0, size=len(canvas)) * rng.choice([-1.0, 1.0], size=len(canvas))
         turned = np.stack([ndimage.rotate(c, a, reshape=False, order=1, mode="constant")
                            for c, a in zip(canvas, angles)])

@@ -36,3 +36,23 @@ def positive_float(text: str) -> float:
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+
+def add_tracker_flags(parser) -> None:
+    """--tensorboard and --wandb, shared by `run` and `sweep`."""
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard events in each run's folder (needs "
+                             "tensorboard)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log each run to Weights & Biases (needs the optional wandb "
+                             "package; WANDB_PROJECT, WANDB_MODE=offline, ... are honoured)")
+
+
+def check_trackers(args) -> None:
+    """Refuse a missing tracker package before any run starts."""
+    from engine.runlog import check_tensorboard, check_wandb
+
+    if args.tensorboard:
+        check_tensorboard()
+    if args.wandb:
+        check_wandb()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(sub, parents) -> None:
@@ -10,10 +11,13 @@ def add_parser(sub, parents) -> None:
                                    "needs) and benchmark, including those of --plugin files.",
                        epilog="Examples:\n  python run_bench.py list\n"
                               "  python run_bench.py list methods\n"
-                              "  python run_bench.py list benchmarks --plugin my_bench.py",
+                              "  python run_bench.py list benchmarks --plugin my_bench.py\n"
+                              "  python run_bench.py list methods --sweep my_sweep.toml",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", choices=("methods", "benchmarks"), default=None,
                    help="what to list (default: both)")
+    p.add_argument("--sweep", type=Path, default=None, metavar="SWEEP.toml",
+                   help="also load the plugins that this sweep file names")
     p.set_defaults(func=main)
 
 
@@ -21,7 +25,14 @@ def main(args: argparse.Namespace) -> int:
     import benchmarks  # noqa: F401
     import methods  # noqa: F401
     from benchmarks.registry import BENCHMARKS
+    from engine.registry import load_plugin
     from methods.registry import METHODS
+
+    if args.sweep is not None:
+        from engine.sweep import read_plugins
+
+        for spec in read_plugins(args.sweep):
+            load_plugin(spec)
 
     if args.what in (None, "methods"):
         print("methods (compose as PRIMARY+REGULARIZER, e.g. pcgrad+repmtl):")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from engine import results as R
-from engine.argtypes import int_at_least
+from engine.argtypes import add_tracker_flags, check_trackers, int_at_least
 from engine.errors import UserError
 from methods.registry import METHODS
 
@@ -71,6 +71,7 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--force", action="store_true",
                    help="retrain runs that are already complete (and ignore checkpoints)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_tracker_flags(p)
     p.set_defaults(func=main)
 
 
@@ -94,10 +95,12 @@ def main(args: argparse.Namespace) -> int:
                             f"check (only the paper benchmarks do)")
         if "data.strict=true" not in overrides:
             overrides.append("data.strict=true")
+    check_trackers(args)
     requests = build_requests(args.benchmark, methods, args.seeds, args.profile, overrides,
                               device, args.data_root)
     outcomes = run_all(requests, args.out, force=args.force, progress=not args.no_progress,
-                       retry_failed=args.retry_failed, world=world)
+                       retry_failed=args.retry_failed, world=world,
+                       tensorboard=args.tensorboard, wandb=args.wandb)
     shutdown(world)
     if world is not None and not world.is_main:
         return 0

@@ -16,7 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 from engine import results as R
-from engine.argtypes import non_negative_int, positive_float, positive_int
+from engine.argtypes import (add_tracker_flags, check_trackers, non_negative_int,
+                             positive_float, positive_int)
 from engine.errors import UserError
 
 STATES = ("complete", "failed", "diverged", "pending")
@@ -45,15 +46,15 @@ def add_parser(sub, parents) -> None:
                    help="parallel runs of the processes executor (default: the file's `jobs`, "
                         "else 1); torch threads are divided between them")
     p.add_argument("--dry-run", action="store_true",
-                   help="list the runs and where each stands; train nothing")
+                   help="list the runs and where each stands; train nothing (a missing data "
+                        "folder is reported as a warning)")
     p.add_argument("--retry-failed", action="store_true",
                    help="retrain failed and diverged runs, from their last checkpoint")
     p.add_argument("--force", action="store_true",
                    help="retrain every run from scratch, complete ones included")
     p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
                    help="results root (default results/)")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard events in each run's folder (needs tensorboard)")
+    add_tracker_flags(p)
     p.add_argument("--device", default=None, metavar="DEVICE",
                    help="replace the file's device (auto, cpu, cuda, cuda:N, mps)")
     p.add_argument("--data-root", default=None, metavar="DIR",
@@ -89,29 +90,31 @@ def slurm_params(sweep_slurm: dict, args: argparse.Namespace) -> dict:
     return {**sweep_slurm, **{k: v for k, v in flags.items() if v is not None}}
 
 
-def _plugins(args: argparse.Namespace) -> tuple[str, ...]:
+def _plugins(args: argparse.Namespace, sweep) -> tuple[str, ...]:
     # Workers may start elsewhere: plugin files are passed as absolute paths.
-    return tuple(str(Path(p).resolve()) if p.endswith(".py") or Path(p).exists() else p
-                 for p in args.plugin)
+    given = tuple(str(Path(p).resolve()) if p.endswith(".py") or Path(p).exists() else p
+                  for p in args.plugin)
+    return given + tuple(p for p in sweep.plugins if p not in given)
 
 
 def main(args: argparse.Namespace) -> int:
     from engine import executors as X
-    from engine.runlog import check_tensorboard
     from engine.runner import check_writable
-    from engine.sweep import expand, load_sweep
+    from engine.sweep import expand, load_sweep, missing_data
 
     sweep = load_sweep(args.sweep_file)
-    if args.tensorboard:
-        check_tensorboard()
-    runs = expand(sweep, args.out, args.device, args.data_root, _plugins(args),
+    check_trackers(args)
+    runs = expand(sweep, args.out, args.device, args.data_root, _plugins(args, sweep),
                   check_data=not args.dry_run)
     specs = [spec for spec, _ in runs]
     executor = args.executor or sweep.executor
     jobs = args.jobs or sweep.jobs
-    options = X.Options(str(args.out), args.force, args.retry_failed, args.tensorboard)
+    options = X.Options(str(args.out), args.force, args.retry_failed, args.tensorboard,
+                        args.wandb)
     if args.dry_run:
         print(listing(specs))
+        for problem in missing_data(sweep, args.data_root):
+            print(f"warning: the sweep itself will refuse to start: {problem}", file=sys.stderr)
         return 0
     check_writable(args.out)
     if not args.force:

@@ -258,21 +258,33 @@ def apply_values(obj: Any, values: dict[str, Any], prefix: str) -> Any:
 
 # --------------------------------------------------------------------------- profiles
 
-def load_profile(profile_dir: Path, benchmark: str, profile: str) -> dict[str, dict[str, Any]]:
-    """The ``[<profile>.<section>]`` tables of ``<profile_dir>/<benchmark>.toml``."""
-    path = profile_dir / f"{benchmark}.toml"
-    if not path.exists():
-        if profile == "quick":
-            return {}
-        raise ConfigError(f"benchmark {benchmark!r} has no profile file {path}")
-    try:
-        profiles = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+def load_profile(source: Path | dict, benchmark: str, profile: str) -> dict[str, dict[str, Any]]:
+    """The ``[<profile>.<section>]`` tables of a benchmark. ``source``: a folder holding
+    ``<benchmark>.toml`` (the built-ins), a TOML file, or the tables themselves (a plugin
+    benchmark's ``profiles``). Without any, ``quick`` means the defaults."""
+    if isinstance(source, dict):
+        profiles, where = source, f"the `profiles` of benchmark {benchmark!r}"
+    else:
+        path = source / f"{benchmark}.toml" if source.is_dir() else source
+        if not path.exists():
+            if profile == "quick" and source.is_dir():
+                return {}
+            raise ConfigError(f"benchmark {benchmark!r} has no profile file {path}")
+        try:
+            profiles = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        where = str(path)
     if profile not in profiles:
+        if profile == "quick":  # the default profile: a source may leave it out
+            return {}
         raise ConfigError(f"benchmark {benchmark!r} has no profile {profile!r}; "
-                          f"available: {', '.join(sorted(profiles))}")
-    return profiles[profile]
+                          f"available: {', '.join(sorted(profiles)) or 'none'}")
+    tables = profiles[profile]
+    if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
+        raise ConfigError(f"{where}: profile {profile!r} must map sections (train, engine, data, "
+                          f"method) to tables of values")
+    return tables
 
 
 def group_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
@@ -357,7 +369,7 @@ def flatten_profile(tables: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def resolve(benchmark: str, method: str, seed: int, profile: str, overrides: list[str],
-            data_config_cls: type, method_configs: dict[str, Any], profile_dir: Path,
+            data_config_cls: type, method_configs: dict[str, Any], profile_dir: Path | dict,
             device: str = "auto", data_root: str | None = None,
             unused: set[str] | None = None) -> RunConfig:
     """Build the fully resolved RunConfig, validating every section.

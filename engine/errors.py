@@ -22,6 +22,10 @@ class DataError(UserError):
     """Data on disk that is missing or not in the expected format."""
 
 
+class ContractError(UserError):
+    """A method (a plugin's, typically) returned something its kind's contract excludes."""
+
+
 def closest(name: str, valid: Iterable[str], n: int = 3) -> str:
     """A hint naming the closest valid names, for error messages."""
     valid = sorted(valid)

@@ -44,6 +44,7 @@ class Options:
     force: bool = False
     retry_failed: bool = False
     tensorboard: bool = False
+    wandb: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def run_spec(spec: RunSpec, options: Options, device: str | None = None, progres
                          f"planned; plan it again")
     outcome = execute(request, Path(options.out), force=options.force, progress=progress,
                       benchmark_cache=benchmark_cache, retry_failed=options.retry_failed,
-                      tensorboard=options.tensorboard, world=world)
+                      tensorboard=options.tensorboard, world=world, wandb=options.wandb)
     return RunResult(spec.label, str(outcome.run_dir), outcome.status, outcome.state,
                      outcome.reason, outcome.user_error)
 

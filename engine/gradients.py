@@ -27,7 +27,8 @@ from torch import Tensor
 
 from engine.amp import LossScaler
 from engine.distributed import World
-from methods.base import Aggregator, Method, Regularizer, Weighted, Weighting
+from methods.base import Aggregator, Method, Regularizer, Weighting
+from methods.contract import check_aggregated, check_penalty, check_weighted
 
 log = logging.getLogger(__name__)
 
@@ -519,7 +520,7 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
     world = engine.world
     penalty = None
     for reg in regularizers:
-        term = reg.penalty(ctx)
+        term = check_penalty(reg, reg.penalty(ctx))
         if term is None:  # e.g. a regularizer still in its warm-up
             continue
         penalty = term if penalty is None else penalty + term
@@ -528,7 +529,7 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
         penalty = world.global_value(penalty / world.size)
     weights = None
     if isinstance(primary, Weighting):
-        out: Weighted = primary.weigh(ctx)
+        out = check_weighted(primary, primary.weigh(ctx))
         weights = out.weights
         objective = out.objective if out.objective is not None else (weights * ctx.losses).sum()
         # The model's gradient of the objective is Σ_t w_t ∇L_t (w = ∂objective/∂L); where
@@ -552,20 +553,22 @@ def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainSte
     elif isinstance(primary, Aggregator):
         if primary.space == "param":
             jacobian = ctx.jacobian_with_heads()
-            agg = primary.aggregate(jacobian, ctx)
+            agg = check_aggregated(primary, primary.aggregate(jacobian, ctx), jacobian.shape[1])
             engine.set_shared_grads(agg.direction)
         else:
             reps = ctx.reps()
             grads = torch.stack([g.reshape(-1) for g in ctx.rep_grads_with_heads()])
             if world is None:
-                agg = primary.aggregate(grads, ctx)
+                agg = check_aggregated(primary, primary.aggregate(grads, ctx), grads.shape[1])
                 local = agg.direction
             else:
                 # Aggregate the representation gradients of the whole global batch, identically
                 # on every rank, and backpropagate this rank's slice.
                 ctx.reps_override = [world.gather_rows(reps[0].detach())] * len(reps)
                 try:
-                    agg = primary.aggregate(world.gather_columns(grads), ctx)
+                    gathered = world.gather_columns(grads)
+                    agg = check_aggregated(primary, primary.aggregate(gathered, ctx),
+                                           gathered.shape[1])
                 finally:
                     ctx.reps_override = None
                 width = grads.shape[1]

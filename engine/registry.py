@@ -44,8 +44,11 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            hint = "" if _loaded_plugins else (
+                f"; no plugin is loaded: a {self.kind} of a plugin needs --plugin PATH_OR_MODULE "
+                f"(or `plugins = [...]` in a sweep file)")
             raise UserError(f"unknown {self.kind} {name!r}; {closest(name, self._entries)} "
-                            f"(`python run_bench.py list {self.kind}s` lists them)") from None
+                            f"(`python run_bench.py list {self.kind}s` lists them){hint}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -55,6 +58,12 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def defined_in(obj: object) -> str:
+    """The file that defines a class (a plugin file's own path), else its module's name."""
+    module = sys.modules.get(getattr(obj, "__module__", ""))
+    return getattr(module, "__file__", None) or getattr(obj, "__module__", "?")
 
 
 def _where(obj: object) -> str:

@@ -7,11 +7,16 @@ resumed run keeps one log. The console keeps its own level: only the file gets I
 ``TensorBoardHook`` writes each epoch's records (training losses and weights, val/test
 losses and metrics, learning rate) as scalars under ``<run dir>/tensorboard/``; it needs the
 ``tensorboard`` package, which ``check_tensorboard()`` verifies before any run starts.
+``WandbHook`` logs the same scalars, and the resolved config, to Weights & Biases (one W&B
+run per harness run, its files under ``<run dir>/wandb/``); it needs the optional ``wandb``
+package (``check_wandb()``) and honours W&B's own environment (``WANDB_PROJECT``,
+``WANDB_MODE=offline``, ...).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +76,64 @@ def check_tensorboard() -> None:
                         "pip install tensorboard (or leave out --tensorboard)") from None
 
 
+def check_wandb() -> None:
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise UserError("--wandb needs the wandb package, which is not installed: pip install "
+                        "wandb (or leave out --wandb)") from None
+
+
+def epoch_scalars(epoch: int, records: list[dict]) -> Iterator[tuple[str, float]]:
+    """The (tag, value) pairs of one finished epoch that the trackers log."""
+    for r in records:
+        if r.get("epoch") != epoch:
+            continue
+        split = r["split"]
+        pairs = [(f"loss/{split}/{task}", v) for task, v in r.get("losses", {}).items()]
+        pairs += [(f"{split}/{task}/{name}", v) for task, metrics in r.get("metrics", {}).items()
+                  for name, v in metrics.items()]
+        pairs += [(f"weight/{task}", v) for task, v in (r.get("weights") or {}).items()]
+        if "lr" in r:
+            pairs.append(("lr", r["lr"]))
+        for tag, value in pairs:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield tag, float(value)
+
+
+def tracker_hooks(run_dir: Path, name: str, config: dict, tensorboard: bool,
+                  wandb: bool) -> list:
+    """The epoch hooks of the trackers asked for (each has ``close()``)."""
+    hooks: list = []
+    if tensorboard:
+        hooks.append(TensorBoardHook(run_dir))
+    if wandb:
+        hooks.append(WandbHook(run_dir, name, config))
+    return hooks
+
+
+class WandbHook:
+    """Epoch hook: the epoch's scalars to a W&B run, step = epoch. A resumed run starts a
+    new W&B run of the same name (the folder's id, so that the two can be grouped)."""
+
+    def __init__(self, run_dir: Path, name: str, config: dict):
+        check_wandb()
+        import wandb
+
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mtl-harness"),
+                              dir=str(run_dir), name=f"{name}/{run_dir.name}",
+                              group=f"{config.get('benchmark', '')}/{name}", config=config,
+                              reinit="create_new")
+
+    def __call__(self, epoch: int, records: list[dict]) -> None:
+        scalars = dict(epoch_scalars(epoch, records))
+        if scalars:
+            self.run.log(scalars, step=epoch)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class TensorBoardHook:
     """Epoch hook: the epoch's records as TensorBoard scalars, step = epoch."""
 
@@ -81,24 +144,9 @@ class TensorBoardHook:
         self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR))
 
     def __call__(self, epoch: int, records: list[dict]) -> None:
-        for r in records:
-            if r.get("epoch") != epoch:
-                continue
-            split = r["split"]
-            for task, value in r.get("losses", {}).items():
-                self._scalar(f"loss/{split}/{task}", value, epoch)
-            for task, metrics in r.get("metrics", {}).items():
-                for name, value in metrics.items():
-                    self._scalar(f"{split}/{task}/{name}", value, epoch)
-            for task, value in (r.get("weights") or {}).items():
-                self._scalar(f"weight/{task}", value, epoch)
-            if "lr" in r:
-                self._scalar("lr", r["lr"], epoch)
-        self.writer.flush()
-
-    def _scalar(self, tag: str, value, epoch: int) -> None:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        for tag, value in epoch_scalars(epoch, records):
             self.writer.add_scalar(tag, value, epoch)
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

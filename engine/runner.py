@@ -20,14 +20,14 @@ import torch
 import benchmarks  # noqa: F401  (registers the built-in benchmarks)
 import methods  # noqa: F401  (registers the built-in methods)
 from benchmarks.base import Benchmark
-from benchmarks.registry import BENCHMARKS, PROFILE_DIR
+from benchmarks.registry import BENCHMARKS, profile_source
 from engine import results as R
 from engine.config import RunConfig, resolve
 from engine.distributed import World
 from engine.errors import UserError
 from engine.identity import FINGERPRINT_KEY, data_fingerprint, folder_mismatch
 from engine.locks import RunLock, RunLocked
-from engine.runlog import TensorBoardHook, log_epoch, run_log
+from engine.runlog import log_epoch, run_log, tracker_hooks
 from engine.trainer import Diverged, Trainer
 from methods.base import Aggregator
 from methods.registry import METHODS, Composition, canonical_name, parse_method
@@ -66,6 +66,17 @@ def check_compatible(composition: Composition, spec: str, bench_cls: type[Benchm
                                   (issubclass(primary, Aggregator) and primary.space == "rep")):
         raise UserError(f"{spec} needs one representation shared by all tasks, but "
                         f"{bench_cls.name} is multi-input (each task has its own batch)")
+
+
+def check_batch(composition: Composition, spec: str, bench_cls: type[Benchmark],
+                batch_size: int) -> None:
+    """Refuse a method whose batch-wise term cannot be computed on this benchmark's batch."""
+    need = max(METHODS.get(name).min_batch for name in composition.components)
+    have = bench_cls.fixed_batch or batch_size
+    if have < need:
+        where = (f"{bench_cls.name} trains on batches of {have} sample(s) whatever "
+                 f"train.batch_size" if bench_cls.fixed_batch else f"train.batch_size={have}")
+        raise UserError(f"{spec} needs training batches of at least {need} samples, but {where}")
 
 
 @dataclass
@@ -107,6 +118,7 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
         raise UserError(f"--data-root {data_root}: benchmark {benchmark} reads no data from "
                         f"disk (its data are generated or bundled); leave --data-root out")
     fingerprints: dict[str, str] = {}
+    profiles = profile_source(bench_cls)
     requests = []
     unused_per_run: list[set[str]] = []
     names = [canonical_name(spec) for spec in method_specs]
@@ -119,9 +131,10 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
         for seed in seeds:
             unused: set[str] = set()
             config = resolve(benchmark, canonical_name(spec), seed, profile, overrides,
-                             bench_cls.Config, method_configs, PROFILE_DIR, device, data_root,
+                             bench_cls.Config, method_configs, profiles, device, data_root,
                              unused=unused)
             unused_per_run.append(unused)
+            check_batch(composition, spec, bench_cls, config.train.batch_size)
             if bench_cls.multi_input and config.engine.conflict_space == "rep":
                 raise UserError(f"engine.conflict_space=rep needs one representation shared by "
                                 f"all tasks, but {benchmark} is multi-input; use param")
@@ -139,7 +152,7 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
         resolve(benchmark, first.config.method, first.config.seed, profile,
                 [o for o in overrides if o.partition("=")[0].strip() in never_used],
                 bench_cls.Config, {n: METHODS.get(n).Config() for n in first.composition.components},
-                PROFILE_DIR, device, data_root)
+                profiles, device, data_root)
     return requests
 
 
@@ -188,7 +201,8 @@ def make_benchmark(config: RunConfig, device: torch.device) -> Benchmark:
 
 def execute(request: RunRequest, out: Path, force: bool = False, progress: bool = True,
             benchmark_cache: dict | None = None, retry_failed: bool = False,
-            tensorboard: bool = False, world: World | None = None) -> RunOutcome:
+            tensorboard: bool = False, world: World | None = None,
+            wandb: bool = False) -> RunOutcome:
     """Train one run, resuming from its checkpoint, unless it is complete, or it failed or
     diverged and ``retry_failed`` is False (such runs are skipped and keep their status;
     a retried run resumes from its last checkpoint). ``force`` retrains every run from
@@ -210,7 +224,8 @@ def execute(request: RunRequest, out: Path, force: bool = False, progress: bool 
             if skipped is not None:
                 return skipped
             with run_log(run_dir):
-                return _train(request, run_dir, force, progress, benchmark_cache, tensorboard)
+                return _train(request, run_dir, force, progress, benchmark_cache, tensorboard,
+                              wandb=wandb)
     except RunLocked as exc:
         return RunOutcome(request, run_dir, "locked", str(exc))
     except UserError as exc:  # the lock file cannot be taken (a folder, no permission)
@@ -290,7 +305,7 @@ def _skip(request: RunRequest, run_dir: Path, force: bool, retry_failed: bool,
 
 def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
            benchmark_cache: dict | None, tensorboard: bool,
-           world: World | None = None) -> RunOutcome:
+           world: World | None = None, wandb: bool = False) -> RunOutcome:
     config = request.config
     summary_path = run_dir / R.SUMMARY
     writes = world is None or world.is_main
@@ -324,7 +339,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = board = None
+    trainer = None
+    trackers: list = []
     try:
         torch.use_deterministic_algorithms(config.engine.deterministic, warn_only=True)
         key = (config.benchmark, repr(config.data), str(device), config.data_root)
@@ -344,9 +360,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
         trainer = Trainer(config, benchmark, request.composition, device, run_dir, progress, world,
                           data_fingerprint=request.data_fingerprint)
         trainer.epoch_hooks.append(log_epoch)
-        if tensorboard:
-            board = TensorBoardHook(run_dir)
-            trainer.epoch_hooks.append(board)
+        trackers = tracker_hooks(run_dir, request.method_name, config.to_dict(), tensorboard, wandb)
+        trainer.epoch_hooks.extend(trackers)
         fit = trainer.fit(resume=not force, started=start)
         summary.update(status=R.STATUS_COMPLETE, reason="", epochs=fit.epochs_done,
                        steps=fit.steps, resumed_from_epoch=fit.resumed_from)
@@ -363,8 +378,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
         summary.update(status=R.STATUS_FAILED, reason=f"{type(exc).__name__}: {exc}",
                        traceback=R.TRACEBACK)
     finally:
-        if board is not None:
-            board.close()
+        for tracker in trackers:
+            tracker.close()
     wall = time.perf_counter() - start
     log.info("run %s: %s %s (%.1f s)", run_dir, summary["status"], summary.get("reason", ""), wall)
     # The cost of the run, not of this process: a resumed run adds the time its
@@ -405,7 +420,8 @@ def refuse_mismatches(requests: list[RunRequest], out: Path) -> None:
 
 def run_all(requests: list[RunRequest], out: Path, force: bool = False,
             progress: bool = True, retry_failed: bool = False,
-            world: World | None = None) -> list[RunOutcome]:
+            world: World | None = None, tensorboard: bool = False,
+            wandb: bool = False) -> list[RunOutcome]:
     if world is None or world.is_main:
         check_writable(out)
     if world is None and not force:
@@ -418,7 +434,8 @@ def run_all(requests: list[RunRequest], out: Path, force: bool = False,
     for request in tqdm(requests, desc="runs", disable=not progress or len(requests) < 2,
                         unit="run"):
         outcome = execute(request, out, force=force, progress=progress, benchmark_cache=cache,
-                          retry_failed=retry_failed, world=world)
+                          retry_failed=retry_failed, world=world, tensorboard=tensorboard,
+                          wandb=wandb)
         outcomes.append(outcome)
         if outcome.status not in (R.STATUS_COMPLETE, "skipped"):
             log.warning("%s: %s (%s)", outcome.run_dir, outcome.status, outcome.reason)

@@ -43,12 +43,13 @@ from typing import Any
 from benchmarks.registry import BENCHMARKS
 from engine.config import parse_value
 from engine.errors import ConfigError, UserError, closest
+from engine.registry import load_plugin
 from engine.runner import RunRequest, build_requests
 from methods.registry import parse_method
 
 EXECUTORS = ("local", "processes", "slurm")
-TOP_KEYS = ("description", "benchmarks", "methods", "seeds", "profile", "device", "data_root",
-            "executor", "jobs", "set", "grid", "slurm")
+TOP_KEYS = ("description", "plugins", "benchmarks", "methods", "seeds", "profile", "device",
+            "data_root", "executor", "jobs", "set", "grid", "slurm")
 REQUIRED = ("benchmarks", "methods", "seeds")
 SLURM_KEYS = {
     "partition": str, "time_min": int, "gpus_per_node": int, "cpus_per_task": int,
@@ -98,6 +99,8 @@ class Sweep:
     grid: list[tuple[str, list[Any]]] = field(default_factory=list)
     slurm: dict[str, Any] = field(default_factory=dict)
     executor: str = "local"
+    plugins: tuple[str, ...] = ()
+    """The file's ``plugins``, files as absolute paths (loaded by ``load_sweep``)."""
     jobs: int = 1
     description: str = ""
 
@@ -191,6 +194,27 @@ def _check_type(sweep: Sweep, key: str, value: Any, expected: type | tuple) -> N
         raise sweep.error(key, f"{value!r} is not a {names}")
 
 
+def plugin_specs(sweep_path: Path, names: list[str]) -> tuple[str, ...]:
+    """A sweep file's plugins: .py files relative to the file's folder (made absolute, as
+    workers may start elsewhere), other names as modules."""
+    return tuple(str((sweep_path.parent / name).resolve()) if name.endswith(".py") else name
+                 for name in names)
+
+
+def read_plugins(path: Path) -> tuple[str, ...]:
+    """Only the ``plugins`` of a sweep file (``list --sweep``), without checking the rest."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    if "plugins" not in raw:
+        return ()
+    return plugin_specs(path, _string_list(Sweep(path, path.read_text(), [], [], []), raw,
+                                           "plugins"))
+
+
 def load_sweep(path: Path) -> Sweep:
     """Parse and check a sweep file (names against the registries, values against the
     config types happen in ``expand``)."""
@@ -209,6 +233,11 @@ def load_sweep(path: Path) -> Sweep:
     for key in REQUIRED:
         if key not in raw:
             raise ConfigError(f"{path}: the sweep needs `{key} = [...]`")
+    if "plugins" in raw:
+        # Loaded first: the names below may be the plugins' own.
+        sweep.plugins = plugin_specs(path, _string_list(sweep, raw, "plugins"))
+        for spec in sweep.plugins:
+            load_plugin(spec)
     sweep.benchmarks = _string_list(sweep, raw, "benchmarks")
     for name in sweep.benchmarks:
         if name not in BENCHMARKS:
@@ -365,6 +394,19 @@ def expand(sweep: Sweep, out: Path, device: str | None = None, data_root: str | 
         raise ConfigError(f"{sweep.path}: two combinations give the same config ({twice[0]}); "
                           f"remove one of them")
     return runs
+
+
+def missing_data(sweep: Sweep, data_root: str | None = None) -> list[str]:
+    """What the real sweep would refuse about its data folders, one message per benchmark
+    (a dry run lists the runs anyway: it may plan a sweep for another machine)."""
+    problems = []
+    for bench in sweep.benchmarks:
+        try:
+            _check_data_root(sweep, bench, data_root or sweep.data_root.get(bench),
+                             from_file=data_root is None)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _check_data_root(sweep: Sweep, bench: str, root: str | None, from_file: bool) -> None:

@@ -144,6 +144,9 @@ class Method(nn.Module):
     description: ClassVar[str] = ""
     needs: ClassVar[Needs] = Needs()
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    min_batch: ClassVar[int] = 1
+    """The fewest samples a training batch may hold (a contrastive term compares samples
+    within the batch); checked when a run is built, against the benchmark's batch."""
 
     def __init__(self, config: MethodConfig, task_names: tuple[str, ...]):
         super().__init__()

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 from torch import Tensor
 
 from engine.errors import check_choice, check_range
@@ -99,6 +98,8 @@ def _dual_slsqp(G: np.ndarray, c: float) -> tuple[np.ndarray, bool, str]:
     def gradient(w: np.ndarray) -> np.ndarray:
         Gw = G @ w
         return Gb + radius * Gw / np.sqrt(w @ Gw + DELTA)
+
+    from scipy.optimize import minimize  # imported when used: `list` stays light
 
     res = minimize(objective, b.copy(), jac=gradient, method="SLSQP",
                    bounds=[(0.0, 1.0)] * T,

@@ -51,7 +51,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import least_squares
 from torch import Tensor
 
 from engine.errors import check_choice, check_range
@@ -118,6 +117,8 @@ def _least_squares(gn: np.ndarray, power: float, start: np.ndarray) -> tuple[np.
 
     def jacobian(x: np.ndarray) -> np.ndarray:
         return gn + np.diag(power * x ** (-power - 1.0))
+
+    from scipy.optimize import least_squares  # imported when used: `list` stays light
 
     result = least_squares(equations, start, jac=jacobian, bounds=(0, np.inf),
                            ftol=1e-12, xtol=1e-12, gtol=1e-12)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import UserError
-from engine.registry import Registry
+from engine.registry import Registry, defined_in
 from methods.base import Method, Needs, Regularizer
 
 METHODS: Registry[type[Method]] = Registry("method")
@@ -20,11 +20,13 @@ DEFAULT_PRIMARY = "ew"
 def register_method(name: str):
     """Class decorator: register a Method subclass under ``name``."""
     def decorator(cls: type[Method]) -> type[Method]:
+        # UserError: a plugin's mistake is reported in one line (exit 2), not a traceback.
         if not (isinstance(cls, type) and issubclass(cls, Method)) or not cls.kind:
-            raise TypeError(f"@register_method({name!r}) needs a Weighting, Aggregator or "
+            raise UserError(f"@register_method({name!r}) needs a Weighting, Aggregator or "
                             f"Regularizer subclass, got {cls!r}")
         if not cls.description:
-            raise TypeError(f"method {name!r} needs a one-line `description`")
+            raise UserError(f"method {name!r} ({defined_in(cls)}) needs a one-line "
+                            f"`description` (see docs/plugins.md)")
         cls.name = name
         return METHODS.register(name)(cls)
     return decorator

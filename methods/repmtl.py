@@ -202,6 +202,7 @@ class RepMTL(_RepMTLBase):
                    "alignment (CSA) on the shared representation")
     Config = RepMTLConfig
     penalised = ("tsr", "csa")
+    min_batch = 2  # CSA contrasts each sample with the others of its batch
 
 
 @register_method("repmtl_tsr")
@@ -222,3 +223,4 @@ class RepMTLCSA(_RepMTLBase):
     description = "Rep-MTL ablation: cross-task saliency alignment (CSA) only"
     Config = CSAConfig
     penalised = ("csa",)
+    min_batch = 2

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 from torch import Tensor
 
 from engine.errors import check_range
@@ -52,6 +51,8 @@ class UPGradSolution:
 
 def project_weights(u: np.ndarray, G: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, float]:
     """v = argmin_{v ≥ u} vᵀGv given G = L Lᵀ; returns (v, KKT error)."""
+    from scipy.optimize import nnls  # imported when used: `list` stays light
+
     try:
         z, _ = nnls(L.T, -(L.T @ u))
     except RuntimeError:  # SciPy's iteration limit: reported as a failed solve by the caller

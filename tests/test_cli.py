@@ -119,3 +119,16 @@ def test_install_puts_no_generic_packages_on_the_path(tmp_path):
                             "'benchmarks', 'analysis') if u.find_spec(n)])"],
                            cwd=tmp_path, capture_output=True, text=True, env=env)
     assert probe.stdout.strip() == "[]", probe.stdout
+
+
+def test_list_imports_no_analysis_stack():
+    # `list` (and building the parser of every command) must not pay for pandas, scipy or
+    # matplotlib: they are imported where a report, a solver or a rendering uses them.
+    code = ("import sys, io, contextlib\nfrom engine.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    assert main(['list']) == 0\n"
+            "heavy = ('pandas', 'scipy', 'matplotlib', 'sklearn', 'analysis.report')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))")
+    probe = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[]"

@@ -308,3 +308,19 @@ def test_representation_conflicts_are_refused_on_multi_input():
     with pytest.raises(UserError, match="multi-input"):
         build_requests("digits_domains", ["ew"], [0], "quick", ["engine.conflict_space=rep"],
                        "cpu", None)
+
+
+def test_a_contrastive_method_is_refused_on_a_batch_of_one_when_the_run_is_built(tmp_path):
+    from engine.errors import UserError
+    from engine.runner import build_requests
+
+    # toy2d trains on one dummy sample whatever the batch size: refused up front, no folder.
+    with pytest.raises(UserError, match="repmtl needs training batches of at least 2 samples, "
+                                        "but toy2d trains on batches of 1"):
+        build_requests("toy2d", ["repmtl"], [0], "quick", ["train.batch_size=8"], "cpu", None)
+    with pytest.raises(UserError, match=r"pcgrad\+repmtl_csa .* but train.batch_size=1"):
+        build_requests("digits_tasks", ["pcgrad+repmtl_csa"], [0], "quick",
+                       ["train.batch_size=1"], "cpu", None)
+    # TSR alone and methods without a batch-wise term run on toy2d.
+    assert len(build_requests("toy2d", ["repmtl_tsr", "pcgrad"], [0], "quick", [], "cpu",
+                              None)) == 2

@@ -468,12 +468,13 @@ def test_upgrad_matches_a_generic_qp_and_does_not_conflict(seed):
 
 
 def test_upgrad_failed_solve_is_counted(monkeypatch):
-    import methods.upgrad as upgrad_module
+    import scipy.optimize
 
     def exhausted(*args, **kwargs):
         raise RuntimeError("Maximum number of iterations reached.")
 
-    monkeypatch.setattr(upgrad_module, "nnls", exhausted)
+    # UPGrad imports nnls when it solves, so the patched one is what it calls.
+    monkeypatch.setattr(scipy.optimize, "nnls", exhausted)
     method = make(UPGrad)
     ctx = FakeContext()
     out = method.aggregate(random_jacobian(15, tasks=3), ctx)

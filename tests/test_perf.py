@@ -184,17 +184,27 @@ def test_autocast_reaches_the_forward():
 
 def test_channels_last_model_and_inputs_train_like_the_default():
     tiny = ["train.batch_size=4", "data.train_size=8", "data.val_size=4", "data.test_size=4"]
-    steps = {}
+    steps, losses, weights = {}, {}, {}
     for flag in ("false", "true"):
         trainer, batch = make_trainer("scenes", "pcgrad", [*tiny, f"engine.channels_last={flag}"])
-        trainer.train_step(batch, 0, EpochStats())
+        losses[flag] = trainer.compute_losses(batch)[1].detach()
+        weights[flag] = trainer.train_step(batch, 0, EpochStats())[1]
         steps[flag] = trainer
     convs = [p for p in steps["true"].model.parameters() if p.dim() == 4]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     # The gradients obey autograd's layout contract (1x1 kernels: both layouts coincide).
     assert all(p.grad.stride() == p.stride() for p in convs if p.shape[2:] != (1, 1))
+    # Same function, same PCGrad decisions (its weights), same step up to rounding. The
+    # convolutions sum in another order in channels_last, so a ReLU whose pre-activation lies
+    # within rounding of zero may switch (one of 73,728 in this encoder with one thread):
+    # that element's contribution then enters one gradient and not the other, a
+    # discontinuity of the network, not of the layout. Elementwise equality of the gradients
+    # is therefore not promised; each parameter's gradient agrees to well under 1% in norm
+    # (a layout mistake, e.g. a kernel read in the wrong memory order, is off by ~100%).
+    torch.testing.assert_close(losses["true"], losses["false"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights["true"], weights["false"], rtol=1e-5, atol=1e-6)
     for a, b in zip(steps["false"].model.parameters(), steps["true"].model.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6)
+        assert float((a.grad - b.grad).norm()) <= 2e-2 * float(a.grad.norm()) + 1e-7
     # Both Jacobian paths read each parameter's block in its memory order.
     trainer = steps["true"]
     _, losses = trainer.compute_losses(batch)

@@ -151,6 +151,20 @@ def test_benchmark_on_disk_needs_its_data_root(tmp_path):
     assert len(expand(load_sweep(path), tmp_path, check_data=False)) == 1
 
 
+def test_dry_run_flags_a_missing_data_folder_and_still_lists(tmp_path, capsys):
+    path = write(tmp_path, 'benchmarks = ["nyuv2"]\nmethods = ["ew"]\nseeds = [0]\n'
+                           'data_root = "/no/such/folder"\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "1 runs:" in captured.out
+    assert (f"warning: the sweep itself will refuse to start: {path}:4: data_root: the data "
+            f"folder of nyuv2, /no/such/folder, does not exist") in captured.err
+    assert main(["sweep", str(path), "--out", str(out), "--dry-run",
+                 "--data-root", str(tmp_path)]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_bad_sweep_starts_no_run(tmp_path, capsys):
     path = write(tmp_path, 'benchmarks = ["digits_tasks"]\nmethods = ["ew", "nope"]\n'
                            'seeds = [0]\n')

@@ -1,0 +1,81 @@
+"""Trackers: TensorBoard events and Weights & Biases for `run` (sweeps: test_sweeps_exec.py).
+Neither package is required: TensorBoard's writer is replaced by a recorder, and the W&B test
+runs in W&B's offline mode only where wandb is installed."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from tests.helpers import TINY_DIGITS, read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [arg for override in [*TINY_DIGITS, "train.epochs=2"] for arg in ("--set", override)]
+
+
+def only_run_dir(out: Path, method: str) -> Path:
+    (run_dir,) = (out / "digits_tasks" / method).iterdir()
+    return run_dir
+
+
+def test_run_writes_tensorboard_events(tmp_path, monkeypatch):
+    scalars = []
+
+    class Writer:  # stands in for torch.utils.tensorboard.SummaryWriter
+        def __init__(self, log_dir):
+            scalars.append(("opened", log_dir, None))
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            scalars.append(("closed", None, None))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=Writer))
+    out = tmp_path / "out"
+    assert main(["run", "-m", "ew", "-s", "0", "--out", str(out), "--no-progress",
+                 "--tensorboard", *TINY]) == 0
+    run_dir = only_run_dir(out, "ew")
+    assert scalars[0] == ("opened", str(run_dir / "tensorboard"), None)
+    records = read_records(run_dir)
+    test_1 = next(r for r in records if r["split"] == "test" and r["epoch"] == 1)
+    assert ("test/first/acc", test_1["metrics"]["first"]["acc"], 1) in scalars
+    assert scalars[-1][0] == "closed"
+
+
+def test_run_refuses_a_missing_tracker_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    out = tmp_path / "out"
+    assert main(["run", "-m", "ew", "-s", "0", "--out", str(out), "--wandb", *TINY]) == 2
+    assert "pip install wandb" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None,
+                    reason="wandb is an optional extra (pip install -e '.[wandb]'); not installed")
+def test_run_logs_to_wandb_offline(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_PROJECT": "mtl-harness-test"}
+    done = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "run", "-m", "ew", "-s",
+                           "0", "--out", str(out), "--no-progress", "--wandb", *TINY],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_dir = only_run_dir(out, "ew")
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    (events,) = offline.glob("*.wandb")  # W&B's record of the run, synced later if wanted
+    logged = events.read_bytes()
+    assert b"test/first/acc" in logged and b"loss/train/sum" in logged  # the epoch scalars
+    assert b"batch_size" in logged and b"digits_tasks" in logged        # the resolved config
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
