@@ -152,7 +152,7 @@ def test_a_method_breaking_the_contract_fails_its_run_in_one_line(tmp_path):
     out = tmp_path / "results"
     done = run_cli("run", "--plugin", str(plugin), "-m", "softmax_loss", "-s", "0",
                    "--out", str(out), "--no-progress", *TINY)
-    assert done.returncode == 1
+    assert done.returncode == 2  # the plugin's mistake: a user error, like a bad config
     (run_dir,) = (out / "digits_tasks" / "softmax_loss").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed"

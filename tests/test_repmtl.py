@@ -71,6 +71,7 @@ class StepCtx:
     hand-made graph: the engine's own context is exercised by the end-to-end runs."""
 
     world_size = 1
+    epoch = 0
 
     def __init__(self, reps: dict[str, Tensor], raw_losses: Tensor, losses: Tensor):
         self.task_names = tuple(reps)
