@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from analysis.measures import CORRECTIONS
 from analysis.report import FORMATS, SECTIONS, build_report
 from analysis.select import RULES
 from engine.argtypes import positive_int
@@ -50,7 +51,17 @@ def add_parser(sub, parents) -> None:
                                         "(default all)")
     p.add_argument("--select", choices=RULES, default="last",
                    help="which epoch represents a run: last (default), best_val (best "
-                        "validation epoch) or last_k (mean of the last K epochs)")
+                        "validation epoch), last_k (mean of the last K epochs), best_test_dp "
+                        "(LibMTL's protocol: best test Δp_task, TEST-SELECTED) or best_val_dp "
+                        "(best validation Δp_task)")
+    p.add_argument("--published-select", choices=RULES, default=None, metavar="RULE",
+                   help="selection rule of the published-vs-reproduced tables (default: the "
+                        "rule of the published numbers, best_test_dp on NYUv2/Cityscapes, "
+                        "best_val_dp on Office)")
+    p.add_argument("--correction", choices=CORRECTIONS, default="holm",
+                   help="multiplicity correction of the negative-transfer tests: holm "
+                        "(default, family-wise error), bh (Benjamini-Hochberg, false "
+                        "discovery rate) or none")
     p.add_argument("--k", type=positive_int, default=3, metavar="K",
                    help="epochs averaged by --select last_k (default 3)")
     p.add_argument("-b", "--benchmark", default=None, metavar="BENCH",
@@ -65,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.results.is_dir():
         raise UserError(f"results folder {args.results} does not exist or is not a folder")
     written = build_report(args.results, args.out, args.formats, args.select, args.k,
-                           args.benchmark, args.skip)
+                           args.benchmark, args.skip, args.published_select, args.correction)
     out = args.out or args.results / "report"
     print(f"report written to {out} ({len(written)} files)")
     for path in written:

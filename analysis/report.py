@@ -9,6 +9,7 @@ spectra, toy trajectories, and the runs left out with their reasons.
 """
 from __future__ import annotations
 
+import html
 import re
 import time
 from pathlib import Path
@@ -22,11 +23,13 @@ from analysis.document import Document
 from analysis.reference import (
     SOURCE,
     load_published,
-    published_vs_reproduced,
+    paper_protocol,
+    protocol_departures,
     recompute_deltas,
+    reproduced_vs_published,
 )
 from analysis.select import describe
-from analysis.table import Comparison, cells, comparisons
+from analysis.table import Comparison, _tex, cells, comparisons
 
 SECTIONS = ("tables", "published", "transfer", "cost", "weights", "conflict", "curves", "spectra",
             "toy")
@@ -46,39 +49,50 @@ def _comparison_section(doc: Document, table: Comparison) -> None:
     doc.para(table.note())
 
 
-def _published_section(doc: Document, table: Comparison) -> None:
+def _published_section(doc: Document, table: Comparison, shown: Comparison | None,
+                       published_rule: str) -> None:
+    """Published vs reproduced on a paper benchmark. ``shown`` is the comparison made under
+    ``published_rule`` (by default the selection of the published numbers), None when no
+    run is selectable under it."""
     pub = load_published(table.benchmark)
     if pub is None:
         return
+    paper = paper_protocol(table.benchmark)
     doc.heading(2, f"Published vs reproduced: {table.benchmark}")
-    diff = published_vs_reproduced(pub, table.mean, table.units, table.row_method)
-    if diff.empty:
+    diff = pd.DataFrame()
+    if shown is not None:
+        diff, header, body = reproduced_vs_published(pub, shown)
+    if shown is None:
+        doc.para(f"No run is selectable under --published-select {published_rule}.")
+    elif diff.empty:
         doc.para("None of the methods run here appear in the published table.")
     else:
-        wide = diff.pivot_table(index=["method", "published_method"],
-                                columns=["task", "metric"], values=["ours", "published", "difference"],
-                                sort=False)
-        rows = []
-        for (method, pname) in wide.index:
-            for kind in ("ours", "published", "difference"):
-                row = {"method": method if kind == "ours" else "", "values": kind}
-                row.update({f"{t} {m}": wide.loc[(method, pname), (kind, t, m)]
-                            for _, t, m in wide.columns if _ == kind})
-                if table.deltas is not None and kind == "ours":
-                    row["Δp_task (%)"] = table.deltas.loc[method, "delta_p_task"]
-                elif kind == "published":
-                    row["Δp_task (%)"] = pub.delta_p_task[pname]
-                else:
-                    row["Δp_task (%)"] = (table.deltas.loc[method, "delta_p_task"] - pub.delta_p_task[pname]
-                                          if table.deltas is not None else np.nan)
-                rows.append(row)
-        doc.frame_table(_slug("published_vs_reproduced", table.benchmark, table.protocol),
-                        pd.DataFrame(rows), f"{table.benchmark}: ours ({table.selection}; "
-                        f"converted to the published units) vs published ({SOURCE}); "
-                        "difference = ours − published")
+        made = "; ".join(
+            f"{row}: profile {', '.join(info['profile'])}, "
+            f"{', '.join(map(str, info['epochs'])) or '?'} epochs, protocol "
+            f"{', '.join(p or 'default' for p in info['protocol'])}"
+            for row, info in shown.runs.items() if row in set(diff.method))
+        doc.para(f"Reproduction ({describe_rule(published_rule)}): {made}.  \n"
+                 f"Published ({SOURCE}): profile {paper.profile}, {paper.epochs} epochs"
+                 + (f", protocol {paper.protocol}" if paper.protocol else "")
+                 + f", {paper.selection}.")
+        departures = {row: protocol_departures(paper, info, published_rule)
+                      for row, info in shown.runs.items() if row in set(diff.method)}
+        for row, what in departures.items():
+            if what:
+                doc.para(f"**Warning: not like for like.** {row} differs from the published "
+                         f"setting: {'; '.join(what)}.")
+        name = _slug("published_vs_reproduced", table.benchmark, table.protocol)
+        caption = (f"{table.benchmark}: ours ({describe_rule(published_rule)}; mean ± std over "
+                   f"seeds, converted to the published units) vs published ({SOURCE}; the paper "
+                   "prints no per-metric std, Δp_task ± std as printed); difference = ours − "
+                   "published, rounded to the printed precision; ↑ higher is better, ↓ lower")
+        doc.styled_table(name, (header, body), (header, [[html.escape(c) for c in r] for r in body]),
+                         ([_tex(h) for h in header], [[_tex(c) for c in r] for r in body]),
+                         diff, caption)
         doc.para("Units of the published table: " + ", ".join(
             f"{t} {m}: {u or 'as printed'}" for (t, m), u in pub.units.items()) + ". Our Δp_task "
-                 f"is relative to {table.baseline or 'no baseline'}.")
+                 f"is relative to {shown.baseline or 'no baseline'}.")
     recomputed = recompute_deltas(pub)
     doc.frame_table(_slug("published", table.benchmark),
                     pub.values.set_axis([f"{t}_{m}" for t, m in pub.values.columns], axis=1)
@@ -102,13 +116,37 @@ def _transfer_section(doc: Document, table: Comparison) -> None:
     doc.figure(png, f"{table.benchmark}: relative change against STL per method and task")
 
 
+def describe_rule(rule: str, k: int = 3) -> str:
+    return f"{describe(rule, k)} (--select {rule})"
+
+
+def _published_tables(root: Path, tables: list[Comparison], rule: str | None, k: int,
+                      benchmark: str | None) -> dict[tuple[str, str], tuple[Comparison | None, str]]:
+    """Per paper benchmark and protocol: the comparison under the published-vs-reproduced
+    rule (``rule``, or by default the selection of the published numbers) and that rule."""
+    out = {}
+    for table in tables:
+        paper = paper_protocol(table.benchmark)
+        if paper is None:
+            continue
+        chosen = rule or paper.rule
+        if chosen == table.rule:
+            out[(table.benchmark, table.protocol)] = (table, chosen)
+            continue
+        again, _ = comparisons(root, chosen, k, table.benchmark)
+        match = [t for t in again if t.protocol == table.protocol]
+        out[(table.benchmark, table.protocol)] = (match[0] if match else None, chosen)
+    return out
+
+
 def _per_benchmark(frame: pd.DataFrame):
     yield from frame.groupby("benchmark", sort=True)
 
 
 def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] = FORMATS,
                  rule: str = "last", k: int = 3, benchmark: str | None = None,
-                 skip: tuple[str, ...] = ()) -> list[Path]:
+                 skip: tuple[str, ...] = (), published_rule: str | None = None,
+                 correction: str = "holm") -> list[Path]:
     """Write the report of the results under ``root`` into ``out`` (default
     ``root/report``); return the files written."""
     root = Path(root)
@@ -122,11 +160,13 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
              f"Selection rule: {describe(rule, k)} (--select {rule}).")
     tables, excluded = comparisons(root, rule, k, benchmark)
     problems: dict[str, str] = {}
+    published = (_published_tables(root, tables, published_rule, k, benchmark)
+                 if "published" not in skip and "tables" not in skip else {})
     if "tables" not in skip:
         for table in tables:
             _comparison_section(doc, table)
-            if "published" not in skip:
-                _published_section(doc, table)
+            if (table.benchmark, table.protocol) in published:
+                _published_section(doc, table, *published[(table.benchmark, table.protocol)])
             if "transfer" not in skip:
                 _transfer_section(doc, table)
     usable = runs[runs.usable]
