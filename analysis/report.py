@@ -101,17 +101,18 @@ def _published_section(doc: Document, table: Comparison, shown: Comparison | Non
                     "its means against its STL row, beside the printed Δp_task")
 
 
-def _transfer_section(doc: Document, table: Comparison) -> None:
-    report = transfer.negative_transfer(table)
+def _transfer_section(doc: Document, table: Comparison, correction: str = "holm") -> None:
+    report = transfer.negative_transfer(table, correction=correction)
     if report is None or report.empty:
         return
     doc.heading(2, f"Negative transfer: {table.benchmark}")
     name = _slug("negative_transfer", table.benchmark, table.protocol)
     doc.frame_table(name + "_summary", transfer.summary(report),
                     "Per method: tasks with negative transfer (mean change vs STL < 0), how many "
-                    "are significant (Welch t-test p < 0.05), and the worst task")
+                    f"are significant ({transfer.tests_description(report)}), and the worst task")
     doc.frame_table(name, report, f"Change vs STL per task (%, signed so that > 0 is better), "
-                    f"mean and std over seeds; baseline: {table.baseline}")
+                    f"mean and std over seeds; baseline: {table.baseline}; test: "
+                    f"{transfer.tests_description(report)}")
     png = transfer.heatmap(report, doc.figures_dir / name, f"{table.benchmark}: change vs STL (%)")
     doc.figure(png, f"{table.benchmark}: relative change against STL per method and task")
 
@@ -168,7 +169,7 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
             if (table.benchmark, table.protocol) in published:
                 _published_section(doc, table, *published[(table.benchmark, table.protocol)])
             if "transfer" not in skip:
-                _transfer_section(doc, table)
+                _transfer_section(doc, table, correction)
     usable = runs[runs.usable]
     if "cost" not in skip:
         costs = load_costs(usable)

@@ -114,3 +114,80 @@ def test_published_vs_reproduced_of_a_like_run_has_no_warning(tmp_path):
 def test_published_table_loads_printed_cells():
     pub = load_published("cityscapes")
     assert pub.printed.loc["STL", "depth_abs_err"] == "0.01282"
+
+
+def _transfer_runs(root, stl=True):
+    from analysis.transfer import negative_transfer  # noqa: F401
+    tasks = {("a", "acc"): (True, "%"), ("c", "acc"): (True, "%"), ("d", "acc"): (True, "%")}
+    if stl:
+        for seed, (a, c, d) in enumerate([(80, 50, 40), (82, 51, 41), (81, 49, 39)]):
+            write_run(root, "bench", "stl", seed, {("a", "acc"): [a], ("c", "acc"): [c],
+                                                   ("d", "acc"): [d]}, tasks=tasks)
+    for seed, (a, c, d) in enumerate([(70, 50.5, 38.0), (71, 49.5, 39.5), (72, 50.2, 38.4)]):
+        write_run(root, "bench", "ew", seed, {("a", "acc"): [a], ("c", "acc"): [c],
+                                              ("d", "acc"): [d]}, tasks=tasks)
+    for seed, (a, c, d) in enumerate([(79, 48.0, 40.5), (80.5, 49.0, 39.0), (80, 48.6, 40.1)]):
+        write_run(root, "bench", "pcgrad", seed, {("a", "acc"): [a], ("c", "acc"): [c],
+                                                  ("d", "acc"): [d]}, tasks=tasks)
+
+
+@pytest.mark.parametrize("correction", ["holm", "bh", "none"])
+def test_negative_transfer_tests_are_named_and_corrected(tmp_path, correction):
+    from scipy import stats
+
+    from analysis.transfer import WELCH, negative_transfer, tests_description
+    _transfer_runs(tmp_path)
+    (table,), _ = comparisons(tmp_path)
+    report = negative_transfer(table, correction=correction)
+    assert set(report.test) == {WELCH}
+    per_seed = table.per_seed
+    p = []
+    for row in report.itertuples():
+        col = (row.task, "acc")
+        base = per_seed.xs("stl", level="row")[col]
+        r = 100 * (per_seed.xs(row.method, level="row")[col] - base.mean()) / base.mean()
+        ref = 100 * (base - base.mean()) / base.mean()
+        p.append(stats.ttest_ind(r, ref, equal_var=False).pvalue)
+    assert report.p.to_numpy() == pytest.approx(p)
+    if correction == "holm":
+        m = len(p)
+        order = np.argsort(p)
+        adj = np.minimum(np.maximum.accumulate(np.array(p)[order] * (m - np.arange(m))), 1)
+        want = np.empty(m)
+        want[order] = adj
+    elif correction == "bh":
+        want = stats.false_discovery_control(p, method="bh")
+    else:
+        want = np.array(p)
+    assert report.p_adjusted.to_numpy() == pytest.approx(want)
+    assert list(report.significant_negative) == [bool(c < 0 and q < 0.05) for c, q in
+                                                 zip(report.change_pct, want)]
+    text = tests_description(report)
+    assert "Welch" in text and f"over {len(p)} tests" in text
+    assert {"holm": "Holm", "bh": "Benjamini–Hochberg", "none": "no correction"}[correction] in text
+
+
+def test_published_baseline_runs_a_one_sample_test_and_says_so(tmp_path):
+    from scipy import stats
+
+    from analysis.transfer import ONE_SAMPLE, negative_transfer, tests_description
+    for seed, miou in enumerate([60.0, 61.0, 62.5]):
+        write_run(tmp_path, "cityscapes", "ew", seed,
+                  {("seg", "miou"): [miou], ("seg", "pixacc"): [91.0], ("depth", "abs_err"): [0.013],
+                   ("depth", "rel_err"): [0.44 + seed / 100]}, tasks=CITY)
+    (table,), _ = comparisons(tmp_path)
+    report = negative_transfer(table).set_index("task")
+    assert set(report.test) == {ONE_SAMPLE}
+    seg = [100 * ((m - 69.06) / 69.06 + (91.0 - 91.54) / 91.54) / 2 for m in (60.0, 61.0, 62.5)]
+    assert report.loc["seg", "p"] == pytest.approx(stats.ttest_1samp(seg, 0).pvalue)
+    assert "one-sample t-test" in tests_description(report) and "Welch" not in \
+        tests_description(report)
+
+
+def test_report_captions_name_the_test_and_correction(tmp_path):
+    _transfer_runs(tmp_path / "res")
+    out = tmp_path / "rep"
+    build_report(tmp_path / "res", out, ("md",), skip=("weights", "conflict", "curves",
+                                                       "spectra", "toy", "cost"), correction="bh")
+    md = (out / "report.md").read_text()
+    assert "Benjamini–Hochberg correction over 6 tests" in md
