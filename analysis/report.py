@@ -211,13 +211,19 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
         problems.update(bad)
         for bench, part in _per_benchmark(data):
             doc.heading(1, f"Power laws of the training curves: {bench}")
-            doc.frame_table(_slug("curve_fits", bench), curves.fit_curves(part),
-                            "L(t) = a·t^(−α) + c per method and task: α (mean over seeds) with "
-                            "its seed-bootstrap 95% interval, R² of log L, c_at_bound, relative "
+            fits = curves.fit_curves(part)
+            doc.frame_table(_slug("curve_fits", bench), fits,
+                            "L(t) = a·t^(−α) + c per method and task, fit per seed: α (mean over "
+                            "seeds) with the interval named in 'interval' (95% t-interval; none "
+                            "with fewer than 3 seeds), only when every seed's fit is identified; "
+                            f"'status' gives the reasons otherwise (c at a bound, R² < "
+                            f"{curves.R2_MIN:g}, α at a bound); R² of log L, c_at_bound, relative "
                             "error of the extrapolation from the first 70% of the window")
             doc.figure(curves.plot_curves(part, doc.figures_dir / _slug("curves", bench),
-                                          f"{bench}: training curves"),
-                       f"{bench}: training loss per task (log-log) with power-law fits")
+                                          f"{bench}: training curves", fits),
+                       f"{bench}: training loss per task (log-log, points at the midpoint of "
+                       "their interval of steps); legend: the table's α (mean of the seed fits) "
+                       "and the α of the fit of the mean curve (dashed)")
     if "spectra" not in skip:
         table, bad, eigs = spectra.load_spectra(usable)
         problems.update(bad)

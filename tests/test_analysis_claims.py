@@ -191,3 +191,57 @@ def test_report_captions_name_the_test_and_correction(tmp_path):
                                                        "spectra", "toy", "cost"), correction="bh")
     md = (out / "report.md").read_text()
     assert "Benjamini–Hochberg correction over 6 tests" in md
+
+
+def test_seed_interval_is_scipys_t_interval():
+    from scipy import stats
+
+    from analysis.intervals import seed_interval, value_range
+    x = [0.41, 0.52, 0.47]
+    iv = seed_interval(x)
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean(x), scale=stats.sem(x))
+    assert (iv.lo, iv.hi) == (pytest.approx(lo), pytest.approx(hi))
+    assert iv.kind == "95% t-interval, n=3"
+    assert iv.lo < min(x) and iv.hi > max(x)  # wider than the range of 3 seeds
+    assert not seed_interval([0.4, 0.5]).exists and "n=2 < 3" in seed_interval([0.4, 0.5]).kind
+    r = value_range([0.4, 0.5])
+    assert (r.lo, r.hi, r.kind) == (0.4, 0.5, "range, n=2")
+
+
+def _power_curve(root, method, alpha, c, noise, seeds=3):
+    rng = np.random.default_rng(0)
+    for seed in range(seeds):
+        steps = np.arange(10, 3001, 10)
+        loss = 3.0 * (steps - 4.5) ** (-alpha) + c
+        loss = loss * np.exp(noise * rng.standard_normal(loss.size))
+        curve = [{"step": int(s), "epoch": 0, "losses": {"a": float(v)}} for s, v in zip(steps, loss)]
+        write_run(root, "bench", method, seed, {("a", "acc"): [1.0]}, curve=curve,
+                  tasks={("a", "acc"): (True, "%")})
+
+
+def test_unidentified_curve_fits_show_no_alpha(tmp_path):
+    from analysis.collect import load_runs
+    from analysis.curves import R2_MIN, fit_curves, load_curves, plot_curves
+    _power_curve(tmp_path, "ew", 0.5, 0.1 * (1 + 0.0), 0.0)      # a clean power law
+    _power_curve(tmp_path, "flat", 0.0, 1.0, 0.05)                # noise around a constant
+    data, _ = load_curves(load_runs(tmp_path))
+    fits = fit_curves(data).set_index("method")
+    assert fits.loc["ew", "status"] == "identified"
+    assert fits.loc["ew", "alpha"] == pytest.approx(0.5, rel=0.03)
+    assert fits.loc["ew", "interval"] == "95% t-interval, n=3"
+    flat = fits.loc["flat"]
+    assert flat.status.startswith("unidentified") and np.isnan(flat.alpha)
+    assert np.isnan(flat.alpha_lo) and flat.interval == "–"
+    assert f"R² < {R2_MIN:g}" in flat.status or "at a bound" in flat.status
+    png = plot_curves(data, tmp_path / "fig", "t", fits.reset_index())
+    assert png.exists()
+
+
+def test_curve_points_sit_at_their_interval_midpoints(tmp_path):
+    from analysis.collect import load_runs
+    from analysis.curves import load_curves
+    curve = [{"step": s, "epoch": 0, "losses": {"a": 1.0}} for s in (10, 20, 25)]
+    write_run(tmp_path, "bench", "ew", 0, {("a", "acc"): [1.0]}, curve=curve,
+              tasks={("a", "acc"): (True, "%")})
+    data, _ = load_curves(load_runs(tmp_path))
+    assert list(data.step) == [5.5, 15.5, 23.0] and list(data.step_end) == [10, 20, 25]
