@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.measures import delta_p_metric, delta_p_task
+from analysis.measures import delta_p_metric, delta_p_task, mean_rank
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "results" / "reference"
 SOURCE = "Wang, Li, Xu, Rep-MTL, ICCV 2025 (arXiv 2507.21049v1)"
@@ -279,3 +279,78 @@ def _office_cell(pub: Published, pname: str, col) -> str:
         if canonical_task(name) == col[0]:
             return pub.printed.loc[pname, name]
     return "0.00"
+
+
+def _printed_cell(pub: Published, method: str, col) -> str:
+    if pub.benchmark.startswith("office"):
+        return _office_cell(pub, method, col)
+    name = f"{col[0]}_{col[1]}"
+    return pub.printed.loc[method, name] if pub.printed is not None else "0"
+
+
+def _half_unit(text: str) -> float:
+    """Half a unit of the last printed digit: the largest rounding error of the value."""
+    return 0.5 * 10.0 ** -decimals(text)
+
+
+def delta_bounds(pub: Published, method: str, per_task: bool) -> tuple[float, float]:
+    """The smallest and largest Δp_task (``per_task``) or Δp_metric (%) that the unrounded
+    values behind the printed row and STL row could give: every printed value M may be off
+    by half a unit of its last digit, and each signed ratio s·(M/B − 1) is monotone in M and
+    B (B > 0), so its extremes are at the ends of those intervals (interval arithmetic,
+    exact for this affine-in-ratios measure)."""
+    cols = list(pub.values.columns)
+    tasks = [c[0] for c in cols]
+    weights = np.array([1.0 / (len(set(tasks)) * tasks.count(t)) if per_task else 1.0 / len(cols)
+                        for t in tasks])
+    lo = hi = 0.0
+    for w, col in zip(weights, cols):
+        m, b = float(pub.values.loc[method, col]), float(pub.stl[col])
+        em, eb = _half_unit(_printed_cell(pub, method, col)), _half_unit(_printed_cell(pub, "STL", col))
+        ratios = [(m + sm * em) / (b + sb * eb) for sm in (-1, 1) for sb in (-1, 1)]
+        sign = 1.0 if pub.higher[col] else -1.0
+        terms = [sign * (r - 1.0) for r in ratios]
+        lo += w * min(terms)
+        hi += w * max(terms)
+    return 100.0 * lo, 100.0 * hi
+
+
+def published_check(pub: Published) -> pd.DataFrame:
+    """Every published row's summary measures printed and recomputed from its own means
+    against its STL row, side by side: Δp_task, Δp_metric, Δm% (= −Δp_metric) and the mean
+    rank among the published methods other than STL (the paper prints no Δm% or rank, and
+    Δp_metric only on NYUv2). ``*_bound`` is the largest gap that rounding of the printed
+    values (and of the printed Δ itself) can explain; ``disagrees`` lists the measures whose
+    printed value lies outside it."""
+    rec = recompute_deltas(pub)
+    printed_metric = None
+    if pub.printed is not None and "delta_p_metric" in pub.printed.columns:
+        printed_metric = pub.printed["delta_p_metric"]
+    compared = [m for m in pub.values.index if m != "STL"]
+    cols = list(pub.values.columns)
+    ranks = mean_rank(pub.values.loc[compared, cols], [pub.higher[c] for c in cols])
+    rows = []
+    for method in pub.values.index:
+        row = {"method": method}
+        flags = []
+        for key, per_task, printed in (
+                ("Δp_task", True, pub.printed["delta_p_task"] if pub.printed is not None else None),
+                ("Δp_metric", False, printed_metric)):
+            value = float(rec.loc[method, "delta_p_task" if per_task else "delta_p_metric"])
+            lo, hi = delta_bounds(pub, method, per_task)
+            text = "" if printed is None else str(printed.get(method, "")).strip()
+            shown = float(text) if text else np.nan
+            slack = _half_unit(text) if text else 0.0
+            row[f"{key} printed"] = shown
+            row[f"{key} recomputed"] = clean(value, 4)
+            row[f"{key} bound"] = clean(max(hi - value, value - lo) + slack, 4)
+            if np.isfinite(shown) and not (lo - slack - 1e-12 <= shown <= hi + slack + 1e-12):
+                flags.append(key)
+            if not per_task:
+                row["Δm% printed"] = -shown if np.isfinite(shown) else np.nan
+                row["Δm% recomputed"] = clean(-value, 4)
+        row["mean rank printed"] = np.nan
+        row["mean rank recomputed"] = clean(float(ranks.get(method, np.nan)), 4)
+        row["disagrees"] = ", ".join(flags)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -245,3 +245,40 @@ def test_curve_points_sit_at_their_interval_midpoints(tmp_path):
               tasks={("a", "acc"): (True, "%")})
     data, _ = load_curves(load_runs(tmp_path))
     assert list(data.step) == [5.5, 15.5, 23.0] and list(data.step_end) == [10, 20, 25]
+
+
+@pytest.mark.parametrize("bench", ["nyuv2", "cityscapes", "office31", "officehome"])
+def test_published_check_bound_covers_every_rounding(bench):
+    from analysis.measures import delta_p_metric, delta_p_task
+    from analysis.reference import _half_unit, _printed_cell, published_check
+    pub = load_published(bench)
+    check = published_check(pub).set_index("method")
+    cols = list(pub.values.columns)
+    higher = [pub.higher[c] for c in cols]
+    tasks = [c[0] for c in cols]
+    rng = np.random.default_rng(1)
+    for method in pub.values.index[1:]:
+        half_m = np.array([_half_unit(_printed_cell(pub, method, c)) for c in cols])
+        half_b = np.array([_half_unit(_printed_cell(pub, "STL", c)) for c in cols])
+        m, b = pub.values.loc[method, cols].to_numpy(), pub.stl[cols].to_numpy()
+        rec = check.loc[method, "Δp_task recomputed"]
+        assert rec == pytest.approx(delta_p_task(m, b, higher, tasks), abs=1e-4)
+        assert check.loc[method, "Δm% recomputed"] == pytest.approx(-delta_p_metric(m, b, higher),
+                                                                     abs=1e-4)
+        for _ in range(50):  # any unrounded values stay within the bound
+            mm = m + half_m * rng.uniform(-1, 1, m.size)
+            bb = b + half_b * rng.uniform(-1, 1, b.size)
+            assert abs(delta_p_task(mm, bb, higher, tasks) - rec) <= check.loc[method, "Δp_task bound"]
+
+
+def test_published_check_flags_the_known_disagreements():
+    from analysis.reference import published_check
+    flagged = {b: set(published_check(load_published(b)).query("disagrees != ''").method)
+               for b in ("nyuv2", "cityscapes", "office31", "officehome")}
+    assert "Rep-MTL (EW)" in flagged["office31"]  # 1.379 recomputed, 1.31 printed
+    assert {"CAGrad", "IMTL-G"} <= flagged["officehome"]
+    assert len(flagged["cityscapes"]) == 8 and not flagged["nyuv2"]
+    nyu = published_check(load_published("nyuv2")).set_index("method")
+    assert nyu.loc["EW", "Δp_metric printed"] == -3.85 and nyu.loc["EW", "Δm% printed"] == 3.85
+    ranks = nyu["mean rank recomputed"].drop("STL")
+    assert ranks.min() >= 1 and np.isnan(nyu.loc["STL", "mean rank recomputed"])
