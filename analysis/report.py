@@ -244,13 +244,19 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
                 summary = spectra.spectra_summary(part)
                 doc.heading(1, f"Weight spectra: {bench}")
                 per_group = (summary.groupby(["method", "group"], sort=True)
-                             .agg(mean_alpha=("alpha", "mean"), layers=("layer", "size"))
+                             .agg(mean_alpha=("alpha", "mean"), layers=("alpha", "count"))
                              .reset_index())
                 doc.frame_table(_slug("spectra_groups", bench), per_group,
-                                "Mean power-law exponent α over the layers of each group "
+                                "Mean power-law exponent α over the fitted layers of each group "
                                 "(2 ≤ α ≤ 6 well trained, > 6 under-trained, < 2 over-trained)")
                 doc.frame_table(_slug("spectra_layers", bench), summary,
-                                "α per layer (mean and std over seeds)")
+                                "α per layer (mean and std over seeds) with the fit's σ, x_min, "
+                                "KS distance, n_tail and tail fraction, the eigenvalue count, the "
+                                "Marchenko–Pastur edge of a random matrix of the same shape and "
+                                "entry variance (mp_edge) and the eigenvalues above it (above_mp: "
+                                "a few are spikes, not a heavy tail); marks: too few eigenvalues "
+                                f"(< {spectra.MIN_EIGS}, not fitted), tail is most of the spectrum "
+                                f"(tail fraction > {spectra.MAX_TAIL_FRACTION:g}), α > 8")
                 doc.figure(spectra.plot_alpha_bars(summary, doc.figures_dir / _slug("alpha", bench),
                                                    f"{bench}: α per layer"),
                            f"{bench}: power-law exponent α of every layer, per method")
@@ -258,7 +264,9 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
                 by_method = {m: e for (b, m), e in eigs.items() if b == bench}
                 doc.figure(spectra.plot_esd(by_method, chosen, doc.figures_dir / _slug("esd", bench),
                                             f"{bench}: empirical spectral densities"),
-                           f"{bench}: ESD of chosen layers ({', '.join(chosen)}) with power-law fits")
+                           f"{bench}: ESD of chosen layers ({', '.join(chosen)}; first seed): "
+                           "non-empty log bins as points, power-law tail fit dashed, "
+                           "Marchenko–Pastur edge dotted")
     if "toy" not in skip:
         for bench, part in _per_benchmark(usable):
             sub, bad = toy.load_trajectories(part)
@@ -279,6 +287,7 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
 def _chosen_layers(summary: pd.DataFrame) -> list[str]:
     """ESD layers: the first, middle and last layer of the shared encoder (of stl's encoders
     when no shared one exists) and the largest layer of each head (six at most)."""
+    summary = summary[summary.alpha.notna()]
     shared = summary[summary.group == "encoder"]
     enc = list(dict.fromkeys(shared.layer if not shared.empty else
                              summary[summary.group.str.startswith("encoder")].layer))

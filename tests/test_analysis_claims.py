@@ -282,3 +282,54 @@ def test_published_check_flags_the_known_disagreements():
     assert nyu.loc["EW", "Δp_metric printed"] == -3.85 and nyu.loc["EW", "Δm% printed"] == 3.85
     ranks = nyu["mean rank recomputed"].drop("STL")
     assert ranks.min() >= 1 and np.isnan(nyu.loc["STL", "mean rank recomputed"])
+
+
+def test_spectra_marks_small_layers_and_reports_the_random_matrix_edge(tmp_path):
+    import torch
+
+    from analysis.spectra import MIN_EIGS, checkpoint_spectra, mp_edge
+    torch.manual_seed(0)
+    rand = torch.randn(400, 200, dtype=torch.float64)
+    u, v = torch.randn(400, 1, dtype=torch.float64), torch.randn(1, 200, dtype=torch.float64)
+    spiked = rand + 0.5 * u @ v  # one planted spike far above the random bulk
+    model = {"encoders.0.a.weight": rand, "encoders.0.b.weight": spiked,
+             "heads.t.fc.weight": torch.randn(10, 30, dtype=torch.float64)}
+    torch.save({"model": model}, tmp_path / "checkpoint.pt")
+    table, _ = checkpoint_spectra(tmp_path / "checkpoint.pt")
+    table = table.set_index("layer")
+    # Marchenko–Pastur: λ+ = σ²(√N + √M)²; the largest eigenvalue of a Gaussian matrix sits
+    # at the edge (within a few % at this size), a planted rank-one spike far above it
+    sv = np.linalg.svd(rand.numpy(), compute_uv=False) ** 2
+    edge = rand.var(unbiased=False).item() * (np.sqrt(400) + np.sqrt(200)) ** 2
+    assert mp_edge(rand) == pytest.approx(edge)
+    assert sv.max() == pytest.approx(edge, rel=0.05)
+    assert table.loc["encoders.0.a", "above_mp"] <= 2
+    assert table.loc["encoders.0.b", "above_mp"] >= 1
+    small = table.loc["heads.t.fc"]
+    assert small.eigenvalues == 10 < MIN_EIGS and np.isnan(small.alpha)
+    assert "too few eigenvalues" in small.trust
+    for col in ("n_tail", "sigma", "xmin", "ks", "tail_fraction"):
+        assert np.isfinite(table.loc["encoders.0.a", col])
+
+
+def test_spectrum_tail_matches_powerlaw_and_is_marked_when_it_is_the_spectrum():
+    import powerlaw
+
+    from analysis.spectra import MAX_TAIL_FRACTION, fit_spectrum
+    rng = np.random.default_rng(3)
+    x = rng.pareto(2.5, 64) + 1.0  # a pure power law of 64 values: the tail is all of it
+    fit = fit_spectrum(x)
+    ref = powerlaw.Fit(x, verbose=False, parameter_ranges={"alpha": [1, 20]})
+    assert fit.alpha == pytest.approx(ref.alpha, rel=1e-6)
+    assert fit.ks == pytest.approx(ref.power_law.D, rel=1e-6)
+    assert fit.n_tail == int(np.sum(x >= ref.xmin))
+    assert fit.n_tail / x.size > MAX_TAIL_FRACTION
+
+
+def test_esd_points_leave_empty_bins_empty():
+    from analysis.spectra import esd_points
+    x = np.concatenate([np.linspace(1, 2, 100), [50.0, 80.0, 100.0]])  # three isolated values
+    mid, dens = esd_points(x, bins=40)
+    edges = np.geomspace(1, 100, 41)
+    counts, _ = np.histogram(x, edges)
+    assert len(mid) == int((counts > 0).sum()) < 40 and (dens > 0).all()

@@ -130,8 +130,11 @@ def test_checkpoint_spectra_groups_and_skips(tmp_path):
     torch.save({"model": model, "epoch": 0}, tmp_path / "checkpoint.pt")
     table, eigs = checkpoint_spectra(tmp_path / "checkpoint.pt", keep_eigs=True)
     assert table.set_index("layer").group.to_dict() == {
-        "encoders.0.conv": "encoder", "encoders.0.fc": "encoder", "heads.b.fc": "head b"}
+        "encoders.0.conv": "encoder", "encoders.0.fc": "encoder", "heads.a": "head a",
+        "heads.b.fc": "head b"}
     assert table.set_index("layer").eigenvalues.to_dict() == {
-        "encoders.0.conv": 72, "encoders.0.fc": 64, "heads.b.fc": 60}
+        "encoders.0.conv": 72, "encoders.0.fc": 64, "heads.a": 10, "heads.b.fc": 60}
     assert set(eigs) == {"encoders.0.conv", "encoders.0.fc", "heads.b.fc"}
-    assert isinstance(table, pd.DataFrame) and (table.alpha > 1).all()
+    fitted = table[table.layer != "heads.a"]
+    assert isinstance(table, pd.DataFrame) and (fitted.alpha > 1).all()
+    assert "too few eigenvalues" in table.set_index("layer").loc["heads.a", "trust"]
