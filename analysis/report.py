@@ -14,12 +14,12 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analysis import conflict, curves, spectra, toy, transfer, weights
 from analysis.collect import load_costs, load_runs
 from analysis.document import Document
+from analysis.labels import config_labels
 from analysis.reference import (
     SOURCE,
     load_published,
@@ -182,7 +182,10 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
                 _published_section(doc, table, *published[(table.benchmark, table.protocol)])
             if "transfer" not in skip:
                 _transfer_section(doc, table, correction)
+    # every section groups by configuration, labelled by its differing settings, as the
+    # comparison tables do: runs of different configs are never averaged together
     usable = runs[runs.usable]
+    usable = usable.assign(method=usable.run_dir.map(config_labels(usable)))
     if "cost" not in skip:
         costs = load_costs(usable)
         for bench, part in _per_benchmark(costs):

@@ -117,7 +117,6 @@ def test_published_table_loads_printed_cells():
 
 
 def _transfer_runs(root, stl=True):
-    from analysis.transfer import negative_transfer  # noqa: F401
     tasks = {("a", "acc"): (True, "%"), ("c", "acc"): (True, "%"), ("d", "acc"): (True, "%")}
     if stl:
         for seed, (a, c, d) in enumerate([(80, 50, 40), (82, 51, 41), (81, 49, 39)]):
@@ -333,3 +332,36 @@ def test_esd_points_leave_empty_bins_empty():
     edges = np.geomspace(1, 100, 41)
     counts, _ = np.histogram(x, edges)
     assert len(mid) == int((counts > 0).sum()) < 40 and (dens > 0).all()
+
+
+def test_every_section_keeps_configurations_apart(tmp_path):
+    import json
+
+    import torch
+    root = tmp_path / "res"
+    for alpha, h in ((1.5, "g15"), (2.0, "g20")):
+        for seed in (0, 1):
+            steps = np.arange(10, 2001, 10)
+            curve = [{"step": int(s), "epoch": 0, "losses": {"a": float(2 * (s - 4.5) ** -alpha / 4 + 0.1)}}
+                     for s in steps]
+            conflict = [{"step": s, "epoch": 0, "space": "param", "cosine": {"a|b": alpha / 10},
+                         "norms": {"a": 1.0, "b": 1.0}} for s in (10, 20)]
+            torch.manual_seed(seed)
+            run = write_run(root, "bench", "gradnorm", seed, {A: [80.0], ERR: [2.0]}, tasks=TASKS,
+                            config_hash=h, curve=curve, conflict=conflict,
+                            model={"encoders.0.fc.weight": torch.randn(64, 80)})
+            cfg = json.loads((run / "config.json").read_text())
+            cfg["methods"] = {"gradnorm": {"alpha": alpha}, "ew": {"unused": 1}}
+            (run / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "rep"
+    build_report(root, out, ("md", "csv"), skip=("toy",))
+    labels = {"gradnorm α=1.5", "gradnorm α=2"}
+    for name in ("comparison_bench", "cost_bench", "conflict_bench_param", "curve_fits_bench",
+                 "spectra_layers_bench", "spectra_groups_bench"):
+        frame = pd.read_csv(out / "tables" / f"{name}.csv")
+        assert set(frame.method) == labels, name
+    conflict = pd.read_csv(out / "tables" / "conflict_bench_param.csv").set_index("method")
+    assert conflict.filter(like="cos").iloc[:, 0].to_dict() == pytest.approx(
+        {"gradnorm α=1.5": 0.15, "gradnorm α=2": 0.2})
+    md = (out / "report.md").read_text()
+    assert "[g15]" not in md
