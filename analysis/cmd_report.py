@@ -41,7 +41,9 @@ def add_parser(sub, parents) -> None:
                "  python run_bench.py report results\n"
                "  python run_bench.py report results --select best_val --out paper_tables\n"
                "  python run_bench.py report results --select last_k --k 5 -b nyuv2 "
-               "--format md,tex",
+               "--format md,tex\n"
+               "  python run_bench.py report results -b nyuv2 --select best_test_dp "
+               "--correction bh",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path, metavar="RESULTS_DIR", help="the results root")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
