@@ -130,7 +130,7 @@ def _transfer_section(doc: Document, table: Comparison, correction: str = "holm"
 
 
 def describe_rule(rule: str, k: int = 3) -> str:
-    return f"{describe(rule, k)} (--select {rule})"
+    return f"{describe(rule, k)} (rule {rule})"
 
 
 def _published_tables(root: Path, tables: list[Comparison], rule: str | None, k: int,

@@ -49,13 +49,14 @@ def _best_dp_epoch(split: pd.DataFrame) -> int:
     only when strictly better, so among equals the earliest wins)."""
     table = split.pivot_table(index="epoch", columns=["task", "metric"], values="value")
     table = table.dropna(axis=1, how="any").sort_index()
+    # a metric that is 0 at the first epoch has no relative change: it is left out of the score
+    table = table.loc[:, table.iloc[0] != 0]
+    if table.shape[1] == 0 or table.shape[0] == 1:  # nothing to compare by, or one epoch
+        return int(table.index[0])
     cols = list(table.columns)
     higher = [bool(split[(split.task == t) & (split.metric == m)].higher_is_better.iloc[0])
               for t, m in cols]
     base = table.iloc[0].to_numpy()
-    if table.shape[0] == 1 or np.any(base == 0):
-        # one epoch, or a zero base value (relative changes undefined): LibMTL keeps the first
-        return int(table.index[0])
     tasks = [t for t, _ in cols]
     score = [delta_p_task(row, base, higher, tasks) for row in table.to_numpy()]
     return int(table.index[int(np.argmax(score))])

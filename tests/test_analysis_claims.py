@@ -89,7 +89,7 @@ def test_published_vs_reproduced_states_and_warns(tmp_path):
     md = (out / "report.md").read_text()
     assert "Warning: not like for like" in md
     assert "profile quick (paper: paper)" in md and "2 epochs (paper: 200)" in md
-    assert "TEST-SELECTED" in md and "--select best_test_dp" in md
+    assert "TEST-SELECTED" in md and "(rule best_test_dp)" in md
     assert "69.70 ± 0.28" in md and "seg miou (%) ↑" in md and "depth abs_err ↓" in md
     assert "+0.62 ± 0.53" in md  # the published Δp_task std
     diff = pd.read_csv(out / "tables" / "published_vs_reproduced_cityscapes.csv")
@@ -365,3 +365,9 @@ def test_every_section_keeps_configurations_apart(tmp_path):
         {"gradnorm α=1.5": 0.15, "gradnorm α=2": 0.2})
     md = (out / "report.md").read_text()
     assert "[g15]" not in md
+
+
+def test_best_test_dp_leaves_out_a_metric_that_starts_at_zero(tmp_path):
+    # a's first value is 0 (no relative change): epochs are scored by b alone
+    write_run(tmp_path, "bench", "ew", 0, {A: [0.0, 90.0, 10.0], ERR: [1.0, 0.9, 0.5]}, tasks=TASKS)
+    assert comparisons(tmp_path, "best_test_dp")[0][0].mean.loc["ew", A] == 10.0
