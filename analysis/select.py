@@ -9,8 +9,10 @@
 - ``last_k``: the mean of the test metrics over the last k recorded epochs.
 - ``best_test_dp``: LibMTL's protocol (``LibMTL/_record.py`` without a validation split, the
   protocol of the published NYUv2 and Cityscapes numbers): the epoch whose TEST metrics have
-  the highest Δp_task relative to the run's first recorded epoch (LibMTL's default base
-  result). This selects on the test split, so every table says "test-selected".
+  the highest Δp_task relative to the run's first recorded epoch. (LibMTL's base there is
+  the first epoch's training-split metrics, which are not recorded; the base only weights the
+  metrics, so the choice can differ only between nearly equal epochs.) This selects on the
+  test split, so every table says "TEST-SELECTED".
 - ``best_val_dp``: the same Δp_task rule on the validation split (LibMTL's trainer when it is
   given a validation loader, as on Office-31 and Office-Home); its test metrics are reported.
 """
