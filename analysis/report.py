@@ -106,8 +106,9 @@ def _published_section(doc: Document, table: Comparison, shown: Comparison | Non
     if not flagged.empty:
         doc.para(f"**{len(flagged)} published row(s) disagree with their own table beyond "
                  "rounding:** " + "; ".join(
-                     f"{r.method} (printed Δp_task {r._2:+.2f}, recomputed {r._3:+.2f})"
-                     for r in flagged.itertuples()) + ". With a fixed STL row every Δ is "
+                     f"{r['method']} ({r['disagrees']}: printed Δp_task "
+                     f"{r['Δp_task printed']:+.2f}, recomputed {r['Δp_task recomputed']:+.2f})"
+                     for _, r in flagged.iterrows()) + ". With a fixed STL row every Δ is "
                  "affine in the metrics, so averaging per-seed Δ cannot cause this; the "
                  "printed means, the printed Δ or the baseline behind it must differ from "
                  "what the table shows (results/reference/README.md lists known quirks).")

@@ -3,6 +3,8 @@ like for like (or warned), tests named and corrected, honest intervals, identifi
 readable spectra. Expected values are recomputed independently (by hand, scipy, powerlaw)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -371,3 +373,14 @@ def test_best_test_dp_leaves_out_a_metric_that_starts_at_zero(tmp_path):
     # a's first value is 0 (no relative change): epochs are scored by b alone
     write_run(tmp_path, "bench", "ew", 0, {A: [0.0, 90.0, 10.0], ERR: [1.0, 0.9, 0.5]}, tasks=TASKS)
     assert comparisons(tmp_path, "best_test_dp")[0][0].mean.loc["ew", A] == 10.0
+
+
+def test_report_lists_the_published_rows_that_disagree(tmp_path):
+    _city_runs(tmp_path / "res")
+    out = tmp_path / "rep"
+    build_report(tmp_path / "res", out, ("md",), skip=ONLY_TABLES)
+    md = (out / "report.md").read_text()
+    assert "8 published row(s) disagree with their own table beyond rounding" in md
+    assert "MTAdam (Δp_task: printed Δp_task -2.74, recomputed -2.64)" in md
+    docs = Path(__file__).parent.parent / "docs" / "analysis.md"
+    assert "the paper averages per-seed" not in docs.read_text()
