@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from analysis.names import FORMATS, RULES, SECTIONS
+from analysis.names import CORRECTIONS, FORMATS, RULES, SECTIONS
 from engine.argtypes import positive_int
 from engine.errors import UserError
 
@@ -39,7 +39,9 @@ def add_parser(sub, parents) -> None:
                "  python run_bench.py report results\n"
                "  python run_bench.py report results --select best_val --out paper_tables\n"
                "  python run_bench.py report results --select last_k --k 5 -b nyuv2 "
-               "--format md,tex",
+               "--format md,tex\n"
+               "  python run_bench.py report results -b nyuv2 --select best_test_dp "
+               "--correction bh",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path, metavar="RESULTS_DIR", help="the results root")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -49,7 +51,17 @@ def add_parser(sub, parents) -> None:
                                         "(default all)")
     p.add_argument("--select", choices=RULES, default="last",
                    help="which epoch represents a run: last (default), best_val (best "
-                        "validation epoch) or last_k (mean of the last K epochs)")
+                        "validation epoch), last_k (mean of the last K epochs), best_test_dp "
+                        "(LibMTL's protocol: best test Δp_task, TEST-SELECTED) or best_val_dp "
+                        "(best validation Δp_task)")
+    p.add_argument("--published-select", choices=RULES, default=None, metavar="RULE",
+                   help="selection rule of the published-vs-reproduced tables (default: the "
+                        "rule of the published numbers, best_test_dp on NYUv2/Cityscapes, "
+                        "best_val_dp on Office)")
+    p.add_argument("--correction", choices=CORRECTIONS, default="holm",
+                   help="multiplicity correction of the negative-transfer tests: holm "
+                        "(default, family-wise error), bh (Benjamini-Hochberg, false "
+                        "discovery rate) or none")
     p.add_argument("--k", type=positive_int, default=3, metavar="K",
                    help="epochs averaged by --select last_k (default 3)")
     p.add_argument("-b", "--benchmark", default=None, metavar="BENCH",
@@ -73,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
     from analysis.report import build_report  # the analysis stack, only when reporting
 
     written = build_report(args.results, args.out, args.formats, args.select, args.k,
-                           args.benchmark, args.skip)
+                           args.benchmark, args.skip, args.published_select, args.correction)
     out = args.out or args.results / "report"
     print(f"report written to {out} ({len(written)} files)")
     for path in written:

@@ -17,8 +17,16 @@ lies within 1e-3·min L of either bound (then c and α trade off and α is less 
 and an extrapolation check: the fit on the first 70% of the window's points predicts the rest;
 the mean relative error of that prediction is ``extrapolation_error``.
 
-Across seeds: α per seed, its mean, and a seed-bootstrap 95% interval (seeds resampled with
-replacement, 2000 times, percentile interval of the mean); one seed gives no interval.
+Identification: a fit's α is **unidentified** when ĉ is at a bound (then c and α trade off),
+R² of log L is below ``R2_MIN`` (0.5: the power law does not describe the curve) or α̂ is at
+one of its bounds (1e-6 or 10). A method and task whose seeds are not all identified shows
+no α and no interval, only the reasons (``status``).
+
+Across seeds: α per seed, its mean, and the 95% t-interval of the mean
+(``analysis.intervals.seed_interval``; none with fewer than 3 identified seeds).
+
+Points: a curve.jsonl record is the mean loss over the steps since the previous record, so it
+is placed at the midpoint of that interval of steps, not at its end.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from analysis.collect import load_optional_jsonl, load_train_records
+from analysis.intervals import seed_interval
 from analysis.plots import grid, plt, save
 
 WARMUP_FRACTION = 0.01
@@ -39,6 +48,8 @@ MAX_POINTS = 40
 MIN_POINTS = 8
 EXTRAPOLATION_SPLIT = 0.7
 BOUND_TOL = 1e-3
+R2_MIN = 0.5
+ALPHA_BOUNDS = (1e-6, 10.0)
 
 
 @dataclass
@@ -49,6 +60,26 @@ class PowerLawFit:
     r2: float
     c_at_bound: bool
     n: int
+
+    @property
+    def alpha_at_bound(self) -> bool:
+        lo, hi = ALPHA_BOUNDS
+        return self.alpha <= lo * (1 + 1e-3) or self.alpha >= hi * (1 - 1e-3)
+
+    def problems(self) -> list[str]:
+        """Why α is not identified (empty when it is): see the module docstring."""
+        out = []
+        if self.c_at_bound:
+            out.append("c at a bound")
+        if not self.r2 >= R2_MIN:
+            out.append(f"R² < {R2_MIN:g}")
+        if self.alpha_at_bound:
+            out.append("α at a bound")
+        return out
+
+    @property
+    def identified(self) -> bool:
+        return not self.problems()
 
     def predict(self, t: np.ndarray) -> np.ndarray:
         return self.a * np.asarray(t, dtype=float) ** (-self.alpha) + self.c
@@ -94,7 +125,7 @@ def fit_power_law(steps, losses) -> PowerLawFit:
     for c0 in (0.0, 0.5 * y.min(), 0.9 * y.min()):
         a0 = max(float(np.mean((y - c0) * t ** alpha0)), 1e-12)
         sol = least_squares(residuals, [np.log(a0), alpha0, min(c0, cmax)],
-                            bounds=([-np.inf, 1e-6, 0.0], [np.inf, 10.0, cmax]),
+                            bounds=([-np.inf, ALPHA_BOUNDS[0], 0.0], [np.inf, ALPHA_BOUNDS[1], cmax]),
                             loss="soft_l1", f_scale=0.05, max_nfev=2000)
         if best is None or sol.cost < best.cost:
             best = sol
@@ -115,18 +146,6 @@ def extrapolation_error(steps, losses, split: float = EXTRAPOLATION_SPLIT) -> fl
     return float(np.mean(np.abs(fit.predict(steps[cut:]) - losses[cut:]) / losses[cut:]))
 
 
-def bootstrap_interval(values, draws: int = 2000, level: float = 0.95, seed: int = 0
-                       ) -> tuple[float, float]:
-    """Percentile interval of the mean over resampled seeds; NaN for fewer than two values."""
-    values = np.asarray(values, dtype=float)
-    if values.size < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(draws, values.size), replace=True).mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
 def lr_drop_step(run_dir: Path, curve: pd.DataFrame) -> float | None:
     """The first step of the first epoch whose lr fell below LR_DROP × the previous epoch's."""
     records = sorted(load_train_records(run_dir), key=lambda r: r.get("epoch", 0))
@@ -135,6 +154,20 @@ def lr_drop_step(run_dir: Path, curve: pd.DataFrame) -> float | None:
             later = curve[curve.epoch >= cur["epoch"]]
             return float(later.step.min()) if not later.empty else None
     return None
+
+
+def _midpoints(records: list[dict]) -> list[float]:
+    """The midpoint of the steps each record averages: steps p+1 … s for a record at step s
+    after one at step p (the first starts at step 1)."""
+    out, prev = [], 0
+    for r in records:
+        step = r.get("step")
+        if not isinstance(step, (int, float)):
+            out.append(float("nan"))
+            continue
+        out.append((prev + 1 + step) / 2)
+        prev = step
+    return out
 
 
 def load_curves(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -146,23 +179,27 @@ def load_curves(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
             problems[run.run_dir] = problem
         if not records:
             continue
-        part = pd.DataFrame([{"step": r.get("step"), "epoch": r.get("epoch"), "task": task,
-                              "loss": np.nan if v is None else float(v)}
-                             for r in records for task, v in (r.get("losses") or {}).items()])
+        part = pd.DataFrame([{"step": mid, "step_end": r.get("step"), "epoch": r.get("epoch"),
+                              "task": task, "loss": np.nan if v is None else float(v)}
+                             for r, mid in zip(records, _midpoints(records))
+                             for task, v in (r.get("losses") or {}).items()])
         drop = lr_drop_step(Path(run.run_dir), part)
         rows.append(part.assign(benchmark=run.benchmark, method=run.method, seed=run.seed,
                                 run_dir=run.run_dir, lr_drop_step=drop))
-    cols = ["benchmark", "method", "seed", "run_dir", "step", "epoch", "task", "loss", "lr_drop_step"]
+    cols = ["benchmark", "method", "seed", "run_dir", "step", "step_end", "epoch", "task", "loss",
+            "lr_drop_step"]
     return (pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)), problems
 
 
-FIT_COLUMNS = ["benchmark", "method", "task", "alpha", "alpha_lo", "alpha_hi", "seeds", "a", "c",
-               "r2", "c_at_bound", "extrapolation_error", "points", "note"]
+FIT_COLUMNS = ["benchmark", "method", "task", "status", "alpha", "alpha_lo", "alpha_hi", "interval",
+               "seeds", "a", "c", "r2", "c_at_bound", "extrapolation_error", "points", "note"]
 
 
 def fit_curves(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per benchmark, method and task: α (mean over seeds) with its seed-bootstrap interval,
-    mean a, c, R², extrapolation error; ``c_at_bound`` when any seed's c is at a bound."""
+    """Per benchmark, method and task: ``status`` ("identified" or the reasons it is not, with
+    how many seeds each), α (mean over seeds) with its t-interval (``interval`` says which)
+    only when every seed's fit is identified, mean a, c, R², extrapolation error;
+    ``c_at_bound`` when any seed's c is at a bound."""
     rows = []
     for (bench, method, task), part in curves.groupby(["benchmark", "method", "task"], sort=True):
         fits, extrap, notes = [], [], []
@@ -176,11 +213,18 @@ def fit_curves(curves: pd.DataFrame) -> pd.DataFrame:
                 extrap.append(extrapolation_error(t, y))
             except ValueError as exc:
                 notes.append(f"seed {run.seed.iloc[0]}: {exc}")
+        reasons = pd.Series([p for f in fits for p in f.problems()]).value_counts()
+        status = ("identified" if fits and reasons.empty else "no fit" if not fits else
+                  "unidentified: " + "; ".join(f"{r} ({n}/{len(fits)} seeds)"
+                                               for r, n in reasons.items()))
         alphas = [f.alpha for f in fits]
-        lo, hi = bootstrap_interval(alphas)
-        rows.append({"benchmark": bench, "method": method, "task": task,
-                     "alpha": float(np.mean(alphas)) if fits else np.nan, "alpha_lo": lo,
-                     "alpha_hi": hi, "seeds": len(fits),
+        ok = status == "identified"
+        interval = seed_interval(alphas) if ok else None
+        rows.append({"benchmark": bench, "method": method, "task": task, "status": status,
+                     "alpha": float(np.mean(alphas)) if ok else np.nan,
+                     "alpha_lo": interval.lo if ok else np.nan,
+                     "alpha_hi": interval.hi if ok else np.nan,
+                     "interval": interval.kind if ok else "–", "seeds": len(fits),
                      "a": float(np.mean([f.a for f in fits])) if fits else np.nan,
                      "c": float(np.mean([f.c for f in fits])) if fits else np.nan,
                      "r2": float(np.mean([f.r2 for f in fits])) if fits else np.nan,
@@ -191,33 +235,52 @@ def fit_curves(curves: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 
-def plot_curves(curves: pd.DataFrame, stem: Path, title: str) -> Path:
-    """Log-log training curves (mean over seeds), one panel per task, one colour per method,
-    with the power-law fit of the mean curve over its window (dashed)."""
+def _alpha_text(row) -> str:
+    if row is None or not np.isfinite(row.alpha):
+        return "seed fits: α unidentified" if row is not None else "no fit"
+    text = f"seed fits: α={row.alpha:.2f}"
+    if np.isfinite(row.alpha_lo):
+        text += f" [{row.alpha_lo:.2f}, {row.alpha_hi:.2f}]"
+    return text
+
+
+def plot_curves(curves: pd.DataFrame, stem: Path, title: str,
+                fits: pd.DataFrame | None = None) -> Path:
+    """Log-log training curves (mean over seeds, each point at its interval's midpoint), one
+    panel per task, one colour per method (the legend lists the methods of that panel). The
+    legend gives both estimators, labelled: the table's α (mean of the per-seed fits, from
+    ``fits``; "unidentified" when the table says so) and the α of the fit of the mean curve,
+    drawn dashed only when that fit is identified."""
     tasks = list(dict.fromkeys(curves.task))
-    fig, axes = grid(len(tasks), 4.2, 3.2)
+    fits = fit_curves(curves) if fits is None else fits
+    table = {(r.method, r.task): r for r in fits.itertuples()}
+    fig, axes = grid(len(tasks), 4.6, 3.4)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    methods = sorted(curves.method.unique())
     for ax, task in zip(axes, tasks):
-        for i, (method, part) in enumerate(curves[curves.task == task].groupby("method", sort=True)):
-            color = colors[i % len(colors)]
+        for method, part in curves[curves.task == task].groupby("method", sort=True):
+            color = colors[methods.index(method) % len(colors)]
             mean = part.groupby("step").loss.mean()
             ax.plot(mean.index, mean.to_numpy(), ".", ms=3, color=color, alpha=0.6)
             drop = part.lr_drop_step.min()
             t, y = power_law_window(mean.index.to_numpy(), mean.to_numpy(),
                                     None if pd.isna(drop) else float(drop))
-            label = method
+            label = f"{method}: {_alpha_text(table.get((method, task)))}"
             try:
                 fit = fit_power_law(t, y)
-                ax.plot(t, fit.predict(t), "--", color=color)
-                label += f" (α={fit.alpha:.2f})"
+                if fit.identified:
+                    ax.plot(t, fit.predict(t), "--", color=color)
+                    label += f"; mean-curve fit α={fit.alpha:.2f}"
+                else:
+                    label += "; mean-curve fit unidentified"
             except ValueError:
-                label += " (no fit)"
+                label += "; mean curve: no fit"
             ax.plot([], [], ".-", color=color, label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("training step")
         ax.set_ylabel(f"{task} train loss")
         ax.set_title(task)
-        ax.legend()
-    fig.suptitle(title + "  (dots: data, dashed: a·t^(−α)+c)")
+        ax.legend(fontsize=6)
+    fig.suptitle(title + "  (dots: data; dashed: a·t^(−α)+c fitted to the mean curve)")
     return save(fig, stem)

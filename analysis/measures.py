@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.names import CORRECTIONS
+
 
 def relative_changes(values: Sequence[float], baseline: Sequence[float],
                      higher: Sequence[bool]) -> np.ndarray:
@@ -75,7 +77,6 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-CORRECTIONS = ("holm", "bh", "none")
 
 
 def adjust_p_values(p: Sequence[float], method: str = "holm") -> np.ndarray:

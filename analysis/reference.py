@@ -14,9 +14,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from analysis.measures import delta_p_metric, delta_p_task
+from analysis.measures import delta_p_metric, delta_p_task, mean_rank
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "results" / "reference"
 SOURCE = "Wang, Li, Xu, Rep-MTL, ICCV 2025 (arXiv 2507.21049v1)"
@@ -56,6 +57,8 @@ class Published:
     delta_p_task: pd.Series
     delta_p_task_std: pd.Series
     path: Path
+    printed: pd.DataFrame | None = None
+    """The table's cells exactly as printed (strings), for their rounding."""
 
     @property
     def stl(self) -> pd.Series:
@@ -96,8 +99,9 @@ def load_published(benchmark: str, directory: Path = REFERENCE_DIR) -> Published
     values.columns = pd.MultiIndex.from_tuples(values.columns, names=["task", "metric"])
     higher = {c: HIGHER[c[1]] for c in values.columns}
     units = {c: published_unit(key, c[1]) for c in values.columns}
+    printed = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("method")
     return Published(key, values.astype(float), higher, units, raw["delta_p_task"],
-                     raw["delta_p_task_std"], path)
+                     raw["delta_p_task_std"], path, printed)
 
 
 def unit_factor(run_unit: str | None, published: str) -> float:
@@ -129,28 +133,224 @@ def recompute_deltas(pub: Published) -> pd.DataFrame:
     return out
 
 
-def published_vs_reproduced(pub: Published, reproduced: pd.DataFrame,
-                            units: dict[tuple[str, str], str],
-                            methods: dict[str, str] | None = None) -> pd.DataFrame:
-    """Rows: the reproduced rows whose method the paper also reports; for every metric the
-    published value, ours (converted to the published unit) and the difference (ours −
-    published). ``reproduced`` has row labels as index and (task, metric) columns;
-    ``methods`` maps a row label to its method name (default: the label itself)."""
-    rows = []
-    tasks = {canonical_task(t): t for t, _ in reproduced.columns}
-    for label in reproduced.index:
-        prow = pub.row((methods or {}).get(label, label))
-        if prow is None:
+# --------------------------------------------------------------------------- the paper's protocol
+
+@dataclass(frozen=True)
+class PaperProtocol:
+    """How the published numbers of a benchmark were made (Rep-MTL §4 and its code base,
+    LibMTL): the selection rule that reproduces them, the profile, epochs and protocol."""
+    rule: str
+    profile: str
+    epochs: int
+    protocol: str | None
+    """The data protocol of the runs (None: the benchmark has only one)."""
+    selection: str
+
+
+PAPER_PROTOCOLS = {
+    "nyuv2": PaperProtocol("best_test_dp", "paper", 200, "libmtl",
+                           "the epoch with the best test Δp_task (LibMTL, no validation split)"),
+    "cityscapes": PaperProtocol("best_test_dp", "paper", 200, "libmtl",
+                                "the epoch with the best test Δp_task (LibMTL, no validation "
+                                "split)"),
+    "office31": PaperProtocol("best_val_dp", "paper", 100, None,
+                              "the epoch with the best validation Δp_task (LibMTL)"),
+    "officehome": PaperProtocol("best_val_dp", "paper", 100, None,
+                                "the epoch with the best validation Δp_task (LibMTL)"),
+}
+
+
+def paper_protocol(benchmark: str) -> PaperProtocol | None:
+    return PAPER_PROTOCOLS.get(canonical_benchmark(benchmark))
+
+
+def protocol_departures(paper: PaperProtocol, info: dict, rule: str) -> list[str]:
+    """How a reproduced row's runs (``info``: profile, epochs, protocol lists) and selection
+    ``rule`` differ from the way the published numbers were made; empty when they agree."""
+    out = []
+    if info.get("profile") != [paper.profile]:
+        out.append(f"profile {', '.join(info.get('profile') or ['?'])} (paper: {paper.profile})")
+    if info.get("epochs") != [paper.epochs]:
+        epochs = ", ".join(map(str, info.get("epochs") or [])) or "unknown"
+        out.append(f"{epochs} epochs (paper: {paper.epochs})")
+    if paper.protocol is not None and info.get("protocol") != [paper.protocol]:
+        got = ", ".join(p or "default" for p in info.get("protocol") or []) or "unknown"
+        out.append(f"data protocol {got} (paper: {paper.protocol})")
+    if rule != paper.rule:
+        out.append(f"selection {rule} (paper: {paper.rule})")
+    return out
+
+
+def decimals(text: str) -> int:
+    """Decimal places of a printed number ("0.01282" → 5, "69" → 0)."""
+    text = str(text).strip()
+    return len(text.split(".", 1)[1]) if "." in text else 0
+
+
+def clean(value: float, places: int) -> float:
+    """``value`` rounded to ``places`` decimals with no negative zero: arithmetic on printed
+    numbers leaves noise (−1.7e-18 where 0 is meant) that must not be shown."""
+    if not np.isfinite(value):
+        return value
+    out = round(float(value), places)
+    return 0.0 if out == 0 else out
+
+
+def _arrow(higher: bool) -> str:
+    return "↑" if higher else "↓"
+
+
+def reproduced_vs_published(pub: Published, table) -> tuple[pd.DataFrame, list[str], list[list[str]]]:
+    """Per method that the paper also reports, three rows: ours (mean ± std over seeds, in
+    the published units), published (as printed; ± std only where the paper prints one) and
+    the difference (ours − published, rounded to the printed precision). Returns the numeric
+    frame (for CSV: ``<task> <metric>`` and ``..._std``) and the display header and cells.
+    ``table`` is an ``analysis.table.Comparison``."""
+    tasks = {canonical_task(t): t for t, _ in table.columns}
+    pcols = [c for c in pub.values.columns if (tasks.get(c[0]), c[1]) in table.mean.columns]
+    header = ["method", "values"] + [f"{t} {m}" + (f" ({pub.units[(t, m)]})" if pub.units[(t, m)]
+                                                    else "") + f" {_arrow(pub.higher[(t, m)])}"
+                                     for t, m in pcols] + ["Δp_task (%) ↑", "seeds"]
+    frame_rows, body = [], []
+    for label in table.mean.index:
+        prow = pub.row(table.row_method.get(label, label))
+        if prow is None or not pcols:
             continue
-        for (ptask, metric) in pub.values.columns:
-            ours_col = (tasks.get(ptask), metric)
-            if ours_col not in reproduced.columns:
-                continue
-            factor = unit_factor(units.get(ours_col), pub.units[(ptask, metric)])
-            ours = float(reproduced.loc[label, ours_col]) * factor
-            published = float(prow[(ptask, metric)])
-            rows.append({"method": label, "published_method": prow.name, "task": ptask,
-                         "metric": metric, "unit": pub.units[(ptask, metric)],
-                         "published": published, "ours": ours, "difference": ours - published})
-    return pd.DataFrame(rows, columns=["method", "published_method", "task", "metric", "unit",
-                                       "published", "ours", "difference"])
+        pname = prow.name
+        ours, ours_std, published, places = {}, {}, {}, {}
+        for col in pcols:
+            ours_col = (tasks[col[0]], col[1])
+            factor = unit_factor(table.units.get(ours_col), pub.units[col])
+            ours[col] = float(table.mean.loc[label, ours_col]) * factor
+            ours_std[col] = float(table.std.loc[label, ours_col]) * factor
+            published[col] = float(prow[col])
+            src = f"{col[0]}_{col[1]}" if not pub.benchmark.startswith("office") else None
+            cell = (pub.printed.loc[pname, src] if src and pub.printed is not None
+                    and src in pub.printed.columns else
+                    _office_cell(pub, pname, col))
+            places[col] = decimals(cell)
+        dp_ours = dp_ours_std = np.nan
+        if table.deltas is not None and label in table.deltas.index:
+            dp_ours = float(table.deltas.loc[label, "delta_p_task"])
+            dp_ours_std = float(table.deltas.loc[label, "delta_p_task_std"])
+        dp_pub = float(pub.delta_p_task.get(pname, np.nan))
+        dp_pub_std = float(pub.delta_p_task_std.get(pname, np.nan))
+        seeds = int(table.seeds[label])
+        for kind in ("ours", "published", "difference"):
+            num = {"method": label, "published_method": pname, "values": kind}
+            cells = [label if kind == "ours" else "", kind if kind != "published" else
+                     f"published ({pname})"]
+            for col in pcols:
+                key = f"{col[0]} {col[1]}"
+                p = places[col]
+                if kind == "ours":
+                    v, sd = clean(ours[col], p + 2), clean(ours_std[col], p + 2)
+                    text = f"{ours[col]:.{p}f}" + (f" ± {ours_std[col]:.{p}f}" if np.isfinite(sd) else "")
+                elif kind == "published":
+                    v, sd = published[col], np.nan
+                    text = f"{published[col]:.{p}f}"
+                else:
+                    v, sd = clean(ours[col] - published[col], p + 2), np.nan
+                    d = clean(ours[col] - published[col], p)
+                    text = f"{d:+.{p}f}" if d != 0 else f"{0:.{p}f}"
+                num[key], num[f"{key}_std"] = v, sd
+                cells.append(text)
+            if kind == "ours":
+                v, sd = dp_ours, dp_ours_std
+            elif kind == "published":
+                v, sd = dp_pub, dp_pub_std
+            else:
+                v, sd = dp_ours - dp_pub, np.nan
+            v, sd = clean(v, 4), clean(sd, 4)
+            num["Δp_task (%)"], num["Δp_task (%)_std"] = v, sd
+            cells.append("–" if not np.isfinite(v) else f"{v:+.2f}".replace("+0.00", "0.00")
+                         + (f" ± {sd:.2f}" if np.isfinite(sd) else ""))
+            cells.append(str(seeds) if kind == "ours" else "")
+            frame_rows.append(num)
+            body.append(cells)
+    return pd.DataFrame(frame_rows), header, body
+
+
+def _office_cell(pub: Published, pname: str, col) -> str:
+    """The printed cell of an Office table column (named by the domain, any case)."""
+    if pub.printed is None:
+        return "0.00"
+    for name in pub.printed.columns:
+        if canonical_task(name) == col[0]:
+            return pub.printed.loc[pname, name]
+    return "0.00"
+
+
+def _printed_cell(pub: Published, method: str, col) -> str:
+    if pub.benchmark.startswith("office"):
+        return _office_cell(pub, method, col)
+    name = f"{col[0]}_{col[1]}"
+    return pub.printed.loc[method, name] if pub.printed is not None else "0"
+
+
+def _half_unit(text: str) -> float:
+    """Half a unit of the last printed digit: the largest rounding error of the value."""
+    return 0.5 * 10.0 ** -decimals(text)
+
+
+def delta_bounds(pub: Published, method: str, per_task: bool) -> tuple[float, float]:
+    """The smallest and largest Δp_task (``per_task``) or Δp_metric (%) that the unrounded
+    values behind the printed row and STL row could give: every printed value M may be off
+    by half a unit of its last digit, and each signed ratio s·(M/B − 1) is monotone in M and
+    B (B > 0), so its extremes are at the ends of those intervals (interval arithmetic,
+    exact for this affine-in-ratios measure)."""
+    cols = list(pub.values.columns)
+    tasks = [c[0] for c in cols]
+    weights = np.array([1.0 / (len(set(tasks)) * tasks.count(t)) if per_task else 1.0 / len(cols)
+                        for t in tasks])
+    lo = hi = 0.0
+    for w, col in zip(weights, cols):
+        m, b = float(pub.values.loc[method, col]), float(pub.stl[col])
+        em, eb = _half_unit(_printed_cell(pub, method, col)), _half_unit(_printed_cell(pub, "STL", col))
+        ratios = [(m + sm * em) / (b + sb * eb) for sm in (-1, 1) for sb in (-1, 1)]
+        sign = 1.0 if pub.higher[col] else -1.0
+        terms = [sign * (r - 1.0) for r in ratios]
+        lo += w * min(terms)
+        hi += w * max(terms)
+    return 100.0 * lo, 100.0 * hi
+
+
+def published_check(pub: Published) -> pd.DataFrame:
+    """Every published row's summary measures printed and recomputed from its own means
+    against its STL row, side by side: Δp_task, Δp_metric, Δm% (= −Δp_metric) and the mean
+    rank among the published methods other than STL (the paper prints no Δm% or rank, and
+    Δp_metric only on NYUv2). ``*_bound`` is the largest gap that rounding of the printed
+    values (and of the printed Δ itself) can explain; ``disagrees`` lists the measures whose
+    printed value lies outside it."""
+    rec = recompute_deltas(pub)
+    printed_metric = None
+    if pub.printed is not None and "delta_p_metric" in pub.printed.columns:
+        printed_metric = pub.printed["delta_p_metric"]
+    compared = [m for m in pub.values.index if m != "STL"]
+    cols = list(pub.values.columns)
+    ranks = mean_rank(pub.values.loc[compared, cols], [pub.higher[c] for c in cols])
+    rows = []
+    for method in pub.values.index:
+        row = {"method": method}
+        flags = []
+        for key, per_task, printed in (
+                ("Δp_task", True, pub.printed["delta_p_task"] if pub.printed is not None else None),
+                ("Δp_metric", False, printed_metric)):
+            value = float(rec.loc[method, "delta_p_task" if per_task else "delta_p_metric"])
+            lo, hi = delta_bounds(pub, method, per_task)
+            text = "" if printed is None else str(printed.get(method, "")).strip()
+            shown = float(text) if text else np.nan
+            slack = _half_unit(text) if text else 0.0
+            row[f"{key} printed"] = shown
+            row[f"{key} recomputed"] = clean(value, 4)
+            row[f"{key} bound"] = clean(max(hi - value, value - lo) + slack, 4)
+            if np.isfinite(shown) and not (lo - slack - 1e-12 <= shown <= hi + slack + 1e-12):
+                flags.append(key)
+            if not per_task:
+                row["Δm% printed"] = -shown if np.isfinite(shown) else np.nan
+                row["Δm% recomputed"] = clean(-value, 4)
+        row["mean rank printed"] = np.nan
+        row["mean rank recomputed"] = clean(float(ranks.get(method, np.nan)), 4)
+        row["disagrees"] = ", ".join(flags)
+        rows.append(row)
+    return pd.DataFrame(rows)

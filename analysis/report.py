@@ -9,24 +9,27 @@ spectra, toy trajectories, and the runs left out with their reasons.
 """
 from __future__ import annotations
 
+import html
 import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analysis import conflict, curves, spectra, toy, transfer, weights
 from analysis.collect import load_costs, load_runs
 from analysis.document import Document
+from analysis.labels import config_labels
 from analysis.reference import (
     SOURCE,
     load_published,
-    published_vs_reproduced,
-    recompute_deltas,
+    paper_protocol,
+    protocol_departures,
+    published_check,
+    reproduced_vs_published,
 )
 from analysis.select import describe
-from analysis.table import Comparison, cells, comparisons
+from analysis.table import Comparison, _tex, cells, comparisons
 
 from analysis.names import FORMATS, SECTIONS  # re-exported
 
@@ -44,60 +47,108 @@ def _comparison_section(doc: Document, table: Comparison) -> None:
     doc.para(table.note())
 
 
-def _published_section(doc: Document, table: Comparison) -> None:
+def _published_section(doc: Document, table: Comparison, shown: Comparison | None,
+                       published_rule: str) -> None:
+    """Published vs reproduced on a paper benchmark. ``shown`` is the comparison made under
+    ``published_rule`` (by default the selection of the published numbers), None when no
+    run is selectable under it."""
     pub = load_published(table.benchmark)
     if pub is None:
         return
+    paper = paper_protocol(table.benchmark)
     doc.heading(2, f"Published vs reproduced: {table.benchmark}")
-    diff = published_vs_reproduced(pub, table.mean, table.units, table.row_method)
-    if diff.empty:
+    diff = pd.DataFrame()
+    if shown is not None:
+        diff, header, body = reproduced_vs_published(pub, shown)
+    if shown is None:
+        doc.para(f"No run is selectable under --published-select {published_rule}.")
+    elif diff.empty:
         doc.para("None of the methods run here appear in the published table.")
     else:
-        wide = diff.pivot_table(index=["method", "published_method"],
-                                columns=["task", "metric"], values=["ours", "published", "difference"],
-                                sort=False)
-        rows = []
-        for (method, pname) in wide.index:
-            for kind in ("ours", "published", "difference"):
-                row = {"method": method if kind == "ours" else "", "values": kind}
-                row.update({f"{t} {m}": wide.loc[(method, pname), (kind, t, m)]
-                            for _, t, m in wide.columns if _ == kind})
-                if table.deltas is not None and kind == "ours":
-                    row["Δp_task (%)"] = table.deltas.loc[method, "delta_p_task"]
-                elif kind == "published":
-                    row["Δp_task (%)"] = pub.delta_p_task[pname]
-                else:
-                    row["Δp_task (%)"] = (table.deltas.loc[method, "delta_p_task"] - pub.delta_p_task[pname]
-                                          if table.deltas is not None else np.nan)
-                rows.append(row)
-        doc.frame_table(_slug("published_vs_reproduced", table.benchmark, table.protocol),
-                        pd.DataFrame(rows), f"{table.benchmark}: ours ({table.selection}; "
-                        f"converted to the published units) vs published ({SOURCE}); "
-                        "difference = ours − published")
+        made = "; ".join(
+            f"{row}: profile {', '.join(info['profile'])}, "
+            f"{', '.join(map(str, info['epochs'])) or '?'} epochs, protocol "
+            f"{', '.join(p or 'default' for p in info['protocol'])}"
+            for row, info in shown.runs.items() if row in set(diff.method))
+        doc.para(f"Reproduction ({describe_rule(published_rule)}): {made}.  \n"
+                 f"Published ({SOURCE}): profile {paper.profile}, {paper.epochs} epochs"
+                 + (f", protocol {paper.protocol}" if paper.protocol else "")
+                 + f", {paper.selection}.")
+        departures = {row: protocol_departures(paper, info, published_rule)
+                      for row, info in shown.runs.items() if row in set(diff.method)}
+        for row, what in departures.items():
+            if what:
+                doc.para(f"**Warning: not like for like.** {row} differs from the published "
+                         f"setting: {'; '.join(what)}.")
+        name = _slug("published_vs_reproduced", table.benchmark, table.protocol)
+        caption = (f"{table.benchmark}: ours ({describe_rule(published_rule)}; mean ± std over "
+                   f"seeds, converted to the published units) vs published ({SOURCE}; the paper "
+                   "prints no per-metric std, Δp_task ± std as printed); difference = ours − "
+                   "published, rounded to the printed precision; ↑ higher is better, ↓ lower")
+        doc.styled_table(name, (header, body), (header, [[html.escape(c) for c in r] for r in body]),
+                         ([_tex(h) for h in header], [[_tex(c) for c in r] for r in body]),
+                         diff, caption)
         doc.para("Units of the published table: " + ", ".join(
             f"{t} {m}: {u or 'as printed'}" for (t, m), u in pub.units.items()) + ". Our Δp_task "
-                 f"is relative to {table.baseline or 'no baseline'}.")
-    recomputed = recompute_deltas(pub)
+                 f"is relative to {shown.baseline or 'no baseline'}.")
+    check = published_check(pub)
     doc.frame_table(_slug("published", table.benchmark),
                     pub.values.set_axis([f"{t}_{m}" for t, m in pub.values.columns], axis=1)
-                    .join(recomputed).reset_index(),
-                    f"The published table ({SOURCE}) with Δp_task and Δp_metric recomputed from "
-                    "its means against its STL row, beside the printed Δp_task")
+                    .reset_index().merge(check, on="method"),
+                    f"The published table ({SOURCE}): Δp_task, Δp_metric, Δm% and the mean rank "
+                    "(among the published methods other than STL) as printed (empty where the "
+                    "paper prints none) and recomputed from its means against its STL row; "
+                    "'bound' is the largest difference the rounding of the printed values can "
+                    "explain, 'disagrees' names the measures whose printed value lies beyond it")
+    flagged = check[check.disagrees != ""]
+    if not flagged.empty:
+        doc.para(f"**{len(flagged)} published row(s) disagree with their own table beyond "
+                 "rounding:** " + "; ".join(
+                     f"{r['method']} ({r['disagrees']}: printed Δp_task "
+                     f"{r['Δp_task printed']:+.2f}, recomputed {r['Δp_task recomputed']:+.2f})"
+                     for _, r in flagged.iterrows()) + ". With a fixed STL row every Δ is "
+                 "affine in the metrics, so averaging per-seed Δ cannot cause this; the "
+                 "printed means, the printed Δ or the baseline behind it must differ from "
+                 "what the table shows (results/reference/README.md lists known quirks).")
 
 
-def _transfer_section(doc: Document, table: Comparison) -> None:
-    report = transfer.negative_transfer(table)
+def _transfer_section(doc: Document, table: Comparison, correction: str = "holm") -> None:
+    report = transfer.negative_transfer(table, correction=correction)
     if report is None or report.empty:
         return
     doc.heading(2, f"Negative transfer: {table.benchmark}")
     name = _slug("negative_transfer", table.benchmark, table.protocol)
     doc.frame_table(name + "_summary", transfer.summary(report),
                     "Per method: tasks with negative transfer (mean change vs STL < 0), how many "
-                    "are significant (Welch t-test p < 0.05), and the worst task")
+                    f"are significant ({transfer.tests_description(report)}), and the worst task")
     doc.frame_table(name, report, f"Change vs STL per task (%, signed so that > 0 is better), "
-                    f"mean and std over seeds; baseline: {table.baseline}")
+                    f"mean and std over seeds; baseline: {table.baseline}; test: "
+                    f"{transfer.tests_description(report)}")
     png = transfer.heatmap(report, doc.figures_dir / name, f"{table.benchmark}: change vs STL (%)")
     doc.figure(png, f"{table.benchmark}: relative change against STL per method and task")
+
+
+def describe_rule(rule: str, k: int = 3) -> str:
+    return f"{describe(rule, k)} (rule {rule})"
+
+
+def _published_tables(root: Path, tables: list[Comparison], rule: str | None, k: int,
+                      benchmark: str | None) -> dict[tuple[str, str], tuple[Comparison | None, str]]:
+    """Per paper benchmark and protocol: the comparison under the published-vs-reproduced
+    rule (``rule``, or by default the selection of the published numbers) and that rule."""
+    out = {}
+    for table in tables:
+        paper = paper_protocol(table.benchmark)
+        if paper is None:
+            continue
+        chosen = rule or paper.rule
+        if chosen == table.rule:
+            out[(table.benchmark, table.protocol)] = (table, chosen)
+            continue
+        again, _ = comparisons(root, chosen, k, table.benchmark)
+        match = [t for t in again if t.protocol == table.protocol]
+        out[(table.benchmark, table.protocol)] = (match[0] if match else None, chosen)
+    return out
 
 
 def _per_benchmark(frame: pd.DataFrame):
@@ -106,7 +157,8 @@ def _per_benchmark(frame: pd.DataFrame):
 
 def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] = FORMATS,
                  rule: str = "last", k: int = 3, benchmark: str | None = None,
-                 skip: tuple[str, ...] = ()) -> list[Path]:
+                 skip: tuple[str, ...] = (), published_rule: str | None = None,
+                 correction: str = "holm") -> list[Path]:
     """Write the report of the results under ``root`` into ``out`` (default
     ``root/report``); return the files written."""
     root = Path(root)
@@ -120,14 +172,19 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
              f"Selection rule: {describe(rule, k)} (--select {rule}).")
     tables, excluded = comparisons(root, rule, k, benchmark)
     problems: dict[str, str] = {}
+    published = (_published_tables(root, tables, published_rule, k, benchmark)
+                 if "published" not in skip and "tables" not in skip else {})
     if "tables" not in skip:
         for table in tables:
             _comparison_section(doc, table)
-            if "published" not in skip:
-                _published_section(doc, table)
+            if (table.benchmark, table.protocol) in published:
+                _published_section(doc, table, *published[(table.benchmark, table.protocol)])
             if "transfer" not in skip:
-                _transfer_section(doc, table)
+                _transfer_section(doc, table, correction)
+    # every section groups by configuration, labelled by its differing settings, as the
+    # comparison tables do: runs of different configs are never averaged together
     usable = runs[runs.usable]
+    usable = usable.assign(method=usable.run_dir.map(config_labels(usable)))
     if "cost" not in skip:
         costs = load_costs(usable)
         for bench, part in _per_benchmark(costs):
@@ -168,13 +225,19 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
         problems.update(bad)
         for bench, part in _per_benchmark(data):
             doc.heading(1, f"Power laws of the training curves: {bench}")
-            doc.frame_table(_slug("curve_fits", bench), curves.fit_curves(part),
-                            "L(t) = a·t^(−α) + c per method and task: α (mean over seeds) with "
-                            "its seed-bootstrap 95% interval, R² of log L, c_at_bound, relative "
+            fits = curves.fit_curves(part)
+            doc.frame_table(_slug("curve_fits", bench), fits,
+                            "L(t) = a·t^(−α) + c per method and task, fit per seed: α (mean over "
+                            "seeds) with the interval named in 'interval' (95% t-interval; none "
+                            "with fewer than 3 seeds), only when every seed's fit is identified; "
+                            f"'status' gives the reasons otherwise (c at a bound, R² < "
+                            f"{curves.R2_MIN:g}, α at a bound); R² of log L, c_at_bound, relative "
                             "error of the extrapolation from the first 70% of the window")
             doc.figure(curves.plot_curves(part, doc.figures_dir / _slug("curves", bench),
-                                          f"{bench}: training curves"),
-                       f"{bench}: training loss per task (log-log) with power-law fits")
+                                          f"{bench}: training curves", fits),
+                       f"{bench}: training loss per task (log-log, points at the midpoint of "
+                       "their interval of steps); legend: the table's α (mean of the seed fits) "
+                       "and the α of the fit of the mean curve (dashed)")
     if "spectra" not in skip:
         table, bad, eigs = spectra.load_spectra(usable)
         problems.update(bad)
@@ -183,13 +246,19 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
                 summary = spectra.spectra_summary(part)
                 doc.heading(1, f"Weight spectra: {bench}")
                 per_group = (summary.groupby(["method", "group"], sort=True)
-                             .agg(mean_alpha=("alpha", "mean"), layers=("layer", "size"))
+                             .agg(mean_alpha=("alpha", "mean"), layers=("alpha", "count"))
                              .reset_index())
                 doc.frame_table(_slug("spectra_groups", bench), per_group,
-                                "Mean power-law exponent α over the layers of each group "
+                                "Mean power-law exponent α over the fitted layers of each group "
                                 "(2 ≤ α ≤ 6 well trained, > 6 under-trained, < 2 over-trained)")
                 doc.frame_table(_slug("spectra_layers", bench), summary,
-                                "α per layer (mean and std over seeds)")
+                                "α per layer (mean and std over seeds) with the fit's σ, x_min, "
+                                "KS distance, n_tail and tail fraction, the eigenvalue count, the "
+                                "Marchenko–Pastur edge of a random matrix of the same shape and "
+                                "entry variance (mp_edge) and the eigenvalues above it (above_mp: "
+                                "a few are spikes, not a heavy tail); marks: too few eigenvalues "
+                                f"(< {spectra.MIN_EIGS}, not fitted), tail is most of the spectrum "
+                                f"(tail fraction > {spectra.MAX_TAIL_FRACTION:g}), α > 8")
                 doc.figure(spectra.plot_alpha_bars(summary, doc.figures_dir / _slug("alpha", bench),
                                                    f"{bench}: α per layer"),
                            f"{bench}: power-law exponent α of every layer, per method")
@@ -197,7 +266,9 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
                 by_method = {m: e for (b, m), e in eigs.items() if b == bench}
                 doc.figure(spectra.plot_esd(by_method, chosen, doc.figures_dir / _slug("esd", bench),
                                             f"{bench}: empirical spectral densities"),
-                           f"{bench}: ESD of chosen layers ({', '.join(chosen)}) with power-law fits")
+                           f"{bench}: ESD of chosen layers ({', '.join(chosen)}; first seed): "
+                           "non-empty log bins as points, power-law tail fit dashed, "
+                           "Marchenko–Pastur edge dotted")
     if "toy" not in skip:
         for bench, part in _per_benchmark(usable):
             sub, bad = toy.load_trajectories(part)
@@ -218,6 +289,7 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
 def _chosen_layers(summary: pd.DataFrame) -> list[str]:
     """ESD layers: the first, middle and last layer of the shared encoder (of stl's encoders
     when no shared one exists) and the largest layer of each head (six at most)."""
+    summary = summary[summary.alpha.notna()]
     shared = summary[summary.group == "encoder"]
     enc = list(dict.fromkeys(shared.layer if not shared.empty else
                              summary[summary.group.str.startswith("encoder")].layer))

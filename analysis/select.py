@@ -7,15 +7,24 @@
   mean rank wins; among equals the later epoch is taken. Under the LibMTL protocol the
   validation split IS the test split, so this selects on test (tables say so).
 - ``last_k``: the mean of the test metrics over the last k recorded epochs.
+- ``best_test_dp``: LibMTL's protocol (``LibMTL/_record.py`` without a validation split, the
+  protocol of the published NYUv2 and Cityscapes numbers): the epoch whose TEST metrics have
+  the highest Δp_task relative to the run's first recorded epoch. (LibMTL's base there is
+  the first epoch's training-split metrics, which are not recorded; the base only weights the
+  metrics, so the choice can differ only between nearly equal epochs.) This selects on the
+  test split, so every table says "TEST-SELECTED".
+- ``best_val_dp``: the same Δp_task rule on the validation split (LibMTL's trainer when it is
+  given a validation loader, as on Office-31 and Office-Home); its test metrics are reported.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from analysis.measures import rank_matrix
+from analysis.measures import delta_p_task, rank_matrix
 from engine.errors import check_choice, check_range
 
-from analysis.names import RULES  # re-exported
+from analysis.names import RULES, TEST_SELECTED  # re-exported
 KEY = ["benchmark", "method", "config_hash", "seed", "run_dir"]
 
 
@@ -23,7 +32,34 @@ def describe(rule: str, k: int) -> str:
     return {"last": "test metrics at the last epoch",
             "best_val": "test metrics at the best validation epoch (lowest mean rank over "
                         "validation metrics)",
-            "last_k": f"test metrics averaged over the last {k} epochs"}[rule]
+            "last_k": f"test metrics averaged over the last {k} epochs",
+            "best_test_dp": "TEST-SELECTED: test metrics at the epoch with the best test Δp_task "
+                            "vs the run's first epoch (LibMTL's protocol)",
+            "best_val_dp": "test metrics at the epoch with the best validation Δp_task vs the "
+                           "run's first epoch (LibMTL's rule with a validation split)"}[rule]
+
+
+def is_test_selected(rule: str) -> bool:
+    return rule in TEST_SELECTED
+
+
+def _best_dp_epoch(split: pd.DataFrame) -> int:
+    """The epoch with the highest Δp_task of ``split``'s metrics against its first epoch
+    (LibMTL ``_record.py``: the first result becomes the base, a later epoch replaces the best
+    only when strictly better, so among equals the earliest wins)."""
+    table = split.pivot_table(index="epoch", columns=["task", "metric"], values="value")
+    table = table.dropna(axis=1, how="any").sort_index()
+    # a metric that is 0 at the first epoch has no relative change: it is left out of the score
+    table = table.loc[:, table.iloc[0] != 0]
+    if table.shape[1] == 0 or table.shape[0] == 1:  # nothing to compare by, or one epoch
+        return int(table.index[0])
+    cols = list(table.columns)
+    higher = [bool(split[(split.task == t) & (split.metric == m)].higher_is_better.iloc[0])
+              for t, m in cols]
+    base = table.iloc[0].to_numpy()
+    tasks = [t for t, _ in cols]
+    score = [delta_p_task(row, base, higher, tasks) for row in table.to_numpy()]
+    return int(table.index[int(np.argmax(score))])
 
 
 def _best_val_epoch(val: pd.DataFrame) -> int:
@@ -54,6 +90,13 @@ def select(metrics: pd.DataFrame, rule: str = "last", k: int = 3
                 problems[run_dir] = f"{len(epochs)} test epochs recorded, fewer than k={k}"
                 continue
             chosen = epochs[-k:]
+        elif rule in ("best_test_dp", "best_val_dp"):
+            split = test if rule == "best_test_dp" else \
+                run[(run.split == "val") & run.epoch.isin(epochs)]
+            if split.empty:
+                problems[run_dir] = f"no validation metrics recorded for {rule} selection"
+                continue
+            chosen = [_best_dp_epoch(split)]
         else:
             val = run[(run.split == "val") & run.epoch.isin(epochs)]
             if val.empty:

@@ -8,7 +8,13 @@ the shared encoder and of each task head, read from a run's checkpoint.pt.
 - Eigenvalues of WᵀW are the squared singular values of W (N × M). A conv weight
   (out, in, kh, kw) contributes the kh·kw matrices W[:, :, i, j], whose eigenvalues are
   pooled. Eigenvalues ≤ 1e-5 are dropped; layers with fewer than ``min_eigs`` (50) left are
-  skipped.
+  listed with the mark "too few eigenvalues" and no fit. A fit whose tail holds more than
+  half of the layer's eigenvalues (``MAX_TAIL_FRACTION``) is marked "tail is most of the
+  spectrum": a power law "tail" is then a description of the whole, small spectrum.
+- Random-matrix reference: the Marchenko–Pastur upper edge of a random matrix of the same
+  shape and entry variance, λ+ = σ²(√N + √M)² for W (N × M) with entry variance σ² (the
+  layer's own). ``above_mp`` counts the eigenvalues above it: a heavy tail is many
+  eigenvalues beyond the random bulk, a few above it are spikes.
 - Fit (Clauset, Shalizi, Newman 2009; as the ``powerlaw`` package): for every candidate
   x_min (each distinct sorted eigenvalue but the largest) α̂ = 1 + n / Σ_{λ ≥ x_min} ln(λ/x_min)
   over the n eigenvalues of the tail; the x_min with the smallest Kolmogorov–Smirnov distance
@@ -30,6 +36,7 @@ from analysis.plots import grid, plt, save
 
 EIG_FLOOR = 1e-5
 MIN_EIGS = 50
+MAX_TAIL_FRACTION = 0.5
 
 
 @dataclass
@@ -80,6 +87,14 @@ def layer_eigenvalues(weight: torch.Tensor) -> np.ndarray:
     return eigs[eigs > EIG_FLOOR]
 
 
+def mp_edge(weight: torch.Tensor) -> float:
+    """The Marchenko–Pastur upper edge σ²(√N + √M)² of the eigenvalues of WᵀW for a random
+    N × M matrix with the entry variance of ``weight`` (per kernel position for a conv)."""
+    w = weight.detach().to(torch.float64)
+    n, m = int(w.shape[0]), int(w.shape[1])
+    return float(w.var(unbiased=False)) * (np.sqrt(n) + np.sqrt(m)) ** 2
+
+
 def layer_group(name: str, encoders: int) -> str | None:
     parts = name.split(".")
     if parts[0] == "encoders" and len(parts) > 2:
@@ -91,9 +106,10 @@ def layer_group(name: str, encoders: int) -> str | None:
 
 def checkpoint_spectra(path: Path, min_eigs: int = MIN_EIGS, keep_eigs: bool = False
                        ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """α of every large-enough layer of one checkpoint (columns: group, layer, shape,
-    eigenvalues, alpha, sigma, xmin, ks, n_tail, trust) and, with ``keep_eigs``, the
-    eigenvalues by layer name."""
+    """α of every layer of one checkpoint (columns: group, layer, shape, eigenvalues, mp_edge,
+    above_mp, alpha, sigma, xmin, ks, n_tail, tail_fraction, trust: the marks; layers with too
+    few eigenvalues have no fit) and, with ``keep_eigs``, the eigenvalues and the MP edge
+    by layer name (``(eigs, edge)``)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(model, dict):
@@ -108,15 +124,26 @@ def checkpoint_spectra(path: Path, min_eigs: int = MIN_EIGS, keep_eigs: bool = F
         if group is None:
             continue
         eigs = layer_eigenvalues(tensor)
+        edge = mp_edge(tensor)
+        row = {"group": group, "layer": name[: -len(".weight")],
+               "shape": "×".join(map(str, tensor.shape)), "eigenvalues": int(eigs.size),
+               "mp_edge": edge, "above_mp": int(np.sum(eigs > edge))}
         if eigs.size < min_eigs:
+            rows.append({**row, "alpha": np.nan, "sigma": np.nan, "xmin": np.nan, "ks": np.nan,
+                         "n_tail": 0, "tail_fraction": np.nan,
+                         "trust": f"too few eigenvalues (< {min_eigs}): not fitted"})
             continue
         fit = fit_spectrum(eigs)
-        rows.append({"group": group, "layer": name[: -len(".weight")],
-                     "shape": "×".join(map(str, tensor.shape)), "eigenvalues": int(eigs.size),
-                     "alpha": fit.alpha, "sigma": fit.sigma, "xmin": fit.xmin, "ks": fit.ks,
-                     "n_tail": fit.n_tail, "trust": "untrustworthy (α > 8)" if fit.alpha > 8 else ""})
-        if keep_eigs:
-            kept[name[: -len(".weight")]] = eigs
+        marks = []
+        if fit.alpha > 8:
+            marks.append("untrustworthy (α > 8)")
+        if fit.n_tail / eigs.size > MAX_TAIL_FRACTION:
+            marks.append("tail is most of the spectrum")
+        rows.append({**row, "alpha": fit.alpha, "sigma": fit.sigma, "xmin": fit.xmin,
+                     "ks": fit.ks, "n_tail": fit.n_tail, "tail_fraction": fit.n_tail / eigs.size,
+                     "trust": "; ".join(marks)})
+        if keep_eigs and eigs.size >= min_eigs:
+            kept[name[: -len(".weight")]] = (eigs, edge)
     return pd.DataFrame(rows), kept
 
 
@@ -143,61 +170,92 @@ def load_spectra(runs: pd.DataFrame, min_eigs: int = MIN_EIGS
 
 
 def spectra_summary(spectra: pd.DataFrame) -> pd.DataFrame:
-    """α per benchmark, method, group and layer: mean and std over seeds."""
+    """Per benchmark, method, group and layer: α (mean and std over seeds), the fit's σ,
+    x_min, KS distance, n_tail and tail fraction (means over seeds), the eigenvalue count,
+    the Marchenko–Pastur edge and the eigenvalues above it, and the marks of any seed."""
     return (spectra.groupby(["benchmark", "method", "group", "layer"], sort=False)
             .agg(alpha=("alpha", "mean"), alpha_std=("alpha", "std"), seeds=("seed", "nunique"),
-                 eigenvalues=("eigenvalues", "first")).reset_index())
+                 sigma=("sigma", "mean"), xmin=("xmin", "mean"), ks=("ks", "mean"),
+                 n_tail=("n_tail", "mean"), tail_fraction=("tail_fraction", "mean"),
+                 eigenvalues=("eigenvalues", "first"), mp_edge=("mp_edge", "mean"),
+                 above_mp=("above_mp", "mean"),
+                 marks=("trust", lambda v: "; ".join(sorted({m for x in v for m in
+                                                              str(x).split("; ") if m}))))
+            .reset_index())
 
 
 def plot_alpha_bars(summary: pd.DataFrame, stem: Path, title: str) -> Path:
-    """One panel per group (encoder, each head): α per layer, one bar per method."""
+    """One panel per group (encoder, each head): α per layer, one bar per method (the
+    legend lists the methods of that panel; layers without a fit have no bar)."""
     groups = list(dict.fromkeys(summary.group))
     methods = sorted(summary.method.unique())
-    fig, axes = grid(len(groups), 6.0, 3.2, cols=2)
-    width = 0.8 / max(len(methods), 1)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = grid(len(groups), 6.5, 3.6, cols=2)
     for ax, group in zip(axes, groups):
         part = summary[summary.group == group]
         layers = list(dict.fromkeys(part.layer))
-        for i, method in enumerate(methods):
+        here = [m for m in methods if part[part.method == m].alpha.notna().any()]
+        width = 0.8 / max(len(here), 1)
+        for i, method in enumerate(here):
             m = part[part.method == method].set_index("layer").reindex(layers)
             ax.bar(np.arange(len(layers)) + i * width, m.alpha.to_numpy(), width,
-                   yerr=m.alpha_std.fillna(0).to_numpy(), label=method)
+                   yerr=m.alpha_std.fillna(0).to_numpy(), label=method,
+                   color=colors[methods.index(method) % len(colors)])
         ax.axhspan(2, 6, color="green", alpha=0.07, label="2 ≤ α ≤ 6")
         ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2,
-                      [lay.split(".", 2)[-1] for lay in layers], rotation=60, ha="right", fontsize=6)
+                      [_short(lay) for lay in layers], rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("power-law exponent α")
         ax.set_title(group)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     return save(fig, stem)
 
 
-def plot_esd(eigs_by_method: dict[str, dict[str, np.ndarray]], layers: list[str], stem: Path,
-             title: str) -> Path:
-    """Empirical spectral densities (log-log histograms) of the chosen layers, one line per
-    method, with the fitted power law over its tail (dashed)."""
-    fig, axes = grid(len(layers), 4.2, 3.2)
+def _short(layer: str) -> str:
+    """A readable tick label: the layer's path without its group prefix."""
+    parts = layer.split(".")
+    return ".".join(parts[2:]) if parts[0] in ("encoders", "heads") and len(parts) > 2 else layer
+
+
+def esd_points(eigs: np.ndarray, bins: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """(bin centres, densities) of the log-binned empirical spectral density, only the
+    non-empty bins: drawn as points, an empty bin shows as a gap, never bridged by a line."""
+    x = np.asarray(eigs, dtype=float)
+    edges = np.geomspace(x.min(), x.max(), bins + 1)
+    dens, edges = np.histogram(x, bins=edges, density=True)
+    mid = np.sqrt(edges[1:] * edges[:-1])
+    return mid[dens > 0], dens[dens > 0]
+
+
+def plot_esd(eigs_by_method: dict[str, dict[str, tuple[np.ndarray, float]]], layers: list[str],
+             stem: Path, title: str) -> Path:
+    """Empirical spectral densities of the chosen layers on log-log axes: the non-empty
+    log bins as points (one colour per method; the legend lists the methods of the panel),
+    the fitted power law over its tail (dashed, with α and n_tail) and the
+    Marchenko–Pastur edge of a random matrix of the same shape (dotted)."""
+    fig, axes = grid(len(layers), 4.6, 3.4)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    methods = sorted(eigs_by_method)
     for ax, layer in zip(axes, layers):
-        for i, (method, eigs) in enumerate(sorted(eigs_by_method.items())):
-            if layer not in eigs:
+        for method in methods:
+            if layer not in eigs_by_method[method]:
                 continue
-            x = eigs[layer]
-            color = colors[i % len(colors)]
-            bins = np.geomspace(x.min(), x.max(), 40)
-            dens, edges = np.histogram(x, bins=bins, density=True)
-            mid = np.sqrt(edges[1:] * edges[:-1])
-            ax.plot(mid[dens > 0], dens[dens > 0], color=color, lw=1)
+            x, edge = eigs_by_method[method][layer]
+            color = colors[methods.index(method) % len(colors)]
+            mid, dens = esd_points(x)
+            ax.plot(mid, dens, "o", ms=3, color=color)
             fit = fit_spectrum(x)
             frac = fit.n_tail / x.size
-            t = mid[mid >= fit.xmin]
+            t = np.geomspace(fit.xmin, x.max(), 50)
             ax.plot(t, frac * (fit.alpha - 1) / fit.xmin * (t / fit.xmin) ** (-fit.alpha), "--",
-                    color=color, label=f"{method} α={fit.alpha:.2f}")
+                    color=color, label=f"{method}: α={fit.alpha:.2f}, n_tail={fit.n_tail}/{x.size}")
+            ax.axvline(edge, color=color, ls=":", lw=1)
+        ax.plot([], [], "k:", lw=1, label="MP edge (random matrix)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("eigenvalue λ of WᵀW")
         ax.set_ylabel("density")
         ax.set_title(layer, fontsize=8)
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
+        ax.legend(fontsize=6)
+    fig.suptitle(title + " (points: non-empty log bins; dashed: power-law tail fit)")
     return save(fig, stem)

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.collect import LIBMTL_PROTOCOL, load_metrics, load_runs
+from analysis.collect import LIBMTL_PROTOCOL, load_metrics, load_runs, read_json
+from analysis.labels import config_labels
 from analysis.measures import delta_m, delta_p_metric, delta_p_task, mean_rank
 from analysis.reference import SOURCE, canonical_task, load_published, unit_factor
-from analysis.select import describe, select
+from analysis.select import describe, is_test_selected, select
 
 STL = "stl"
 DELTA_COLUMNS = [("delta_p_task", "Δp_task (%) ↑", True), ("delta_p_metric", "Δp_metric (%) ↑", True),
@@ -55,6 +56,17 @@ class Comparison:
     base_factors: dict | None = None
     """Unit factors from our values to the published baseline's units (None for stl)."""
     notes: list[str] = field(default_factory=list)
+    rule: str = "last"
+    """The selection rule (``analysis.select.RULES``) the numbers were taken with."""
+    runs: dict[str, dict] = field(default_factory=dict)
+    """Per row: ``{"profile": [...], "epochs": [...], "protocol": str}`` of its runs."""
+
+    @property
+    def test_selected(self) -> bool:
+        """Whether the numbers were selected on the test split (by the rule, or because the
+        protocol's validation split is the test split): then they are optimistic."""
+        return is_test_selected(self.rule) or (self.protocol == LIBMTL_PROTOCOL
+                                               and self.rule not in ("last", "last_k"))
 
     def frame(self) -> pd.DataFrame:
         """The numeric table (for CSV): per metric ``<task>_<metric>`` and ``..._std``, the Δ
@@ -78,6 +90,9 @@ class Comparison:
     def note(self) -> str:
         lines = [(f"{self.benchmark}: {self.selection}; mean ± std over seeds (column 'seeds'; "
                  "no std for one seed).")]
+        if self.test_selected:
+            lines.append("TEST-SELECTED: each run's epoch was chosen on the test split, so these "
+                         "numbers are optimistic estimates of test performance.")
         if self.deltas is not None:
             lines.append(f"Δ measures relative to {self.baseline}. Δp_task, Δp_metric: higher "
                          "is better; Δm%: lower is better (= −Δp_metric).")
@@ -88,20 +103,17 @@ class Comparison:
 
 
 def _row_labels(selected: pd.DataFrame) -> tuple[pd.Series, list[str]]:
-    """Label of every (method, config_hash): the method name, or ``method [hash]`` when the
-    method was run with more than one config."""
+    """Label of every run's row: the method name, or the method and the settings that differ
+    among its configs when it was run with more than one (``analysis.labels``)."""
     notes = []
-    groups = selected[["method", "config_hash"]].drop_duplicates()
-    counts = groups.groupby("method").config_hash.nunique()
-    labels = {}
-    for m, h in groups.itertuples(index=False):
-        labels[(m, h)] = f"{m} [{h}]" if counts[m] > 1 else m
+    runs = selected[["benchmark", "method", "config_hash", "run_dir"]].drop_duplicates("run_dir")
+    labels = config_labels(runs)
+    counts = runs.groupby("method").config_hash.nunique()
     for m in counts[counts > 1].index:
-        hashes = sorted(groups[groups.method == m].config_hash)
-        notes.append(f"Runs of {m} with different configs are grouped by config hash "
-                     f"({', '.join(hashes)}).")
-    label = pd.Series([labels[(m, h)] for m, h in zip(selected.method, selected.config_hash)],
-                      index=selected.index)
+        names = sorted({labels[r] for r in runs[runs.method == m].run_dir})
+        notes.append(f"Runs of {m} with different configs are never averaged together: one row "
+                     f"per config ({'; '.join(names)}).")
+    label = pd.Series([labels[r] for r in selected.run_dir], index=selected.index)
     return label, notes
 
 
@@ -252,8 +264,27 @@ def comparisons(root: Path, rule: str = "last", k: int = 3, benchmark: str | Non
     for (bench, proto), part in selected.groupby(["benchmark", "protocol"], sort=True):
         table = build_comparison(part, bench, proto, describe(rule, k), methods)
         if table is not None:
+            table.rule = rule
+            table.runs = _row_runs(part, runs)
             out.append(table)
     return out, excluded.reset_index(drop=True)
+
+
+def _row_runs(part: pd.DataFrame, runs: pd.DataFrame) -> dict[str, dict]:
+    """Per row label: the profiles, epoch counts (config ``train.epochs``) and protocol of
+    its runs, so that a comparison with published numbers can say how they were made."""
+    label, _ = _row_labels(part)
+    profile = dict(zip(runs.run_dir, runs.profile))
+    out: dict[str, dict] = {}
+    for row, run_dir in zip(label, part.run_dir):
+        info = out.setdefault(row, {"profile": set(), "epochs": set(), "protocol": set()})
+        config = read_json(Path(run_dir) / "config.json") or {}
+        info["profile"].add(str(profile.get(run_dir) or config.get("profile") or "?"))
+        epochs = (config.get("train") or {}).get("epochs")
+        if isinstance(epochs, int):
+            info["epochs"].add(epochs)
+        info["protocol"].add(str(part.protocol[part.run_dir == run_dir].iloc[0] or ""))
+    return {row: {k: sorted(v) for k, v in info.items()} for row, info in out.items()}
 
 
 # --------------------------------------------------------------------------- rendering

@@ -12,13 +12,13 @@ import torch
 
 from analysis.collect import load_runs
 from analysis.curves import (
-    bootstrap_interval,
     extrapolation_error,
     fit_curves,
     fit_power_law,
     load_curves,
     power_law_window,
 )
+from analysis.intervals import bootstrap_interval
 from analysis.spectra import checkpoint_spectra, fit_spectrum, layer_eigenvalues
 from tests.test_analysis_support import const, write_run
 
@@ -64,15 +64,18 @@ def test_window_rules():
 
 
 def test_bootstrap_interval():
-    lo, hi = bootstrap_interval([0.4, 0.5, 0.6, 0.5])
-    assert 0.4 <= lo <= 0.5 <= hi <= 0.6
-    assert all(math.isnan(v) for v in bootstrap_interval([0.5]))
+    many = np.linspace(0.4, 0.6, 12)
+    iv = bootstrap_interval(many)
+    assert 0.4 <= iv.lo <= 0.5 <= iv.hi <= 0.6 and "bootstrap" in iv.kind
+    few = bootstrap_interval([0.4, 0.5, 0.6, 0.5])  # too few seeds: the t-interval instead
+    assert "t-interval" in few.kind and few.lo < 0.4
+    assert not bootstrap_interval([0.5]).exists
 
 
 def test_curves_from_results_with_lr_drop(tmp_path):
     for seed, alpha in enumerate([0.5, 0.55, 0.6]):
         steps = np.arange(10, 3001, 10)
-        loss = _curve(3.0, alpha, 0.1, steps.astype(float))
+        loss = _curve(3.0, alpha, 0.1, steps - 4.5)  # a record is the mean of its 10 steps
         # the lr halves at epoch 2 (steps > 2000): the loss falls off the power law there
         loss[steps > 2000] *= 0.5
         curve = [{"step": int(s), "epoch": int((s - 1) // 1000), "losses": {"a": float(v), "b": 2 * float(v)}}
@@ -80,7 +83,7 @@ def test_curves_from_results_with_lr_drop(tmp_path):
         write_run(tmp_path, "bench", "ew", seed, {("a", "acc"): const(1.0)}, curve=curve,
                   tasks={("a", "acc"): (True, "%")}, lrs=[1e-3, 1e-3, 5e-4])
     data, problems = load_curves(load_runs(tmp_path))
-    assert not problems and data.lr_drop_step.iloc[0] == 2010
+    assert not problems and data.lr_drop_step.iloc[0] == 2005.5  # the midpoint of steps 2001-2010
     fits = fit_curves(data).set_index("task")
     assert fits.loc["a", "alpha"] == pytest.approx(0.55, rel=0.03)
     assert fits.loc["a", "seeds"] == 3
@@ -127,8 +130,11 @@ def test_checkpoint_spectra_groups_and_skips(tmp_path):
     torch.save({"model": model, "epoch": 0}, tmp_path / "checkpoint.pt")
     table, eigs = checkpoint_spectra(tmp_path / "checkpoint.pt", keep_eigs=True)
     assert table.set_index("layer").group.to_dict() == {
-        "encoders.0.conv": "encoder", "encoders.0.fc": "encoder", "heads.b.fc": "head b"}
+        "encoders.0.conv": "encoder", "encoders.0.fc": "encoder", "heads.a": "head a",
+        "heads.b.fc": "head b"}
     assert table.set_index("layer").eigenvalues.to_dict() == {
-        "encoders.0.conv": 72, "encoders.0.fc": 64, "heads.b.fc": 60}
+        "encoders.0.conv": 72, "encoders.0.fc": 64, "heads.a": 10, "heads.b.fc": 60}
     assert set(eigs) == {"encoders.0.conv", "encoders.0.fc", "heads.b.fc"}
-    assert isinstance(table, pd.DataFrame) and (table.alpha > 1).all()
+    fitted = table[table.layer != "heads.a"]
+    assert isinstance(table, pd.DataFrame) and (fitted.alpha > 1).all()
+    assert "too few eigenvalues" in table.set_index("layer").loc["heads.a", "trust"]

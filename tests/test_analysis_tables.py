@@ -121,7 +121,7 @@ def test_config_hashes_are_grouped_and_said(tmp_path):
     (table,), _ = comparisons(tmp_path)
     assert set(table.mean.index) == {"ew [aaaa]", "ew [bbbb]"}
     assert table.mean.loc["ew [bbbb]", A] == 90
-    assert "grouped by config hash" in table.note()
+    assert "never averaged together" in table.note()
 
 
 def test_selection_rules(tmp_path):
@@ -228,7 +228,7 @@ def test_each_row_takes_the_stl_runs_trained_the_same_way(tmp_path):
     write_run(tmp_path, "bench", "ew", 0, _three(44, 2.0, 4.0), config_hash="e2", data={"size": 2})
     write_run(tmp_path, "bench", "uw", 0, _three(88, 2.0, 4.0), config_hash="u3", data={"size": 3})
     (table,), _ = comparisons(tmp_path)
-    assert table.base_rows["ew"] == "stl [s2]" and table.base_rows["uw"] == "stl [s1]"
+    assert table.base_rows["ew"] == "stl data.size=2" and table.base_rows["uw"] == "stl data.size=1"
     assert table.deltas.loc["ew", "delta_p_task"] == pytest.approx(100 * (4 / 40) / 2)
     assert table.deltas.loc["uw", "delta_p_task"] == pytest.approx(100 * (8 / 80) / 2)
     assert "same data and training settings as uw" in table.note()
