@@ -16,7 +16,10 @@ import pandas as pd
 
 from analysis.collect import read_json
 
-NOT_CONFIG = {"seed", "device", "data_root", "config_hash", "benchmark", "method"}
+# Not settings a reader chooses: identity and bookkeeping (the data fingerprint is absent from
+# folders written before it was recorded, which must not read as a difference).
+NOT_CONFIG = {"seed", "device", "data_root", "config_hash", "benchmark", "method",
+              "data_fingerprint"}
 SYMBOLS = {"alpha": "α", "beta": "β", "gamma": "γ", "lambda": "λ", "rho": "ρ", "tau": "τ"}
 
 

@@ -5,9 +5,9 @@
 
 For every benchmark (last-epoch test metrics, the harness's default selection): one row per
 method with Δp_task against stl (mean ± std over seeds), mean rank, the difference from ew
-with its Welch p-value (raw and corrected over the family of methods against ew), and the
-mean training step time as a ratio to ew's (measured in the same sweep, so on the same
-machine under the same load). Then the benchmark's discrimination: the spread of the
+with its Welch p-value (raw and corrected over the family of methods against ew). Cost is
+not read from the sweep's own runs, whose step times depend on whatever else the machine
+ran meanwhile: `python run_bench.py perf` measures it interleaved (docs/performance.md). Then the benchmark's discrimination: the spread of the
 methods' mean Δp_task over the pooled seed std, and how many of all method pairs differ
 significantly (Welch, corrected over every pair).
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from analysis.collect import load_costs, load_runs  # noqa: E402
+from analysis.collect import load_runs  # noqa: E402
 from analysis.significance import against_reference, discrimination, pairwise  # noqa: E402
 from analysis.table import comparisons  # noqa: E402
 
@@ -37,16 +37,12 @@ def benchmark_section(root: Path, bench: str, correction: str) -> str:
     table = tables[0]
     if table.deltas is None:
         return f"## {bench}\n\n(no stl runs: no Δp_task)\n"
-    runs = load_runs(root)
-    costs = load_costs(runs[(runs.benchmark == bench) & runs.usable])
-    step = costs.groupby("method").step_time_s.mean()
-    ew_step = step.get("ew", np.nan)
     vs_ew = against_reference(table, "ew", correction)
     tests = vs_ew.frame.set_index("a") if vs_ew is not None else None
     order = table.deltas.loc[table.compared, "delta_p_task"].sort_values(ascending=False).index
     lines = [f"## {bench}", "",
-             "| method | Δp_task (%) ↑ | mean rank ↓ | seeds | vs ew: difference | p | adjusted p | "
-             "step time / ew |", "|---|---|---|---|---|---|---|---|"]
+             "| method | Δp_task (%) ↑ | mean rank ↓ | seeds | vs ew: difference | p | adjusted p |",
+             "|---|---|---|---|---|---|---|"]
     for row in order:
         d = table.deltas.loc[row]
         cells = [row, _fmt(d.delta_p_task, d.delta_p_task_std), f"{table.ranks[row]:.2f}",
@@ -57,8 +53,6 @@ def benchmark_section(root: Path, bench: str, correction: str) -> str:
             cells += [f"{t.difference:+.2f}{mark}", f"{t.p:.3g}", f"{t.p_adjusted:.3g}"]
         else:
             cells += ["–", "–", "–"]
-        method = table.row_method[row]
-        cells.append(f"{step.get(method, np.nan) / ew_step:.2f}" if np.isfinite(ew_step) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     disc = discrimination(table)
     pairs = pairwise(table, correction)
