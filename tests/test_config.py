@@ -61,7 +61,7 @@ def test_seed_must_be_non_negative_integer():
 
 
 def test_unknown_profile_lists_the_available_ones():
-    with pytest.raises(ConfigError, match="available: quick"):
+    with pytest.raises(ConfigError, match="available: imbalanced, quick"):
         build([], profile="nope")
 
 
