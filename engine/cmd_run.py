@@ -32,8 +32,9 @@ def add_parser(sub, parents) -> None:
         "run", parents=parents, help="train methods on a benchmark and compare them",
         description="Train every METHOD on BENCH for every SEED through the same pipeline, "
                     "write each run under OUT/<benchmark>/<method>/seed<k>-<hash>/, and print "
-                    "the comparison table. An interrupted run resumes from its last checkpoint; "
-                    "complete runs are skipped unless --force, failed or diverged ones unless "
+                    "the comparison table, with each method's Δp_task tested against ew's "
+                    "(Welch, Holm-corrected) when ew is among the methods. An interrupted run "
+                    "resumes from its last checkpoint; complete runs are skipped unless --force, failed or diverged ones unless "
                     "--retry-failed.",
         epilog="Examples:\n"
                "  python run_bench.py run -b digits_tasks -m ew stl -s 0 1 2\n"
