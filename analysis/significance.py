@@ -19,24 +19,20 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from analysis.measures import adjust_p_values, delta_p_task, welch_t_test
-from analysis.table import STL, Comparison
+from analysis.measures import adjust_p_values, welch_t_test
+from analysis.table import STL, Comparison, seed_deltas
 
 TEST_NAME = "Welch's t-test on per-seed Δp_task"
 
 
 def per_seed_delta_p_task(table: Comparison, row: str) -> np.ndarray:
-    """Δp_task (%) of every seed of ``row`` against the row's baseline (empty without one)."""
+    """Δp_task (%) of every seed of ``row`` against the row's baseline (empty without one),
+    exactly as the table computes its mean."""
     if not table.bases:
         return np.array([])
-    base = table.bases[row]
-    cols = list(base.index)
-    scale = np.array([table.base_factors[c] if table.base_factors else 1.0 for c in cols])
-    higher = [table.higher[table.columns.index(c)] for c in cols]
-    seeds = table.per_seed.xs(row, level="row")[cols].to_numpy() * scale
-    seeds = seeds[~np.isnan(seeds).any(axis=1)]
-    return np.array([delta_p_task(s, base.to_numpy(), higher, [c[0] for c in cols])
-                     for s in seeds])
+    higher = dict(zip(table.columns, table.higher))
+    return np.array(seed_deltas(table.per_seed, table.bases[row], table.base_factors, higher,
+                                row)["delta_p_task"])
 
 
 @dataclass

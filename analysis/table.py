@@ -166,22 +166,27 @@ def _published_baseline(benchmark: str, columns, units, notes: list[str]):
     return base, factors, f"the published STL row ({SOURCE}), our values converted to its units"
 
 
+def seed_deltas(per_seed: pd.DataFrame, base: pd.Series, factors: dict | None, higher: dict,
+                row: str) -> dict[str, list[float]]:
+    """Δp_task, Δp_metric and Δm% of every complete seed of ``row`` against ``base`` (our
+    values converted by ``factors`` to the base's units when given)."""
+    cols = list(base.index)
+    scale = np.array([factors[c] if factors else 1.0 for c in cols])
+    hib = [higher[c] for c in cols]
+    tasks = [c[0] for c in cols]
+    seeds = per_seed.xs(row, level="row")[cols].to_numpy() * scale
+    seeds = seeds[~np.isnan(seeds).any(axis=1)]
+    return {"delta_p_task": [delta_p_task(s, base.to_numpy(), hib, tasks) for s in seeds],
+            "delta_p_metric": [delta_p_metric(s, base.to_numpy(), hib) for s in seeds],
+            "delta_m": [delta_m(s, base.to_numpy(), hib) for s in seeds]}
+
+
 def _deltas(per_seed: pd.DataFrame, bases: dict[str, pd.Series], factors: dict | None,
             higher: dict, rows: list[str]) -> pd.DataFrame:
     out = {}
     for row in rows:
-        base = bases[row]
-        cols = list(base.index)
-        scale = np.array([factors[c] if factors else 1.0 for c in cols])
-        hib = [higher[c] for c in cols]
-        tasks = [c[0] for c in cols]
-        seeds = per_seed.xs(row, level="row")[cols].to_numpy() * scale
-        seeds = seeds[~np.isnan(seeds).any(axis=1)]
-        vals = {"delta_p_task": [delta_p_task(s, base.to_numpy(), hib, tasks) for s in seeds],
-                "delta_p_metric": [delta_p_metric(s, base.to_numpy(), hib) for s in seeds],
-                "delta_m": [delta_m(s, base.to_numpy(), hib) for s in seeds]}
         out[row] = {}
-        for key, v in vals.items():
+        for key, v in seed_deltas(per_seed, bases[row], factors, higher, row).items():
             out[row][key] = float(np.mean(v)) if v else np.nan
             out[row][f"{key}_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else np.nan
     return pd.DataFrame.from_dict(out, orient="index")
