@@ -86,66 +86,116 @@ def configured_epochs(config: dict) -> int | None:
     return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
-def _check_metrics(run_dir: Path, summary: dict, config: dict | None = None) -> str:
-    """Why the run's metrics.jsonl cannot be used, or "" when it can: it must parse, hold test
-    metrics for every epoch of its config's ``train.epochs`` (and no other), give every record
-    an integer epoch, and every metric a direction in summary.json."""
-    try:
-        records = read_jsonl(run_dir / "metrics.jsonl")
-    except OSError:
-        return "metrics.jsonl missing or unreadable"
-    except ValueError as exc:
-        return f"metrics.jsonl corrupt ({exc})"
+def run_epochs(config: dict, summary: dict) -> int | None:
+    """How many epochs the run trains: config.json's ``train.epochs``, else the epochs that
+    summary.json records (a complete run's), None when neither is left."""
+    epochs = configured_epochs(config)
+    if epochs is None:
+        recorded = summary.get("epochs")
+        epochs = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else None
+    return epochs
+
+
+def run_identity(run_dir: Path, config: dict, summary: dict):
+    """The identity (engine/identity.py) that the folder records, config.json's first, else
+    summary.json's; None when neither records a config hash and a seed."""
+    from engine.identity import FINGERPRINT_KEY, Identity
+
+    def recorded(key: str):
+        return config.get(key, summary.get(key))
+
+    if recorded("config_hash") is None or recorded("seed") is None:
+        return None
+    return Identity(recorded("config_hash"), recorded("seed"), recorded(FINGERPRINT_KEY))
+
+
+def _is_metric_value(value) -> bool:
+    """A number, or how results files write the non-finite ones (None for NaN, "inf")."""
+    if value is None or value in ("inf", "-inf"):
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_records(records: list, summary: dict, epochs: int) -> str:
+    """Why a run's metric records cannot be used, or "" when they can: test metrics for
+    every epoch of ``epochs`` (and no other), an integer epoch in every record, a number for
+    every metric value and a direction in summary.json for every metric."""
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        return "not a list of records"
     if not any(r.get("split") == "test" and r.get("metrics") for r in records):
-        return "metrics.jsonl has no test metrics"
+        return "no test metrics"
+    for rec in records:
+        if not isinstance(rec.get("epoch"), int) or isinstance(rec.get("epoch"), bool):
+            return "a record without an integer epoch"
+    tested = {r["epoch"] for r in records if r.get("split") == "test" and r.get("metrics")}
+    missing = sorted(set(range(epochs)) - tested)
+    extra = sorted(tested - set(range(epochs)))
+    if missing:
+        return (f"incomplete: test metrics for {len(tested)} of the {epochs} epochs of "
+                f"train.epochs (missing epoch {missing[0]}"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + ")")
+    if extra:
+        return f"epoch {extra[0]}, beyond train.epochs={epochs}"
     directions = summary.get("tasks") or {}
     for rec in records:
-        if not isinstance(rec.get("epoch"), int):
-            return "metrics.jsonl has a record without an integer epoch"
-    epochs = configured_epochs(config or {})
-    if epochs is not None:
-        tested = {r["epoch"] for r in records if r.get("split") == "test" and r.get("metrics")}
-        missing = sorted(set(range(epochs)) - tested)
-        extra = sorted(tested - set(range(epochs)))
-        if missing:
-            return (f"incomplete: metrics.jsonl has test metrics for {len(tested)} of the "
-                    f"{epochs} epochs of train.epochs (missing epoch {missing[0]}"
-                    + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + ")")
-        if extra:
-            return f"metrics.jsonl has epoch {extra[0]}, beyond train.epochs={epochs}"
-    for rec in records:
-        for task, metrics in (rec.get("metrics") or {}).items():
-            for metric in metrics:
+        metrics = rec.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            return f"epoch {rec['epoch']} ({rec.get('split')}): metrics that are not a table"
+        for task, values in metrics.items():
+            if not isinstance(values, dict):
+                return f"epoch {rec['epoch']} ({rec.get('split')}): task {task} has no metric table"
+            for metric, value in values.items():
+                if not _is_metric_value(value):
+                    return (f"epoch {rec['epoch']} ({rec.get('split')}): {task}.{metric} is "
+                            f"{value!r}, not a number")
                 info = (directions.get(task) or {}).get(metric) or {}
                 if not isinstance(info.get("higher_is_better"), bool):
                     return f"summary.json gives no direction for metric {task}.{metric}"
     return ""
 
 
-def repair_metrics(run_dir: Path, config: dict) -> str:
-    """Rewrite a complete run's damaged or missing metrics.jsonl from its checkpoint, which
-    holds every epoch's records. Returns "" when repaired, else why not. Only a checkpoint
-    of the run's own config hash and of its last epoch is used, under the run's lock."""
-    import torch
+def _check_metrics(run_dir: Path, summary: dict, epochs: int) -> str:
+    """Why the run's metrics.jsonl cannot be used (``_check_records``), or "" when it can."""
+    try:
+        records = read_jsonl(run_dir / "metrics.jsonl")
+    except OSError:
+        return "metrics.jsonl missing or unreadable"
+    except ValueError as exc:
+        return f"metrics.jsonl corrupt ({exc})"
+    problem = _check_records(records, summary, epochs)
+    if problem.startswith(("incomplete", "summary.json")):
+        return problem
+    return f"metrics.jsonl has {problem}" if problem else ""
 
+
+def repair_metrics(run_dir: Path, identity, epochs: int, summary: dict) -> str:
+    """Rewrite a complete run's damaged or missing metrics.jsonl from its checkpoint, which
+    holds every epoch's records. Returns "" when repaired, else why not. The checkpoint must
+    pass the checks of a resume (the folder's config hash, seed and data fingerprint,
+    ``checkpoint_mismatch``), be of the last epoch, and hold usable records; only then is
+    the file written, under the run's lock."""
+    from engine.checkpoint import checkpoint_mismatch, read_checkpoint
     from engine.locks import RunLock, RunLocked
     from engine.results import write_jsonl
 
     path = run_dir / "checkpoint.pt"
     if not path.exists():
         return "no checkpoint to repair it from"
+    if identity is None:
+        return "the folder records no config hash and seed to check its checkpoint against"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)
     except Exception as exc:  # unreadable: keep the original problem
         return f"its checkpoint is unreadable ({type(exc).__name__})"
-    epochs = configured_epochs(config)
-    if not isinstance(state, dict) or state.get("config_hash") != config.get("config_hash"):
-        return "its checkpoint belongs to another config"
-    if epochs is None or state.get("epoch") != epochs - 1:
+    mismatch = checkpoint_mismatch(path, state, identity)
+    if mismatch:
+        return mismatch
+    if state["epoch"] != epochs - 1:
         return "its checkpoint is not of the last epoch"
     records = state.get("records")
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        return "its checkpoint holds no records"
+    problem = _check_records(records, summary, epochs)
+    if problem:
+        return f"its checkpoint's records are unusable ({problem})"
     try:
         with RunLock(run_dir):
             write_jsonl(run_dir / "metrics.jsonl", records)
@@ -155,6 +205,22 @@ def repair_metrics(run_dir: Path, config: dict) -> str:
         return f"cannot rewrite metrics.jsonl ({exc})"
     log.warning("%s: metrics.jsonl rewritten from the checkpoint", run_dir)
     return ""
+
+
+def _usability(run_dir: Path, config: dict, summary: dict, repair: bool) -> str:
+    """Why a complete run cannot be used, or "" (its metrics repaired first with
+    ``repair`` where that is possible)."""
+    epochs = run_epochs(config, summary)
+    if epochs is None:
+        return ("no record of train.epochs (config.json missing or unreadable, and "
+                "summary.json records no epochs): its metrics cannot be checked")
+    problem = _check_metrics(run_dir, summary, epochs)
+    if problem and repair and problem.startswith(("metrics.jsonl", "incomplete")):
+        why_not = repair_metrics(run_dir, run_identity(run_dir, config, summary), epochs,
+                                 summary)
+        problem = (_check_metrics(run_dir, summary, epochs) if not why_not
+                   else f"{problem}; not repaired: {why_not}")
+    return problem
 
 
 def load_runs(root: Path, repair: bool = False) -> pd.DataFrame:
@@ -185,11 +251,7 @@ def load_runs(root: Path, repair: bool = False) -> pd.DataFrame:
             row.update(status="corrupt", reason="summary.json names no benchmark or method",
                        usable=False)
         else:
-            problem = _check_metrics(run_dir, summary, config)
-            if problem and repair and problem.startswith(("metrics.jsonl", "incomplete")):
-                why_not = repair_metrics(run_dir, config)
-                problem = (_check_metrics(run_dir, summary, config) if not why_not
-                           else f"{problem}; not repaired: {why_not}")
+            problem = _usability(run_dir, config, summary, repair)
             row.update(status="corrupt" if problem else "complete", reason=problem,
                        usable=not problem)
         rows.append(row)

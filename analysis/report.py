@@ -171,6 +171,10 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
              f"{int(runs.usable.sum())} usable runs, {int((~runs.usable).sum())} left out.  \n"
              f"Selection rule: {describe(rule, k)} (--select {rule}).")
     tables, excluded = comparisons(root, rule, k, benchmark)
+    # The repair pass's reasons also say why a run could not be repaired.
+    repaired_reason = dict(zip(runs.run_dir, runs.reason))
+    excluded = excluded.assign(reason=[repaired_reason.get(d) or r
+                                       for d, r in zip(excluded.run_dir, excluded.reason)])
     problems: dict[str, str] = {}
     published = (_published_tables(root, tables, published_rule, k, benchmark)
                  if "published" not in skip and "tables" not in skip else {})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 import numpy as np
@@ -114,6 +114,12 @@ class DenseNpyBenchmark(Benchmark):
             self.departures.report(f"{data_root}: arrays of size {self.disk_size}, the official "
                                    f"preprocessed data is {self.official_size}")
         self.index = self._split_indices()
+
+    @classmethod
+    def reads_data_file(cls, config: DenseNpyConfig, path: PurePosixPath) -> bool:
+        # ROOT/{train,val}/<kind>/<i>.npy; any other entry of a kind folder is refused
+        return len(path.parts) == 3 and path.parts[0] in ("train", "val") \
+            and path.suffix == ".npy"
 
     # ------------------------------------------------------------------ data
     def folders(self) -> dict[str, tuple[str, ...]]:

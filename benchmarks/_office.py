@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 import torch
@@ -30,8 +30,8 @@ from benchmarks.base import Batch, Benchmark, TaskSpec, num_batches
 from benchmarks.metrics import ACCURACY, AccuracyMeter, cross_entropy
 from datasets.checks import Departures
 from datasets.image_folders import (
-    Entry, ImageItems, check_headers, collate_by_task, file_digest, list_lines, parse_list_file,
-    read_class_names, scan_class_folders, stratified_split,
+    IMAGE_SUFFIXES, Entry, ImageItems, check_headers, collate_by_task, file_digest, list_lines,
+    parse_list_file, read_class_names, scan_class_folders, stratified_split,
 )
 from engine.errors import DataError, check_choice, check_range
 
@@ -90,6 +90,11 @@ class OfficeBenchmark(Benchmark):
         self.splits = self._read_splits(data_root)
         check_headers(data_root, [e for d in self.splits.values() for s in d.values() for e in s],
                       config.workers)
+
+    @classmethod
+    def reads_data_file(cls, config: OfficeConfig, path: PurePosixPath) -> bool:
+        # the images, wherever a list file may point inside the data root
+        return path.suffix.lower() in IMAGE_SUFFIXES
 
     # ------------------------------------------------------------------ splits
     def _read_splits(self, root: Path) -> dict[str, dict[str, list[Entry]]]:

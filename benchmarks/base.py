@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import ClassVar, Protocol
 
 import torch
@@ -170,6 +170,14 @@ class Benchmark:
     def extra_record(self) -> dict:
         """Anything the benchmark wants recorded with the run (e.g. a generated split)."""
         return {}
+
+    @classmethod
+    def reads_data_file(cls, config, path: PurePosixPath) -> bool:
+        """Whether the benchmark, with data options ``config``, may read the file ``path``
+        (relative to its data folder). The run's data fingerprint covers only these files,
+        so that notes or results kept beside the data do not change it. Default: every
+        file (hidden files and folders are never counted)."""
+        return True
 
 
 class TensorBenchmark(Benchmark):

@@ -2,8 +2,8 @@
 
 The previous checkpoint is kept as ``checkpoint.prev.pt``, so that a truncated or corrupt
 latest checkpoint costs one epoch, not the run. A checkpoint of another config (edited
-config, other code version), seed or data (engine/identity.py) is never loaded: the run is
-refused with the reason.
+config, other code version), seed or data (engine/identity.py) is never loaded, nor used to
+repair ``metrics.jsonl`` (``checkpoint_mismatch``): the run is refused with the reason.
 
 Method state may hold numpy arrays and numpy scalars (plugins' ``get_extra_state``); they
 are stored as tensors (``portable``) and given back as numpy on load (``restore``), since
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.identity import Identity
 from engine.results import CHECKPOINT, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,23 @@ class CheckpointMismatch(UserError):
     pass
 
 
-def load_checkpoint(run_dir: Path, config_hash: str, seed: int | None = None,
-                    data_fingerprint: str | None = None) -> dict | None:
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint file's state. Raises (any exception) when the file is unreadable or is
+    not a checkpoint of this harness."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "epoch" not in state or "config_hash" not in state:
+        raise ValueError("not a checkpoint of this harness")
+    return state
+
+
+def checkpoint_mismatch(path: Path, state: dict, identity: Identity) -> str:
+    """Why a checkpoint must not be used for the run ``identity`` (another config, seed or
+    data), or "". Resuming and repairing ``metrics.jsonl`` both ask this."""
+    problems = identity.differences(state)
+    return f"{path} belongs to {'; '.join(problems)}" if problems else ""
+
+
+def load_checkpoint(run_dir: Path, identity: Identity) -> dict | None:
     """The newest readable checkpoint of this run, or None. A corrupt file is set aside
     (renamed ``*.corrupt``) and the previous one is tried; the log says which one the run
     resumes from, or that it starts from scratch."""
@@ -108,28 +124,16 @@ def load_checkpoint(run_dir: Path, config_hash: str, seed: int | None = None,
         if not path.exists():
             continue
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or "epoch" not in state:
-                raise ValueError("not a checkpoint of this harness")
+            state = read_checkpoint(path)
         except Exception as exc:  # any unreadable file: truncated, corrupt, foreign
             aside = path.with_suffix(".corrupt")
             os.replace(path, aside)
             log.warning("checkpoint %s is unreadable (%s); set aside as %s", path, exc, aside.name)
             set_aside.append(name)
             continue
-        if state.get("config_hash") != config_hash:
-            raise CheckpointMismatch(
-                f"{path} belongs to config {state.get('config_hash')}, not {config_hash}; "
-                f"rerun with --force to start this run over")
-        # Checkpoints written before seeds and fingerprints were recorded have neither.
-        if seed is not None and state.get("seed", seed) != seed:
-            raise CheckpointMismatch(f"{path} belongs to seed {state['seed']}, not {seed}; "
-                                     f"rerun with --force to start this run over")
-        theirs = state.get("data_fingerprint")
-        if data_fingerprint is not None and theirs is not None and theirs != data_fingerprint:
-            raise CheckpointMismatch(f"{path} was trained on other data (fingerprint {theirs}, "
-                                     f"not {data_fingerprint}); rerun with --force to start "
-                                     f"this run over")
+        mismatch = checkpoint_mismatch(path, state, identity)
+        if mismatch:
+            raise CheckpointMismatch(f"{mismatch}; rerun with --force to start this run over")
         log.log(logging.WARNING if set_aside else logging.INFO,
                 "resuming %s from the end of epoch %d (%s)", run_dir, state["epoch"], name)
         return state

@@ -98,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
             overrides.append("data.strict=true")
     check_trackers(args)
     requests = build_requests(args.benchmark, methods, args.seeds, args.profile, overrides,
-                              device, args.data_root)
+                              device, args.data_root, out=args.out)
     outcomes = run_all(requests, args.out, force=args.force, progress=not args.no_progress,
                        retry_failed=args.retry_failed, world=world,
                        tensorboard=args.tensorboard, wandb=args.wandb)

@@ -70,7 +70,8 @@ def run_spec(spec: RunSpec, options: Options, device: str | None = None, progres
         for plugin in spec.plugins:
             load_plugin(plugin)
         (request,) = build_requests(spec.benchmark, [spec.method], [spec.seed], spec.profile,
-                                    list(spec.overrides), device or spec.device, spec.data_root)
+                                    list(spec.overrides), device or spec.device, spec.data_root,
+                                    out=Path(options.out))
     except UserError as exc:  # e.g. a plugin that fails to import in this process
         return RunResult(spec.label, spec.run_dir, R.STATUS_FAILED, R.STATUS_FAILED,
                          f"cannot build the run here: {exc}", user_error=True)

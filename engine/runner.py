@@ -25,7 +25,7 @@ from engine import results as R
 from engine.config import RunConfig, resolve
 from engine.distributed import World
 from engine.errors import UserError
-from engine.identity import FINGERPRINT_KEY, data_fingerprint, folder_mismatch
+from engine.identity import Identity, data_fingerprint, folder_mismatch
 from engine.locks import RunLock, RunLocked
 from engine.runlog import log_epoch, run_log, tracker_hooks
 from engine.trainer import Diverged, Trainer
@@ -93,17 +93,21 @@ class RunRequest:
         return R.run_dir(out, self.config.benchmark, self.method_name, self.config.seed,
                          self.config.hash())
 
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.config.hash(), self.config.seed, self.data_fingerprint)
+
     def mismatch(self, out: Path) -> str:
         """Why the run's folder holds another run (config, seed or data), or ""."""
-        return folder_mismatch(self.dir(out), self.config.hash(), self.config.seed,
-                               self.data_fingerprint)
+        return folder_mismatch(self.dir(out), self.identity)
 
 
 def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], profile: str,
                    overrides: list[str], device: str, data_root: str | None,
-                   check_data: bool = True) -> list[RunRequest]:
+                   check_data: bool = True, out: Path | None = None) -> list[RunRequest]:
     """Every run of a request, resolved and checked. ``check_data=False`` skips the checks
-    of the device and the data folder (listing a sweep planned for another machine)."""
+    of the device and the data folder (listing a sweep planned for another machine).
+    ``out``, the results folder, is left out of the data fingerprint."""
     bench_cls = BENCHMARKS.get(benchmark)
     if check_data:
         resolve_device(device)  # refuse an unavailable device before anything is written
@@ -142,7 +146,8 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
             if check_data:
                 key = json.dumps(dataclasses.asdict(config.data), sort_keys=True, default=str)
                 if key not in fingerprints:
-                    fingerprints[key] = data_fingerprint(bench_cls, config.data, data_root)
+                    fingerprints[key] = data_fingerprint(bench_cls, config.data, data_root,
+                                                         out)
                 fingerprint = fingerprints[key]
             requests.append(RunRequest(config, composition, canonical_name(spec), fingerprint))
     never_used = set.intersection(*unused_per_run) if unused_per_run else set()
@@ -325,14 +330,12 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
         # Under the run's lock no other process writes here: any temporary file is what
         # a killed process left behind.
         R.remove_temporaries(run_dir)
-    identity = {"config_hash": config.hash()}
-    if request.data_fingerprint is not None:
-        identity[FINGERPRINT_KEY] = request.data_fingerprint
+    identity = request.identity.record()
     write_json(run_dir / R.CONFIG, {**config.to_dict(), **identity})
     write_json(run_dir / R.ENV, {**R.environment(device),
                                  "world_size": world.size if world is not None else 1})
     summary = {"status": R.STATUS_RUNNING, "benchmark": config.benchmark,
-               "method": request.method_name, "seed": config.seed, **identity,
+               "method": request.method_name, **identity,
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "world_size": world.size if world is not None else 1}
     write_json(summary_path, summary)

@@ -378,7 +378,8 @@ def expand(sweep: Sweep, out: Path, device: str | None = None, data_root: str | 
                 overrides = [f"{k}={toml_literal(v)}" for k, v in pairs]
                 try:
                     requests = build_requests(bench, [spec], sweep.seeds, sweep.profile,
-                                              overrides, device, root, check_data=check_data)
+                                              overrides, device, root, check_data=check_data,
+                                              out=out)
                 except UserError as exc:
                     raise _locate(sweep, str(exc), pairs, bench, spec) from None
                 variant = " ".join(f"{k.rsplit('.', 1)[-1]}={toml_literal(v)}"

@@ -24,6 +24,7 @@ from engine.cpu_malloc import reuse_freed_memory
 from engine.distributed import World, slice_for
 from engine.errors import UserError
 from engine.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
+from engine.identity import Identity
 from engine.models import MultiTaskModel
 from engine.results import METRICS, write_jsonl
 from engine.second_order import convert_convolutions
@@ -367,9 +368,11 @@ class Trainer:
         self.traces.load_state(state.get("traces", {}))
 
     def wall_time_s(self) -> float | None:
-        """This run's wall time so far, over every process that trained it."""
-        if self.time_before is None:
-            return None
+        """This run's wall time so far, over every process that trained it. A run resumed
+        from the checkpoint of its last epoch (its summary was lost) trains nothing here,
+        so it costs what the checkpoint recorded, not this process's set-up time."""
+        if self.time_before is None or self.resumed_at_end:
+            return self.time_before
         return self.time_before + time.perf_counter() - self.started
 
     def fit(self, resume: bool = True, started: float | None = None) -> FitResult:
@@ -377,13 +380,14 @@ class Trainer:
         the run (before building the data), for the wall time."""
         self.started = time.perf_counter() if started is None else started
         self.time_before: float | None = 0.0
+        self.resumed_at_end = False
         records: list[dict] = []
         start_epoch = 0
         if self.world is not None and not self.writes:
             torch.distributed.barrier()  # rank 0 has checked (and set aside) the checkpoints
         if resume:
-            state = load_checkpoint(self.run_dir, self.config.hash(), self.config.seed,
-                                    self.data_fingerprint)
+            state = load_checkpoint(self.run_dir, Identity(self.config.hash(), self.config.seed,
+                                                           self.data_fingerprint))
             if state is not None:
                 self.load_state(state)
                 start_epoch = state["epoch"] + 1
@@ -394,6 +398,7 @@ class Trainer:
                 torch.distributed.barrier()
             torch.distributed.barrier()  # every rank has read the checkpoint before rank 0 writes
         epochs = self.config.train.epochs
+        self.resumed_at_end = start_epoch >= epochs
         steps_per_epoch = self.benchmark.batches_per_epoch("train", self.train_batch)
         if self.config.train.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, self.config.train.max_steps_per_epoch)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from engine import checkpoint as C
+from engine.identity import Identity
 from engine.runner import build_requests, execute
 from tests.helpers import TINY_DIGITS, read_records, read_summary
 
@@ -146,7 +147,7 @@ def test_checkpoints_load_with_weights_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "load", spy)
     C.save_checkpoint(tmp_path, {"epoch": 3, "config_hash": "abc", "records": [{"x": 1.5}]})
-    state = C.load_checkpoint(tmp_path, "abc")
+    state = C.load_checkpoint(tmp_path, Identity("abc", 0))
     assert state["epoch"] == 3 and state["records"] == [{"x": 1.5}]
     assert seen == [True]
 

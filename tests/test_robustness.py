@@ -21,7 +21,7 @@ from engine import results as R
 from engine.cli import main
 from engine.config import TrainConfig, resolve
 from engine.errors import ConfigError, UserError, check_range
-from engine.identity import files_fingerprint
+from engine.identity import Identity, files_fingerprint
 from engine.runner import build_requests, execute, run_all
 from methods.base import Weighted, Weighting
 from methods.registry import METHODS, register_method
@@ -119,7 +119,7 @@ def test_another_seeds_checkpoint_is_not_resumed(tmp_path):
     assert outcome.status == "failed" and outcome.user_error
     assert "belongs to seed 1, not 0" in outcome.reason
     with pytest.raises(C.CheckpointMismatch, match="other data"):
-        C.load_checkpoint(seed1, state["config_hash"], 1, "generated:other")
+        C.load_checkpoint(seed1, Identity(state["config_hash"], 1, "generated:other"))
 
 
 # --------------------------------------------------------------------------- method state
@@ -174,7 +174,7 @@ def test_numpy_method_state_survives_a_resume(tmp_path, state_methods):
     req = request("robust_arrays", overrides=[*TINY_DIGITS, "train.epochs=1"])
     outcome = execute(req, tmp_path, progress=False)
     assert outcome.status == "complete", outcome.reason
-    state = C.load_checkpoint(outcome.run_dir, req.config.hash(), 0, req.data_fingerprint)
+    state = C.load_checkpoint(outcome.run_dir, req.identity)
     assert state is not None  # read back, not set aside as unreadable
     assert not list(outcome.run_dir.glob("*.corrupt"))
     cpu = torch.device("cpu")
@@ -239,7 +239,13 @@ def test_a_rebuilt_summary_keeps_the_runs_wall_time(tmp_path):
     outcome = execute(req, tmp_path, progress=False)  # resumes at its end: nothing to train
     summary = read_summary(run_dir)
     assert outcome.status == "complete" and summary["resumed_from_epoch"] == 2
-    assert summary["wall_time_s"] >= first > summary["session_wall_time_s"]
+    # This process trained nothing: the run cost what its last checkpoint recorded.
+    recorded = torch.load(run_dir / R.CHECKPOINT, weights_only=True)["wall_time_s"]
+    assert summary["wall_time_s"] == recorded <= first
+    for damage in ("[]", '{"status": "compl'):  # summary.json not an object, or truncated
+        (run_dir / R.SUMMARY).write_text(damage)
+        assert execute(req, tmp_path, progress=False).status == "complete"
+        assert read_summary(run_dir)["wall_time_s"] == recorded
 
 
 def test_report_on_an_empty_folder_is_an_error(tmp_path, capsys):
