@@ -5,8 +5,9 @@ import argparse
 from pathlib import Path
 
 from analysis.names import CORRECTIONS, FORMATS, RULES, SECTIONS
-from engine.argtypes import positive_int
+from engine.argtypes import folder_arg, positive_int
 from engine.errors import UserError
+from engine.results import check_writable
 
 
 def formats_arg(text: str) -> tuple[str, ...]:
@@ -43,8 +44,8 @@ def add_parser(sub, parents) -> None:
                "  python run_bench.py report results -b nyuv2 --select best_test_dp "
                "--correction bh",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", type=Path, metavar="RESULTS_DIR", help="the results root")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+    p.add_argument("results", type=folder_arg, metavar="RESULTS_DIR", help="the results root")
+    p.add_argument("--out", type=folder_arg, default=None, metavar="DIR",
                    help="where to write the report (default RESULTS_DIR/report)")
     p.add_argument("--format", dest="formats", type=formats_arg, default=FORMATS,
                    metavar="LIST", help="comma-separated outputs among md, html, tex, csv "
@@ -81,12 +82,19 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"results folder {args.results} holds no runs (no "
                         f"<benchmark>/<method>/seed<k>-<hash>/summary.json under it); "
                         f"expected the --out folder of `run` or `sweep`")
+    out: Path = args.out or args.results / "report"
+    # Before anything is written (metrics.jsonl repaired from a checkpoint included).
+    check_writable(out, "report folder" if args.out else "the default report folder (--out "
+                                                          "DIR writes it elsewhere)")
 
     from analysis.report import build_report  # the analysis stack, only when reporting
 
-    written = build_report(args.results, args.out, args.formats, args.select, args.k,
-                           args.benchmark, args.skip, args.published_select, args.correction)
-    out = args.out or args.results / "report"
+    try:
+        written = build_report(args.results, out, args.formats, args.select, args.k,
+                               args.benchmark, args.skip, args.published_select,
+                               args.correction)
+    except OSError as exc:  # a full disk, a file removed meanwhile
+        raise UserError(f"report: {exc.strerror or exc}: {exc.filename}") from None
     print(f"report written to {out} ({len(written)} files)")
     for path in written:
         if path.name.startswith("report."):

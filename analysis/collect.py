@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,17 @@ def load_metrics(root: Path | None = None, runs: pd.DataFrame | None = None) -> 
                                  "higher_is_better": info.get("higher_is_better"),
                                  "unit": info.get("unit", "")})
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+
+def non_finite_metrics(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per usable run, split, task and metric with a value that is NaN (written as null) or
+    infinite: the epochs where it is, so that the report can say so."""
+    rows = load_metrics(runs=runs)
+    bad = rows[~np.isfinite(rows.value.astype(float))]
+    columns = ["run_dir", "split", "task", "metric"]
+    return (bad.groupby(columns, sort=True).epoch
+            .agg(lambda e: ", ".join(str(int(x)) for x in sorted(e)))
+            .reset_index(name="epochs"))
 
 
 def load_train_records(run_dir: Path) -> list[dict]:

@@ -1,9 +1,13 @@
 """A small document model rendered to Markdown and to one self-contained HTML page (figures
-embedded as base64 PNG); every table is also written as CSV and LaTeX beside it."""
+embedded as base64 PNG); every table is also written as CSV and LaTeX beside it.
+
+Headings, paragraphs, captions, table headers and the cells of plain tables are text, not
+markup: they are escaped when rendered (``analysis.markup.escape``), whatever run folder
+they come from. Only a styled table carries its own Markdown and HTML cells, which its
+maker builds with the same function."""
 from __future__ import annotations
 
 import base64
-import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,22 +15,38 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.markup import escape
 from analysis.table import _tex, _tex_header, to_latex, to_markdown
 
 
 @dataclass
 class Table:
+    """``md`` and ``html``: the cells as markup (a styled table's), or None for a plain
+    table, whose ``text`` cells are escaped when rendered."""
     name: str
     header: list[str]
-    md: list[list[str]]
-    html: list[list[str]]
+    text: list[list[str]]
     caption: str
+    md: list[list[str]] | None = None
+    html: list[list[str]] | None = None
+
+    def cells(self, style: str) -> list[list[str]]:
+        marked = self.md if style == "md" else self.html
+        if marked is not None:
+            return marked
+        return [[escape(c, style) for c in row] for row in self.text]
+
+
+@dataclass(frozen=True)
+class Strong:
+    """Part of a paragraph shown in bold."""
+    text: str
 
 
 @dataclass
 class Document:
-    """Blocks in order: ("h", (level, text)), ("p", text), ("table", Table), ("img", (png,
-    caption)), ("pre", text). ``out`` is where tables/ and figures/ live."""
+    """Blocks in order: ("h", (level, text)), ("p", parts), ("table", Table), ("img", (png,
+    caption)). ``out`` is where tables/ and figures/ live."""
     out: Path
     title: str
     formats: tuple[str, ...] = ("md", "html", "tex", "csv")
@@ -44,11 +64,9 @@ class Document:
     def heading(self, level: int, text: str) -> None:
         self.blocks.append(("h", (level, text)))
 
-    def para(self, text: str) -> None:
-        self.blocks.append(("p", text))
-
-    def pre(self, text: str) -> None:
-        self.blocks.append(("pre", text))
+    def para(self, *parts: str | Strong) -> None:
+        """A paragraph of text and bold parts (line breaks in the text are kept)."""
+        self.blocks.append(("p", parts))
 
     def figure(self, png: Path, caption: str) -> None:
         self.blocks.append(("img", (Path(png), caption)))
@@ -57,10 +75,11 @@ class Document:
                      html_: tuple[list[str], list[list[str]]],
                      tex: tuple[list[str], list[list[str]]], frame: pd.DataFrame,
                      caption: str) -> None:
-        """A table with its own Markdown/HTML/LaTeX cells (marks for best and second) and
-        the numeric ``frame`` for the CSV."""
+        """A table with its own Markdown/HTML/LaTeX cells (marks for best and second; text
+        from the runs escaped with ``analysis.markup.escape``) and the numeric ``frame`` for
+        the CSV. The header is text."""
         self._files(name, frame, to_latex(*tex, caption))
-        self.blocks.append(("table", Table(name, md[0], md[1], html_[1], caption)))
+        self.blocks.append(("table", Table(name, md[0], [], caption, md[1], html_[1])))
 
     def frame_table(self, name: str, frame: pd.DataFrame, caption: str, index: bool = False,
                     digits: int = 4) -> None:
@@ -70,9 +89,7 @@ class Document:
         body = [[_cell(v, digits) for v in row] for row in df.itertuples(index=False)]
         tex = ([_tex_header(h) for h in header], [[_tex(c) for c in row] for row in body])
         self._files(name, df, to_latex(*tex, caption))
-        self.blocks.append(("table", Table(name, header, body,
-                                           [[html.escape(c) for c in row] for row in body],
-                                           caption)))
+        self.blocks.append(("table", Table(name, header, body, caption)))
 
     def _files(self, name: str, frame: pd.DataFrame, tex: str) -> None:
         self.tables_dir.mkdir(parents=True, exist_ok=True)
@@ -86,52 +103,57 @@ class Document:
             self.written.append(path)
 
     # ------------------------------------------------------------------ rendering
+    @staticmethod
+    def _para(parts: tuple, style: str) -> str:
+        bold = ("**", "**") if style == "md" else ("<b>", "</b>")
+        return "".join(bold[0] + escape(p.text, style) + bold[1] if isinstance(p, Strong)
+                       else escape(p, style) for p in parts)
+
     def markdown(self) -> str:
-        parts = [f"# {self.title}"]
+        parts = [f"# {escape(self.title, 'md')}"]
         for kind, value in self.blocks:
             if kind == "h":
-                parts.append("#" * (value[0] + 1) + " " + value[1])
+                parts.append("#" * (value[0] + 1) + " " + escape(value[1], "md"))
             elif kind == "p":
-                parts.append(value)
-            elif kind == "pre":
-                parts.append("```\n" + value + "\n```")
+                parts.append(self._para(value, "md"))
             elif kind == "table":
-                parts.append(to_markdown(value.header, value.md) + f"\n\n*{value.caption}*")
+                parts.append(to_markdown([escape(h, "md") for h in value.header],
+                                         value.cells("md"))
+                             + f"\n\n*{escape(value.caption, 'md')}*")
             elif kind == "img":
                 rel = os.path.relpath(value[0], self.out)
-                parts.append(f"![{value[1]}]({rel})\n\n*{value[1]}* (PDF: "
+                caption = escape(value[1], "md")
+                parts.append(f"![{caption}]({rel})\n\n*{caption}* (PDF: "
                              f"{os.path.relpath(value[0].with_suffix('.pdf'), self.out)})")
         return "\n\n".join(parts) + "\n"
 
     def html(self) -> str:
-        parts = [f"<h1>{html.escape(self.title)}</h1>"]
+        parts = [f"<h1>{escape(self.title, 'html')}</h1>"]
         for kind, value in self.blocks:
             if kind == "h":
                 level = min(value[0] + 1, 6)
-                parts.append(f"<h{level}>{html.escape(value[1])}</h{level}>")
+                parts.append(f"<h{level}>{escape(value[1], 'html')}</h{level}>")
             elif kind == "p":
-                parts.append("<p>" + html.escape(value).replace("\n", "<br>") + "</p>")
-            elif kind == "pre":
-                parts.append(f"<pre>{html.escape(value)}</pre>")
+                parts.append("<p>" + self._para(value, "html") + "</p>")
             elif kind == "table":
-                head = "".join(f"<th>{html.escape(h)}</th>" for h in value.header)
+                head = "".join(f"<th>{escape(h, 'html')}</th>" for h in value.header)
                 rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
-                               for row in value.html)
+                               for row in value.cells("html"))
                 parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>"
-                             f"</table><p class='cap'>{html.escape(value.caption)}</p>")
+                             f"</table><p class='cap'>{escape(value.caption, 'html')}</p>")
             elif kind == "img":
                 data = base64.b64encode(value[0].read_bytes()).decode()
-                parts.append(f"<figure><img alt='{html.escape(value[1])}' "
+                caption = escape(value[1], "html")
+                parts.append(f"<figure><img alt='{caption}' "
                              f"src='data:image/png;base64,{data}'><figcaption>"
-                             f"{html.escape(value[1])}</figcaption></figure>")
+                             f"{caption}</figcaption></figure>")
         style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
                  "table{border-collapse:collapse;font-size:13px;margin:0.5em 0}"
                  "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
                  "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
-                 ".cap,figcaption{color:#555;font-size:12px}img{max-width:100%}"
-                 "pre{background:#f6f6f6;padding:0.5em}")
+                 ".cap,figcaption{color:#555;font-size:12px}img{max-width:100%}")
         return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>"
-                f"{html.escape(self.title)}</title><style>{style}</style></head><body>"
+                f"{escape(self.title, 'html')}</title><style>{style}</style></head><body>"
                 + "\n".join(parts) + "</body></html>\n")
 
     def write(self) -> list[Path]:

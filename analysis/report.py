@@ -9,7 +9,6 @@ spectra, toy trajectories, and the runs left out with their reasons.
 """
 from __future__ import annotations
 
-import html
 import re
 import time
 from pathlib import Path
@@ -17,9 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import conflict, curves, spectra, toy, transfer, weights
-from analysis.collect import load_costs, load_runs
-from analysis.document import Document
+from analysis.collect import load_costs, load_runs, non_finite_metrics
+from analysis.document import Document, Strong
 from analysis.labels import config_labels
+from analysis.markup import escape
 from analysis.reference import (
     SOURCE,
     load_published,
@@ -70,7 +70,7 @@ def _published_section(doc: Document, table: Comparison, shown: Comparison | Non
             f"{', '.join(map(str, info['epochs'])) or '?'} epochs, protocol "
             f"{', '.join(p or 'default' for p in info['protocol'])}"
             for row, info in shown.runs.items() if row in set(diff.method))
-        doc.para(f"Reproduction ({describe_rule(published_rule)}): {made}.  \n"
+        doc.para(f"Reproduction ({describe_rule(published_rule)}): {made}.\n"
                  f"Published ({SOURCE}): profile {paper.profile}, {paper.epochs} epochs"
                  + (f", protocol {paper.protocol}" if paper.protocol else "")
                  + f", {paper.selection}.")
@@ -78,14 +78,15 @@ def _published_section(doc: Document, table: Comparison, shown: Comparison | Non
                       for row, info in shown.runs.items() if row in set(diff.method)}
         for row, what in departures.items():
             if what:
-                doc.para(f"**Warning: not like for like.** {row} differs from the published "
-                         f"setting: {'; '.join(what)}.")
+                doc.para(Strong("Warning: not like for like."), f" {row} differs from the "
+                         f"published setting: {'; '.join(what)}.")
         name = _slug("published_vs_reproduced", table.benchmark, table.protocol)
         caption = (f"{table.benchmark}: ours ({describe_rule(published_rule)}; mean ± std over "
                    f"seeds, converted to the published units) vs published ({SOURCE}; the paper "
                    "prints no per-metric std, Δp_task ± std as printed); difference = ours − "
                    "published, rounded to the printed precision; ↑ higher is better, ↓ lower")
-        doc.styled_table(name, (header, body), (header, [[html.escape(c) for c in r] for r in body]),
+        doc.styled_table(name, (header, [[escape(c, "md") for c in r] for r in body]),
+                         (header, [[escape(c, "html") for c in r] for r in body]),
                          ([_tex(h) for h in header], [[_tex(c) for c in r] for r in body]),
                          diff, caption)
         doc.para("Units of the published table: " + ", ".join(
@@ -102,8 +103,8 @@ def _published_section(doc: Document, table: Comparison, shown: Comparison | Non
                     "explain, 'disagrees' names the measures whose printed value lies beyond it")
     flagged = check[check.disagrees != ""]
     if not flagged.empty:
-        doc.para(f"**{len(flagged)} published row(s) disagree with their own table beyond "
-                 "rounding:** " + "; ".join(
+        doc.para(Strong(f"{len(flagged)} published row(s) disagree with their own table "
+                        "beyond rounding:"), " " + "; ".join(
                      f"{r['method']} ({r['disagrees']}: printed Δp_task "
                      f"{r['Δp_task printed']:+.2f}, recomputed {r['Δp_task recomputed']:+.2f})"
                      for _, r in flagged.iterrows()) + ". With a fixed STL row every Δ is "
@@ -167,9 +168,14 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
     if benchmark is not None:
         runs = runs[runs.benchmark == benchmark]
     doc = Document(out, "Multi-task optimization report", tuple(formats))
-    doc.para(f"Results: {root.resolve()}  \nGenerated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-             f"{int(runs.usable.sum())} usable runs, {int((~runs.usable).sum())} left out.  \n"
+    doc.para(f"Results: {root.resolve()}\nGenerated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+             f"{int(runs.usable.sum())} usable runs, {int((~runs.usable).sum())} left out.\n"
              f"Selection rule: {describe(rule, k)} (--select {rule}).")
+    non_finite = non_finite_metrics(runs)
+    if not non_finite.empty:
+        doc.para(Strong(f"{non_finite.run_dir.nunique()} usable run(s) have non-finite metric "
+                        "values"), " (NaN or infinite): every mean over seeds that includes one "
+                 "is not finite either. They are listed under “Non-finite metric values”.")
     tables, excluded = comparisons(root, rule, k, benchmark)
     # The repair pass's reasons also say why a run could not be repaired.
     repaired_reason = dict(zip(runs.run_dir, runs.reason))
@@ -210,7 +216,7 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
             doc.figure(png, f"{bench}: mean applied task weight per epoch (band: range over seeds)")
     if "conflict" not in skip:
         steps, pairs, bad = conflict.load_conflicts(usable)
-        problems.update(bad)
+        _add_problems(problems, bad)
         for (bench, space), part in steps.groupby(["benchmark", "space"], sort=True):
             name = f"{bench} ({space} space)" if space else bench
             doc.heading(1, f"Gradient conflict: {name}")
@@ -226,7 +232,7 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
                        f"{name}: cosine of every task pair over training")
     if "curves" not in skip:
         data, bad = curves.load_curves(usable)
-        problems.update(bad)
+        _add_problems(problems, bad)
         for bench, part in _per_benchmark(data):
             doc.heading(1, f"Power laws of the training curves: {bench}")
             fits = curves.fit_curves(part)
@@ -244,7 +250,7 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
                        "and the α of the fit of the mean curve (dashed)")
     if "spectra" not in skip:
         table, bad, eigs = spectra.load_spectra(usable)
-        problems.update(bad)
+        _add_problems(problems, bad)
         if not table.empty:
             for bench, part in _per_benchmark(table):
                 summary = spectra.spectra_summary(part)
@@ -276,7 +282,7 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
     if "toy" not in skip:
         for bench, part in _per_benchmark(usable):
             sub, bad = toy.load_trajectories(part)
-            problems.update(bad)
+            _add_problems(problems, bad)
             if not sub:
                 continue
             doc.heading(1, f"Trajectories: {bench}")
@@ -286,8 +292,18 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
             doc.figure(toy.plot_loss_space(sub, doc.figures_dir / _slug("toy_losses", bench),
                                            f"{bench}: loss space"),
                        f"{bench}: trajectories in loss space with the Pareto front")
+    if not non_finite.empty:
+        doc.heading(1, "Non-finite metric values")
+        doc.frame_table("non_finite", non_finite, "Metric values of usable runs that are NaN "
+                        "(written as null) or infinite, with the epochs where they occur")
     _left_out(doc, excluded, problems)
     return doc.write()
+
+
+def _add_problems(problems: dict[str, str], found: dict[str, str]) -> None:
+    """Collect the problems of each run folder; one folder may have several."""
+    for run_dir, problem in found.items():
+        problems[run_dir] = f"{problems[run_dir]}; {problem}" if run_dir in problems else problem
 
 
 def _chosen_layers(summary: pd.DataFrame) -> list[str]:
@@ -313,4 +329,5 @@ def _left_out(doc: Document, excluded: pd.DataFrame, problems: dict[str, str]) -
     if problems:
         doc.frame_table("unreadable_files",
                         pd.DataFrame({"run_dir": list(problems), "problem": list(problems.values())}),
-                        "Optional files that could not be read (the rest of the run is used)")
+                        "Optional files that are missing or could not be read, and the section "
+                        "they leave the run out of (the rest of the run is used)")

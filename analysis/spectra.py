@@ -150,11 +150,13 @@ def checkpoint_spectra(path: Path, min_eigs: int = MIN_EIGS, keep_eigs: bool = F
 def load_spectra(runs: pd.DataFrame, min_eigs: int = MIN_EIGS
                  ) -> tuple[pd.DataFrame, dict[str, str], dict[tuple[str, str], dict]]:
     """α per layer for every usable run with a checkpoint (plus benchmark, method, seed),
-    problems by run folder, and the eigenvalues of the first seed of each (benchmark, method)."""
+    problems by run folder (a missing or unreadable checkpoint), and the eigenvalues of the
+    first seed of each (benchmark, method)."""
     frames, problems, eigs = [], {}, {}
     for run in runs[runs.usable].itertuples():
         path = Path(run.run_dir) / "checkpoint.pt"
         if not path.exists():
+            problems[run.run_dir] = "no checkpoint.pt: left out of the weight spectra"
             continue
         first = (run.benchmark, run.method) not in eigs
         try:

@@ -12,7 +12,6 @@ stored in ``Comparison.compared``) on the mean of every metric.
 """
 from __future__ import annotations
 
-import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 
 from analysis.collect import LIBMTL_PROTOCOL, load_metrics, load_runs, read_json
 from analysis.labels import config_labels
+from analysis.markup import escape
 from analysis.measures import delta_m, delta_p_metric, delta_p_task, mean_rank
 from analysis.reference import SOURCE, canonical_task, load_published, unit_factor
 from analysis.select import describe, is_test_selected, select
@@ -331,7 +331,7 @@ def cells(table: Comparison, style: str) -> tuple[list[str], list[list[str]]]:
     bold, second underlined; in text the best is marked with *)."""
     header = ["method"]
     # Names come from the runs' files: escaped wherever they reach markup.
-    body = [[_tex(r) if style == "tex" else html.escape(str(r)) if style in ("html", "md")
+    body = [[_tex(r) if style == "tex" else escape(r, style) if style in ("html", "md")
              else r] for r in table.mean.index]
     for head, mean, std, hib in display_columns(table):
         header.append(head if style != "tex" else _tex_header(head))

@@ -43,3 +43,12 @@ def profile_source(cls: type[Benchmark]) -> Path | dict:
     if not path.is_absolute() and module_file:
         path = Path(module_file).parent / path
     return path
+
+
+def profile_origin(cls: type[Benchmark]) -> str:
+    """Where a benchmark's profiles come from, in words, for errors in their values."""
+    source = profile_source(cls)
+    if isinstance(source, dict):
+        return f"the `profiles` of {cls.__name__} in {defined_in(cls)}"
+    path = source / f"{cls.name}.toml" if source.is_dir() else source
+    return str(path) if cls.profiles is None else f"{path}, the `profiles` of {defined_in(cls)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 
 def int_at_least(low: int, what: str = "") -> Callable[[str], int]:
@@ -36,6 +37,19 @@ def positive_float(text: str) -> float:
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+
+def folder_text(text: str) -> str:
+    """A folder path; an empty one is refused, since it would silently mean the current
+    folder (``--out ''`` from an unset shell variable)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; expected a folder (write . for the "
+                                         "current folder)")
+    return text
+
+
+def folder_arg(text: str) -> Path:
+    return Path(folder_text(text))
 
 
 def add_tracker_flags(parser) -> None:

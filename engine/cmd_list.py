@@ -25,14 +25,12 @@ def main(args: argparse.Namespace) -> int:
     import benchmarks  # noqa: F401
     import methods  # noqa: F401
     from benchmarks.registry import BENCHMARKS
-    from engine.registry import load_plugin
     from methods.registry import METHODS
 
     if args.sweep is not None:
-        from engine.sweep import read_plugins
+        from engine.sweep import import_plugins, read_plugins
 
-        for spec in read_plugins(args.sweep):
-            load_plugin(spec)
+        import_plugins(args.sweep, read_plugins(args.sweep))
 
     if args.what in (None, "methods"):
         print("methods (compose as PRIMARY+REGULARIZER, e.g. pcgrad+repmtl):")

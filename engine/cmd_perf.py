@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.argtypes import positive_int
+from engine.argtypes import folder_arg, folder_text, positive_int
 
 
 def add_parser(sub, parents) -> None:
@@ -39,7 +39,8 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable, e.g. data.num_tasks=8")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--data-root", default=None, metavar="DIR", help="data of paper benchmarks")
+    p.add_argument("--data-root", type=folder_text, default=None, metavar="DIR",
+                   help="data of paper benchmarks")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the memory measurement (two more profiled steps per method)")
     p.add_argument("--scale", default=None, metavar="KEY=V1,V2,...",
@@ -48,7 +49,7 @@ def add_parser(sub, parents) -> None:
                         "number of tasks, with the log-log slope (memory not measured)")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG",
                    help="with --scale: also draw the log-log plot to this file")
-    p.add_argument("--out", type=Path, default=Path("results/perf"), metavar="DIR",
+    p.add_argument("--out", type=folder_arg, default=Path("results/perf"), metavar="DIR",
                    help="where the JSON and Markdown results go (default results/perf)")
     p.set_defaults(func=main)
 

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from engine import results as R
-from engine.argtypes import add_tracker_flags, check_trackers, int_at_least
+from engine.argtypes import (add_tracker_flags, check_trackers, folder_arg, folder_text,
+                             int_at_least)
 from engine.errors import UserError
 from methods.registry import METHODS
 
@@ -59,9 +60,9 @@ def add_parser(sub, parents) -> None:
                         "data.train_size=500, engine.jacobian=batched, method.cagrad.c=0.4")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
+    p.add_argument("--out", type=folder_arg, default=Path("results"), metavar="DIR",
                    help="results root (default results/)")
-    p.add_argument("--data-root", default=None, metavar="DIR",
+    p.add_argument("--data-root", type=folder_text, default=None, metavar="DIR",
                    help="data folder of benchmarks read from disk (nyuv2, office31, ...)")
     p.add_argument("--retry-failed", action="store_true",
                    help="retrain runs that failed or diverged before, from their last checkpoint "
@@ -115,12 +116,20 @@ def main(args: argparse.Namespace) -> int:
                 print("\n" + "\n".join(lines))
     print(f"\nresults in {args.out / args.benchmark}")
     for o in outcomes:
-        if o.status == "locked" or (o.status == "skipped" and o.state == R.STATUS_COMPLETE):
+        if o.status == "skipped" and o.state == R.STATUS_COMPLETE:
             print(f"skipped {o.run_dir}: {o.reason}", file=sys.stderr)
     for o in failed:
         print(f"{o.state}: {o.run_dir}: {o.reason}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(outcomes)} runs did not complete", file=sys.stderr)
-        # A run refused or failed for its data, config or folder is the user's mistake.
-        return 2 if any(o.user_error for o in failed) else 1
-    return 0
+    pending = [o for o in outcomes if o.state == "pending"]
+    for o in pending:
+        print(f"pending: {o.reason}", file=sys.stderr)
+    if pending:
+        # Held by another process: its results are not in the table above yet.
+        print(f"{len(pending)} run(s) still pending, not trained by this command; run it "
+              f"again once the other process is done", file=sys.stderr)
+    # A run refused or failed for its data, config or folder is the user's mistake.
+    if any(o.user_error for o in failed):
+        return 2
+    return 1 if failed or pending else 0

@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 from engine import results as R
-from engine.argtypes import (add_tracker_flags, check_trackers, non_negative_int,
-                             positive_float, positive_int)
+from engine.argtypes import (add_tracker_flags, check_trackers, folder_arg, folder_text,
+                             non_negative_int, positive_float, positive_int)
 from engine.errors import UserError
 
 STATES = ("complete", "failed", "diverged", "pending")
@@ -52,12 +52,12 @@ def add_parser(sub, parents) -> None:
                    help="retrain failed and diverged runs, from their last checkpoint")
     p.add_argument("--force", action="store_true",
                    help="retrain every run from scratch, complete ones included")
-    p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
+    p.add_argument("--out", type=folder_arg, default=Path("results"), metavar="DIR",
                    help="results root (default results/)")
     add_tracker_flags(p)
     p.add_argument("--device", default=None, metavar="DEVICE",
                    help="replace the file's device (auto, cpu, cuda, cuda:N, mps)")
-    p.add_argument("--data-root", default=None, metavar="DIR",
+    p.add_argument("--data-root", type=folder_text, default=None, metavar="DIR",
                    help="replace the file's data_root (for every benchmark of the sweep)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     slurm = p.add_argument_group("slurm executor (override the file's [slurm] table)")
@@ -99,7 +99,6 @@ def _plugins(args: argparse.Namespace, sweep) -> tuple[str, ...]:
 
 def main(args: argparse.Namespace) -> int:
     from engine import executors as X
-    from engine.runner import check_writable
     from engine.sweep import expand, load_sweep, missing_data
 
     sweep = load_sweep(args.sweep_file)
@@ -116,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
         for problem in missing_data(sweep, args.data_root):
             print(f"warning: the sweep itself will refuse to start: {problem}", file=sys.stderr)
         return 0
-    check_writable(args.out)
+    R.check_writable(args.out)
     if not args.force:
         from engine.runner import refuse_mismatches
 

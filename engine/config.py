@@ -326,7 +326,8 @@ class Sections:
         if section in ("train", "engine", "data"):
             if "." in rest:
                 raise ConfigError(f"{source}: unknown key {key!r}")
-            setattr(self, section, apply_values(getattr(self, section), {rest: value}, section))
+            setattr(self, section, _named(source, apply_values, getattr(self, section),
+                                          {rest: value}, section))
             return True
         if section != "method":
             raise ConfigError(f"{source}: unknown section in {key!r}; expected train., engine., "
@@ -348,9 +349,18 @@ class Sections:
                 return False
             raise ConfigError(f"{source}: {key!r} names {component!r}, which is not part of "
                               f"the method; components: {', '.join(self.methods) or 'none'}")
-        self.methods[component] = apply_values(self.methods[component], {name: value},
-                                               f"method.{component}")
+        self.methods[component] = _named(source, apply_values, self.methods[component],
+                                         {name: value}, f"method.{component}")
         return True
+
+
+def _named(source: str, apply, *args):
+    """``apply(*args)``, its errors prefixed with where the value came from (a plugin's
+    profile, --set), as the other errors of ``Sections.apply`` are."""
+    try:
+        return apply(*args)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def flatten_profile(tables: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -371,8 +381,9 @@ def flatten_profile(tables: dict[str, Any]) -> list[tuple[str, Any]]:
 def resolve(benchmark: str, method: str, seed: int, profile: str, overrides: list[str],
             data_config_cls: type, method_configs: dict[str, Any], profile_dir: Path | dict,
             device: str = "auto", data_root: str | None = None,
-            unused: set[str] | None = None) -> RunConfig:
-    """Build the fully resolved RunConfig, validating every section.
+            unused: set[str] | None = None, profile_origin: str = "") -> RunConfig:
+    """Build the fully resolved RunConfig, validating every section. ``profile_origin``
+    says where the profiles come from (a plugin's file), for the errors of their values.
 
     With ``unused`` given, a ``method.*`` override that concerns none of this run's
     components is not an error but is added to ``unused``: the caller checks that every
@@ -383,7 +394,8 @@ def resolve(benchmark: str, method: str, seed: int, profile: str, overrides: lis
     for key, value in flatten_profile(load_profile(profile_dir, benchmark, profile)):
         if key.startswith("method.") and key.split(".")[1] not in sections.methods:
             continue  # a profile may tune methods that this run does not use
-        sections.apply(key, value, f"profile {profile!r} of {benchmark}")
+        sections.apply(key, value, f"profile {profile!r} of {benchmark}"
+                       + (f" ({profile_origin})" if profile_origin else ""))
     for key, value in group_overrides(overrides):
         if not sections.apply(key, value, "--set", lenient_methods=unused is not None):
             unused.add(key)

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from engine.errors import UserError
+
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
@@ -35,6 +37,20 @@ STATUS_RUNNING = "running"
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
 STATUS_DIVERGED = "diverged"
+
+
+def check_writable(folder: Path, what: str = "output folder") -> None:
+    """Create ``folder`` if needed and make sure a file can be written in it, before any
+    work whose results would then be lost; refuse with a one-line reason otherwise."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to {what} {folder}: {exc.strerror or exc}") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 import benchmarks  # noqa: F401  (registers the built-in benchmarks)
 import methods  # noqa: F401  (registers the built-in methods)
 from benchmarks.base import Benchmark
-from benchmarks.registry import BENCHMARKS, profile_source
+from benchmarks.registry import BENCHMARKS, profile_origin, profile_source
 from engine import results as R
 from engine.config import RunConfig, resolve
 from engine.distributed import World
@@ -136,7 +135,7 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
             unused: set[str] = set()
             config = resolve(benchmark, canonical_name(spec), seed, profile, overrides,
                              bench_cls.Config, method_configs, profiles, device, data_root,
-                             unused=unused)
+                             unused=unused, profile_origin=profile_origin(bench_cls))
             unused_per_run.append(unused)
             check_batch(composition, spec, bench_cls, config.train.batch_size)
             if bench_cls.multi_input and config.engine.conflict_space == "rep":
@@ -157,7 +156,7 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
         resolve(benchmark, first.config.method, first.config.seed, profile,
                 [o for o in overrides if o.partition("=")[0].strip() in never_used],
                 bench_cls.Config, {n: METHODS.get(n).Config() for n in first.composition.components},
-                profiles, device, data_root)
+                profiles, device, data_root, profile_origin=profile_origin(bench_cls))
     return requests
 
 
@@ -183,16 +182,6 @@ class RunOutcome:
         if self.status == "refused":
             return R.STATUS_FAILED
         return self.status if self.status in FINAL_STATUSES else "pending"
-
-
-def check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
 
 
 def make_benchmark(config: RunConfig, device: torch.device) -> Benchmark:
@@ -426,7 +415,7 @@ def run_all(requests: list[RunRequest], out: Path, force: bool = False,
             world: World | None = None, tensorboard: bool = False,
             wandb: bool = False) -> list[RunOutcome]:
     if world is None or world.is_main:
-        check_writable(out)
+        R.check_writable(out)
     if world is None and not force:
         refuse_mismatches(requests, out)
     progress = progress and (world is None or world.is_main)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,16 @@ def plugin_specs(sweep_path: Path, names: list[str]) -> tuple[str, ...]:
                  for name in names)
 
 
+def import_plugins(path: Path, specs: tuple[str, ...]) -> None:
+    """Import a sweep file's plugins, naming each first: the file chooses code that runs
+    here, so whoever runs it sees what (docs/sweeps.md: a sweep file is trusted like a
+    script)."""
+    for spec in specs:
+        kind = "file" if spec.endswith(".py") else "module"
+        print(f"{path}: importing plugin {kind} {spec}", file=sys.stderr)
+        load_plugin(spec)
+
+
 def read_plugins(path: Path) -> tuple[str, ...]:
     """Only the ``plugins`` of a sweep file (``list --sweep``), without checking the rest."""
     try:
@@ -236,8 +247,7 @@ def load_sweep(path: Path) -> Sweep:
     if "plugins" in raw:
         # Loaded first: the names below may be the plugins' own.
         sweep.plugins = plugin_specs(path, _string_list(sweep, raw, "plugins"))
-        for spec in sweep.plugins:
-            load_plugin(spec)
+        import_plugins(path, sweep.plugins)
     sweep.benchmarks = _string_list(sweep, raw, "benchmarks")
     for name in sweep.benchmarks:
         if name not in BENCHMARKS:
