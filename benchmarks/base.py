@@ -118,6 +118,12 @@ class Benchmark:
     setting: ClassVar[str] = "task shift"  # or "domain shift"
     multi_input: ClassVar[bool] = False
     needs_data_root: ClassVar[bool] = False
+    default_data_root: ClassVar[str | None] = None
+    """Where the data are read from when no ``--data-root`` is given (a system package's
+    folder); None: ``--data-root`` is required."""
+    data_hint: ClassVar[str] = "see docs/paper_benchmarks.md for the expected layout"
+    """How to get the data, said when the data folder is missing (for a default folder:
+    the package that installs it, and ``--data-root``)."""
     profiles: ClassVar[dict | str | Path | None] = None
     """A plugin's own profiles: ``{"quick": {"train": {...}, "data": {...}}, ...}`` or the
     path of a TOML file in the layout of ``benchmarks/profiles/`` (relative to the file that

@@ -4,6 +4,7 @@ Meters accumulate sums on the device over a whole split and move to the host onc
 ``compute`` (metrics are never averaged per batch)."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -81,3 +82,37 @@ class RegressionMeter:
             raise ValueError("regression error of an empty split")
         return {"mae": float(self.abs_sum) / self.count,
                 "rmse": (float(self.sq_sum) / self.count) ** 0.5}
+
+
+BALANCED_ACCURACY = MetricSpec("bacc", higher_is_better=True, unit="%")
+
+
+def binary_cross_entropy(pred: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy of one logit per sample against a 0/1 target."""
+    return F.binary_cross_entropy_with_logits(pred.reshape(target.shape), target.float())
+
+
+class BinaryMeter:
+    """Balanced accuracy (the mean of the true-positive and true-negative rates, so that a
+    constant prediction scores 50 % whatever the prevalence) and accuracy, in percent, of
+    one logit per sample thresholded at 0. A split without positives (or negatives) has no
+    true-positive (true-negative) rate: its balanced accuracy is the other rate alone."""
+
+    def __init__(self) -> None:
+        self.counts = None  # true positives, positives, true negatives, negatives
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        positive = target.reshape(-1) == 1
+        predicted = pred.reshape(-1) > 0
+        counts = torch.stack([(predicted & positive).sum(), positive.sum(),
+                              (~predicted & ~positive).sum(), (~positive).sum()])
+        self.counts = counts if self.counts is None else self.counts + counts
+
+    def compute(self) -> dict[str, float]:
+        if self.counts is None:
+            raise ValueError("balanced accuracy of an empty split")
+        tp, p, tn, n = (int(c) for c in self.counts)
+        if not p + n:
+            raise ValueError("balanced accuracy of an empty split")
+        rates = [hits / total for hits, total in ((tp, p), (tn, n)) if total]
+        return {"bacc": 100.0 * sum(rates) / len(rates), "acc": 100.0 * (tp + tn) / (p + n)}

@@ -15,6 +15,7 @@ COMMANDS = (
     "engine.cmd_list",
     "engine.cmd_perf",
     "engine.cmd_sweep",
+    "engine.cmd_leaderboard",
     "analysis.cmd_report",
 )
 

@@ -108,15 +108,21 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
     of the device and the data folder (listing a sweep planned for another machine).
     ``out``, the results folder, is left out of the data fingerprint."""
     bench_cls = BENCHMARKS.get(benchmark)
+    from_default = data_root is None and bench_cls.default_data_root is not None
+    if data_root is None and bench_cls.needs_data_root:
+        data_root = bench_cls.default_data_root
     if check_data:
         resolve_device(device)  # refuse an unavailable device before anything is written
     if bench_cls.needs_data_root and check_data:
         if data_root is None:
             raise UserError(f"benchmark {benchmark} reads its data from disk; pass --data-root "
                             f"DIR (see docs/paper_benchmarks.md)")
+        if not Path(data_root).is_dir() and from_default:
+            raise UserError(f"benchmark {benchmark}: no data folder {data_root} (its default); "
+                            f"{bench_cls.data_hint}")
         if not Path(data_root).is_dir():
             raise UserError(f"--data-root {data_root}: no such folder (benchmark {benchmark}; "
-                            f"see docs/paper_benchmarks.md for the expected layout)")
+                            f"{bench_cls.data_hint})")
     if data_root is not None and not bench_cls.needs_data_root:
         raise UserError(f"--data-root {data_root}: benchmark {benchmark} reads no data from "
                         f"disk (its data are generated or bundled); leave --data-root out")

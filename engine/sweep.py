@@ -374,11 +374,11 @@ def expand(sweep: Sweep, out: Path, device: str | None = None, data_root: str | 
     runs = []
     device = device or sweep.device
     for bench in sweep.benchmarks:
-        root = data_root or sweep.data_root.get(bench)
+        root, origin = _data_root(sweep, bench, data_root)
         if not BENCHMARKS.get(bench).needs_data_root:
             root = None  # a data folder concerns only the benchmarks read from disk
         if check_data:
-            _check_data_root(sweep, bench, root, from_file=data_root is None)
+            _check_data_root(sweep, bench, root, origin)
         for spec in sweep.methods:
             components = parse_method(spec).components
             fixed = [(k, v) for k, v in sweep.fixed if _applies(k, components)]
@@ -413,23 +413,37 @@ def missing_data(sweep: Sweep, data_root: str | None = None) -> list[str]:
     problems = []
     for bench in sweep.benchmarks:
         try:
-            _check_data_root(sweep, bench, data_root or sweep.data_root.get(bench),
-                             from_file=data_root is None)
+            _check_data_root(sweep, bench, *_data_root(sweep, bench, data_root))
         except ConfigError as exc:
             problems.append(str(exc))
     return problems
 
 
-def _check_data_root(sweep: Sweep, bench: str, root: str | None, from_file: bool) -> None:
+def _data_root(sweep: Sweep, bench: str, data_root: str | None) -> tuple[str | None, str]:
+    """A benchmark's data folder and where it was named: "option" (--data-root), "file"
+    (the sweep file's data_root) or "default" (the benchmark's own default folder)."""
+    if data_root:
+        return data_root, "option"
+    if sweep.data_root.get(bench):
+        return sweep.data_root[bench], "file"
+    return BENCHMARKS.get(bench).default_data_root, "default"
+
+
+def _check_data_root(sweep: Sweep, bench: str, root: str | None, origin: str) -> None:
     """A benchmark read from disk needs its folder; refused now rather than in every run."""
-    if not BENCHMARKS.get(bench).needs_data_root:
+    cls = BENCHMARKS.get(bench)
+    if not cls.needs_data_root:
         return
     if root is None:
         raise ConfigError(f"{sweep.path}: benchmark {bench} reads its data from disk; set "
                           f"data_root in the sweep file or pass --data-root DIR")
     if not Path(root).is_dir():
-        if not from_file:
+        if origin == "option":
             raise ConfigError(f"--data-root: the data folder of {bench}, {root}, does not exist")
+        if origin == "default":
+            # No line of the file to blame: the folder is the benchmark's own default.
+            raise ConfigError(f"{sweep.path}: benchmark {bench}: no data folder {root} (its "
+                              f"default); {cls.data_hint}, or set data_root in the sweep file")
         line = find_line(sweep.text, f"data_root.{bench}") or find_line(sweep.text, "data_root")
         raise ConfigError(f"{sweep.path}:{line or '?'}: data_root: the data folder of {bench}, "
                           f"{root}, does not exist")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from engine.errors import UserError
 from engine.registry import Registry, defined_in
 from methods.base import Method, Needs, Regularizer
@@ -27,6 +29,10 @@ def register_method(name: str):
         if not cls.description:
             raise UserError(f"method {name!r} ({defined_in(cls)}) needs a one-line "
                             f"`description` (see docs/plugins.md)")
+        if hasattr(nn.Module, name):
+            # the trainer keeps methods in an nn.ModuleDict keyed by name
+            raise UserError(f"method name {name!r} ({defined_in(cls)}) is an attribute of "
+                            f"torch.nn.Module; choose another name")
         cls.name = name
         return METHODS.register(name)(cls)
     return decorator

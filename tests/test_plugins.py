@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2",
         "--set", "data.train_size=64", "--set", "data.val_size=32", "--set", "data.test_size=32"]
@@ -159,3 +161,17 @@ def test_a_method_breaking_the_contract_fails_its_run_in_one_line(tmp_path):
     assert summary["reason"] == ("method softmax_loss: weigh() must return Weighted whose "
                                  "weights are a tensor of shape [3]; got a tensor of shape [2] "
                                  "(see docs/plugins.md)")
+
+
+def test_a_method_named_like_a_module_attribute_is_refused():
+    """The trainer keeps methods in an nn.ModuleDict: a name such as `half` or `train` would
+    collide with nn.Module's own attributes in the middle of the first run."""
+    from engine.errors import UserError
+    from methods.base import Weighting
+    from methods.registry import register_method
+
+    class Half(Weighting):
+        description = "a weighting named like nn.Module.half"
+
+    with pytest.raises(UserError, match="'half' .* is an attribute of torch.nn.Module"):
+        register_method("half")(Half)

@@ -1,0 +1,201 @@
+"""The leaderboard's tables and front plot, from run records only.
+
+For one benchmark: every entry that reached its final stage is a row. Its test metrics at
+the last epoch, per seed, give Δp_task against the tuned single-task rows (the mean over
+seeds of stl at its own selected configuration), so that every row, tuned or untuned, is
+read against one base. Beside the mean: the worst task's Δ (the task whose mean change is
+lowest), the mean rank over every metric among the tuned rows, the difference from tuned
+equal weighting with a paired t-test over seeds (Holm-corrected over the rows), and the
+untuned configuration's Δp_task, so that the effect of tuning is visible.
+
+Why paired: for one seed, every method starts from the same initial weights and sees the
+same batches in the same order (the run seed fixes both), so seed-to-seed variation that
+comes from the initialisation and the data order is shared; the difference per seed removes
+it. Where the seeds of the two rows differ (a diverged seed), Welch's t-test is used.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis.measures import adjust_p_values, mean_rank, relative_changes, welch_t_test
+from analysis.records import RunRecord
+
+
+@dataclass
+class Row:
+    label: str
+    selected: tuple[str, ...]
+    tuned: list[RunRecord]
+    untuned: list[RunRecord]
+
+
+def metric_columns(record: RunRecord) -> list[tuple[str, str, bool]]:
+    """(task, metric, higher is better) in the record's task order."""
+    return [(t, m, bool(spec["higher_is_better"])) for t, metrics in record.tasks.items()
+            for m, spec in metrics.items()]
+
+
+def test_values(record: RunRecord, columns) -> np.ndarray:
+    final = record.final("test")
+    return np.array([final.get(t, {}).get(m, math.nan) for t, m, _ in columns], dtype=float)
+
+
+def complete(records: list[RunRecord]) -> list[RunRecord]:
+    return [r for r in records if r.status == "complete"]
+
+
+def per_seed_delta(records: list[RunRecord], base: np.ndarray, columns) -> dict[int, float]:
+    """Δp_task (%) of every complete seed against ``base``."""
+    tasks = np.array([t for t, _, _ in columns])
+    higher = [h for _, _, h in columns]
+    out = {}
+    for r in complete(records):
+        rel = pd.Series(relative_changes(test_values(r, columns), base, higher))
+        out[r.seed] = float(100.0 * rel.groupby(tasks).mean().mean())
+    return out
+
+
+def per_task_delta(records: list[RunRecord], base: np.ndarray, columns) -> pd.Series:
+    """Mean over seeds of each task's Δ (%), the mean of its metrics' relative changes."""
+    tasks = np.array([t for t, _, _ in columns])
+    higher = [h for _, _, h in columns]
+    rel = np.array([relative_changes(test_values(r, columns), base, higher)
+                    for r in complete(records)])
+    return pd.Series(100.0 * rel.mean(axis=0)).groupby(tasks, sort=False).mean()
+
+
+def compare(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, str]:
+    """(difference of means, two-sided p, test name) of per-seed values a vs b."""
+    shared = sorted(set(a) & set(b))
+    if len(shared) == len(a) == len(b) and len(shared) >= 2:
+        x, y = np.array([a[s] for s in shared]), np.array([b[s] for s in shared])
+        diff = x - y
+        # no spread in the differences (identical rows): the test is undefined
+        flat = np.ptp(diff) <= 1e-12 * (1.0 + np.abs(diff).max())
+        p = math.nan if flat else float(stats.ttest_rel(x, y).pvalue)
+        return float(diff.mean()), p, "paired"
+    _, p = welch_t_test(list(a.values()), list(b.values()))
+    return float(np.mean(list(a.values())) - np.mean(list(b.values()))), p, "Welch"
+
+
+def _mean_std(values) -> str:
+    values = np.asarray(list(values), dtype=float)
+    if not len(values):
+        return "–"
+    std = values.std(ddof=1) if len(values) > 1 else math.nan
+    return f"{values.mean():+.2f} ± {std:.2f}" if math.isfinite(std) else f"{values.mean():+.2f}"
+
+
+def short(overrides: tuple[str, ...]) -> str:
+    """``train.lr=0.001 method.cagrad.c=0.2`` -> ``lr=0.001 c=0.2`` (front weights left out)."""
+    parts = [o.split("=", 1) for o in overrides if not o.startswith("method.fixed.weights")]
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in parts)
+
+
+def leaderboard_frame(rows: list[Row], correction: str = "holm") -> tuple[pd.DataFrame, list[str]]:
+    """One line per row (sorted by tuned Δp_task), and notes. Needs the ``stl`` and ``ew``
+    rows."""
+    by_label = {row.label: row for row in rows}
+    if "stl" not in by_label or not complete(by_label["stl"].tuned):
+        raise ValueError("no complete tuned stl runs: no base for Δp_task")
+    columns = metric_columns(complete(by_label["stl"].tuned)[0])
+    base = np.mean([test_values(r, columns) for r in complete(by_label["stl"].tuned)], axis=0)
+    deltas = {row.label: per_seed_delta(row.tuned, base, columns) for row in rows}
+    ew = deltas.get("ew")
+    means = pd.DataFrame({row.label: np.mean([test_values(r, columns)
+                                              for r in complete(row.tuned)], axis=0)
+                          for row in rows if complete(row.tuned)}).T
+    ranks = mean_rank(means, [h for _, _, h in columns])
+    lines = []
+    for row in rows:
+        d = deltas[row.label]
+        tasks = per_task_delta(row.tuned, base, columns) if d else pd.Series(dtype=float)
+        worst = tasks.idxmin() if len(tasks) else None
+        vs_ew = p = math.nan
+        test = ""
+        if ew and d and row.label != "ew":
+            vs_ew, p, test = compare(d, ew)
+        untuned = per_seed_delta(row.untuned, base, columns)
+        diverged = sum(r.status != "complete" for r in row.tuned)
+        lines.append({
+            "label": row.label, "selected": short(row.selected),
+            "dp": np.mean(list(d.values())) if d else math.nan,
+            "dp_text": _mean_std(d.values()),
+            "worst": f"{worst} {tasks[worst]:+.2f}" if worst is not None else "–",
+            "rank": ranks.get(row.label, math.nan),
+            "vs_ew": vs_ew, "p": p, "test": test,
+            "untuned": _mean_std(untuned.values()) if row.untuned else "–",
+            "seeds": f"{len(d)}" + (f" ({diverged} diverged)" if diverged else ""),
+        })
+    frame = pd.DataFrame(lines)
+    family = frame.p.notna()
+    frame["p_adjusted"] = math.nan
+    frame.loc[family, "p_adjusted"] = adjust_p_values(frame.p[family].to_numpy(), correction)
+    frame = frame.sort_values("dp", ascending=False, na_position="last").reset_index(drop=True)
+    tests = sorted(set(frame.test) - {""})
+    notes = [f"Δ against tuned stl (mean of its seeds); difference from tuned ew: "
+             f"{' or '.join(tests) if tests else 'no'} t-test on per-seed Δp_task, two-sided, "
+             f"{correction}-corrected over {int(family.sum())} rows; * adjusted p < 0.05."]
+    return frame, notes
+
+
+def to_markdown(frame: pd.DataFrame, notes: list[str]) -> str:
+    head = ["method", "selected", "Δp_task (%) ↑", "worst task Δ (%)", "mean rank ↓",
+            "vs ew", "p (adj.)", "untuned Δp_task (%)", "seeds"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in frame.itertuples():
+        star = " *" if isinstance(r.p_adjusted, float) and r.p_adjusted < 0.05 else ""
+        vs = f"{r.vs_ew:+.2f}{star}" if math.isfinite(r.vs_ew) else "–"
+        p = f"{r.p:.2g} ({r.p_adjusted:.2g})" if math.isfinite(r.p) else "–"
+        rank = f"{r.rank:.2f}" if math.isfinite(r.rank) else "–"
+        out.append("| " + " | ".join([r.label, r.selected or "–", r.dp_text, r.worst, rank, vs,
+                                      p, r.untuned, r.seeds]) + " |")
+    return "\n".join(out + [""] + notes)
+
+
+def front_points(rows: list[Row]) -> tuple[list[str], pd.DataFrame]:
+    """The first metric of each of two tasks (test, mean over complete tuned seeds) per row."""
+    first = next(r for row in rows for r in complete(row.tuned))
+    names = [f"{t} {next(iter(m))}" for t, m in first.tasks.items()]
+    columns = [(t, next(iter(m)), True) for t, m in first.tasks.items()]
+    points = {row.label: np.mean([test_values(r, columns) for r in complete(row.tuned)], axis=0)
+              for row in rows if complete(row.tuned)}
+    return names, pd.DataFrame(points, index=names).T
+
+
+def plot_front(rows: list[Row], path, title: str) -> None:
+    """Task 1 vs task 2: the fixed-weight front (with ew at w = 0.5) as a line, every other
+    method as a labelled point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, points = front_points(rows)
+    front = [label for label in points.index if label.startswith("fixed w=") or label == "ew"]
+    weight = lambda label: 0.5 if label == "ew" else float(label.split("=")[1])  # noqa: E731
+    front.sort(key=weight)
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    ax.plot(points.loc[front, names[0]], points.loc[front, names[1]], "-o", color="0.4",
+            label="fixed weights (w, 1 − w), tuned")
+    for label in front:
+        ax.annotate(f"w={weight(label):g}", points.loc[label, names], fontsize=7, color="0.3",
+                    xytext=(3, -9), textcoords="offset points")
+    others = [label for label in points.index if label not in front and label != "stl"]
+    ax.scatter(points.loc[others, names[0]], points.loc[others, names[1]], s=14, zorder=3,
+               label="methods, tuned")
+    for label in others:
+        ax.annotate(label, points.loc[label, names], fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,587 @@
+"""The leaderboard's protocol, planned and run: every method tuned on equal terms.
+
+``benchmarks/leaderboard/protocol.toml`` states the protocol. For one benchmark, every entry
+(a method, or a point of the fixed-weight front) goes through three stages, each depending
+on the validation results of the one before:
+
+1. ``lr``: the learning-rate grid at the tuning seed;
+2. ``knob``: at the best learning rate, the two settings of the entry's knob;
+3. ``final``: the best of those six configurations for every seed, and the untuned
+   configuration (the profile's learning rate, nothing else changed) for every seed.
+
+"Best" is the highest validation Δp_task at the last epoch, against the reference: the
+untuned single-task run at the tuning seed (the same reference for every entry, so the
+choice never depends on another entry's tuning). A run that diverged scores -inf.
+
+What is known comes from two places: the shipped records of the benchmark
+(``analysis/records.py``), which are never rerun, and complete run folders under the results
+folder. ``advance`` runs whatever the current stage of each entry still lacks, wave after
+wave, until every entry is final or a run fails.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analysis.measures import delta_p_task
+from engine import results as R
+from analysis.records import RunRecord, read_records, record_from_run, write_records
+from engine.errors import ConfigError, UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = ROOT / "benchmarks" / "leaderboard" / "protocol.toml"
+FRONT = "fixed"
+FIRST = ("stl", "ew")  # the reference and the baseline: every other row is read against them
+SHARED_KEYS = ("profile", "set", "lr_grid", "tuning_seed", "seeds", "selection", "default_knob")
+
+
+def literal(value) -> str:
+    from engine.sweep import toml_literal
+
+    return toml_literal(value)
+
+
+def override_set(table: dict) -> tuple[str, ...]:
+    return tuple(sorted(f"{k}={literal(v)}" for k, v in table.items()))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the leaderboard: a method (``label`` = its name) or a front point."""
+
+    label: str
+    method: str
+    base: tuple[str, ...]
+    knob: tuple[tuple[str, ...], ...]
+
+    def with_(self, *extra: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(self.base).union(*extra)))
+
+
+@dataclass
+class Protocol:
+    path: Path
+    raw: dict
+    profile: str
+    lr_grid: list[float]
+    tuning_seed: int
+    seeds: list[int]
+    default_knob: tuple[tuple[str, ...], ...]
+    front_weights: list[float]
+    knobs: dict[str, tuple[tuple[str, ...], ...]]
+    exclude: dict[str, str]
+    benchmarks: dict[str, object]
+    fixed: tuple[str, ...] = ()
+    """Overrides of every run (the protocol's ``set`` table)."""
+
+    def hash(self) -> str:
+        """What the records depend on: the shared settings (not the method lists)."""
+        shared = {k: self.raw.get(k) for k in SHARED_KEYS}
+        return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
+
+    def records_path(self, benchmark: str) -> Path:
+        """Records live beside their protocol, in ``records/``."""
+        return self.path.parent / "records" / f"{benchmark}.jsonl.gz"
+
+    def entries(self, benchmark: str, methods: list[str] | None = None,
+                tasks: int | None = None) -> list[Entry]:
+        """The entries of a benchmark: its methods (or ``methods``), then the fixed-weight
+        front when the benchmark has two tasks (``tasks``, known once a run is) and the
+        front is asked for (every method, or ``fixed`` named in ``methods``)."""
+        from methods.registry import canonical_name, parse_method
+
+        if benchmark not in self.benchmarks:
+            raise UserError(f"benchmark {benchmark!r} has no leaderboard; the protocol "
+                            f"({self.path.name}) lists {', '.join(self.benchmarks)}")
+        names = self.methods(benchmark) if methods is None else list(methods)
+        names.sort(key=lambda n: (n not in FIRST, FIRST.index(n) if n in FIRST else 0))
+        out = []
+        for spec in names:
+            name = canonical_name(spec)
+            if name == FRONT:
+                continue
+            parse_method(name)  # refuses an unknown name with a hint
+            if name in self.exclude:
+                raise UserError(f"{name} is left out of the leaderboard: {self.exclude[name]}")
+            out.append(Entry(name, name, self.fixed, self.knobs.get(name, self.default_knob)))
+        front = (methods is None and self.benchmarks[benchmark] == "all") or FRONT in names
+        if front and tasks == 2:
+            for w in self.front_weights:
+                weights = override_set({f"method.{FRONT}.weights": [w, round(1 - w, 10)]})
+                out.append(Entry(f"{FRONT} w={w:g}", FRONT, tuple(sorted(self.fixed + weights)),
+                                 self.default_knob))
+        return out
+
+    def methods(self, benchmark: str) -> list[str]:
+        """The methods a benchmark ranks: its list, or every registered method that it
+        accepts, less the excluded ones and the front's ``fixed``."""
+        from benchmarks.registry import BENCHMARKS
+        from engine.runner import check_compatible
+        from methods.registry import METHODS, parse_method
+
+        listed = self.benchmarks[benchmark]
+        if listed != "all":
+            return list(listed)
+        bench_cls = BENCHMARKS.get(benchmark)
+        names = []
+        for name in METHODS.names():
+            if name in self.exclude or name == FRONT or not is_builtin(name):
+                continue
+            try:
+                check_compatible(parse_method(name), name, bench_cls)
+            except UserError:
+                continue
+            names.append(name)
+        return names
+
+
+def is_builtin(method: str) -> bool:
+    """Every component of the method is one of the project's own (not a plugin's)."""
+    from methods.registry import METHODS, parse_method
+
+    return all(METHODS.get(c).__module__.startswith("methods.")
+               for c in parse_method(method).components)
+
+
+def load_protocol(path: Path = PROTOCOL) -> Protocol:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the leaderboard protocol ({exc})") from None
+    missing = [k for k in (*SHARED_KEYS, "benchmarks") if k not in raw and k != "set"]
+    if missing:
+        raise ConfigError(f"{path}: missing {', '.join(missing)}")
+    knob = lambda sets: tuple(override_set(t) for t in sets)  # noqa: E731
+    return Protocol(path, raw, raw["profile"], [float(v) for v in raw["lr_grid"]],
+                    int(raw["tuning_seed"]), [int(s) for s in raw["seeds"]],
+                    knob(raw["default_knob"]), [float(w) for w in raw.get("front_weights", [])],
+                    {m: knob(v) for m, v in raw.get("knobs", {}).items()},
+                    dict(raw.get("exclude", {})), dict(raw["benchmarks"]),
+                    override_set(raw.get("set", {})))
+
+
+# --------------------------------------------------------------------------- planning
+
+@dataclass(frozen=True)
+class Planned:
+    entry: Entry
+    stage: str
+    overrides: tuple[str, ...]
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, tuple[str, ...], int]:
+        return self.entry.method, self.overrides, self.seed
+
+
+@dataclass
+class EntryState:
+    """Where an entry stands: the runs its current stage needs, and what was selected."""
+
+    entry: Entry
+    needed: list[Planned] = field(default_factory=list)
+    tuning: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+    selected: tuple[str, ...] | None = None
+    untuned: tuple[str, ...] = ()
+
+    @property
+    def final(self) -> bool:
+        return self.selected is not None and not self.needed
+
+
+class Board:
+    """The protocol applied to one benchmark, over what is known so far."""
+
+    def __init__(self, protocol: Protocol, benchmark: str, profile_lr: float):
+        self.protocol = protocol
+        self.benchmark = benchmark
+        self.profile_lr = profile_lr
+        self.known: dict[tuple, RunRecord] = {}
+
+    def lr_set(self, lr: float) -> tuple[str, ...]:
+        return (f"train.lr={literal(lr)}",)
+
+    def reference(self) -> RunRecord | None:
+        overrides = tuple(sorted(self.protocol.fixed + self.lr_set(self.profile_lr)))
+        key = ("stl", overrides, self.protocol.tuning_seed)
+        return self.known.get(key)
+
+    def score(self, record: RunRecord | None, reference: RunRecord) -> float:
+        if record is None or record.status != "complete":
+            return -math.inf
+        return validation_score(record, reference)
+
+    def states(self, methods: list[str] | None = None) -> list[EntryState]:
+        reference = self.reference()
+        tasks = len(reference.tasks) if reference else None
+        return [self.state(e) for e in self.protocol.entries(self.benchmark, methods, tasks)]
+
+    def rows(self, states: list[EntryState]) -> list:
+        """The finished entries as table rows (analysis.leaderboard.Row)."""
+        from analysis.leaderboard import Row
+
+        p = self.protocol
+        get = lambda st, overrides: [self.known[(st.entry.method, overrides, s)]  # noqa: E731
+                                     for s in p.seeds if (st.entry.method, overrides, s) in self.known]
+        return [Row(st.entry.label, tuple(o for o in st.selected if o not in st.entry.base),
+                    get(st, st.selected),
+                    [] if st.entry.method == FRONT else get(st, st.untuned))
+                for st in states if st.final]
+
+    def state(self, entry: Entry) -> EntryState:
+        p, st = self.protocol, EntryState(entry)
+        st.untuned = entry.with_(self.lr_set(self.profile_lr))
+        lr_runs = [Planned(entry, "lr", entry.with_(self.lr_set(lr)), p.tuning_seed)
+                   for lr in p.lr_grid]
+        reference = self.reference()
+        st.needed = [r for r in lr_runs if r.key not in self.known]
+        if reference is None and not st.needed and entry.method != "stl":
+            return st  # waits for the reference (stl's untuned tuning run)
+        if st.needed or reference is None:
+            if reference is None and entry.method == "stl" and not st.needed:
+                st.needed = [Planned(entry, "lr", st.untuned, p.tuning_seed)]
+            return st
+        scores = [(r.overrides, self.score(self.known[r.key], reference)) for r in lr_runs]
+        best_lr = max(scores, key=lambda s: s[1])[0]
+        lr_part = tuple(o for o in best_lr if o.startswith("train.lr="))
+        knob_runs = [Planned(entry, "knob", entry.with_(lr_part, k), p.tuning_seed)
+                     for k in entry.knob]
+        st.needed = [r for r in knob_runs if r.key not in self.known]
+        if st.needed:
+            st.tuning = scores
+            return st
+        st.tuning = scores + [(r.overrides, self.score(self.known[r.key], reference))
+                              for r in knob_runs]
+        st.selected = max(st.tuning, key=lambda s: s[1])[0]
+        finals = [Planned(entry, "final", st.selected, s) for s in p.seeds]
+        if not entry.label.startswith(FRONT):
+            finals += [Planned(entry, "untuned", st.untuned, s) for s in p.seeds]
+        st.needed = [r for r in finals if r.key not in self.known]
+        return st
+
+
+def validation_score(record: RunRecord, reference: RunRecord) -> float:
+    """Δp_task (%) of the record's last validation epoch against the reference's."""
+    mine, base = record.final("val"), reference.final("val")
+    values, baseline, higher, tasks = [], [], [], []
+    for task, metrics in record.tasks.items():
+        for metric, spec in metrics.items():
+            value = mine.get(task, {}).get(metric)
+            if value is None or not math.isfinite(value):
+                return -math.inf
+            values.append(value)
+            baseline.append(base[task][metric])
+            higher.append(bool(spec["higher_is_better"]))
+            tasks.append(task)
+    return float(delta_p_task(values, baseline, higher, tasks))
+
+
+# --------------------------------------------------------------------------- knowledge
+
+def known_records(protocol: Protocol, benchmark: str) -> list[RunRecord]:
+    return read_records(protocol.records_path(benchmark), benchmark, protocol.hash())
+
+
+def check_hashes(records: list[RunRecord], protocol: Protocol, benchmark: str,
+                 where: Where) -> None:
+    """A shipped record whose settings this harness now resolves to another config is
+    refused: using it would rank a run of other code, and rerunning it silently would make
+    two versions of one run. One resolution per configuration (the hash has no seed)."""
+    from engine.runner import build_requests
+
+    resolved: dict[tuple, str] = {}
+    for record in records:
+        config = (record.method, record.overrides)
+        if config not in resolved:
+            (request,) = build_requests(benchmark, [record.method], [record.seed],
+                                        protocol.profile, list(record.overrides), where.device,
+                                        where.data_root, check_data=False)
+            resolved[config] = request.config.hash()
+        if record.config_hash != resolved[config]:
+            raise UserError(f"the record of {record.method} seed {record.seed} "
+                            f"({' '.join(record.overrides)}) was made with config "
+                            f"{record.config_hash}; this harness resolves the same settings to "
+                            f"{resolved[config]} (the code or the profile changed): the records "
+                            f"no longer describe this harness")
+
+
+def export_records(protocol: Protocol, benchmark: str, new: list[RunRecord]) -> int:
+    """Add records of built-in methods to the shipped file; returns how many were new."""
+    path = protocol.records_path(benchmark)
+    existing = {r.key: r for r in known_records(protocol, benchmark)}
+    added = 0
+    for record in new:
+        if record.key in existing or not is_builtin(record.method):
+            continue
+        existing[record.key] = record
+        added += 1
+    if added:
+        write_records(path, benchmark, protocol.hash(), list(existing.values()))
+    return added
+
+
+# --------------------------------------------------------------------------- running
+
+@dataclass
+class Outcome:
+    """Where the benchmark's leaderboard stands after ``advance``."""
+
+    board: Board
+    states: list[EntryState]
+    pending: list[tuple[Planned, str]] = field(default_factory=list)
+    """Runs still needed, with their run folder (a dry run, or after a failure)."""
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where and how runs are made (the command line's options)."""
+
+    out: Path
+    device: str = "auto"
+    data_root: str | None = None
+    plugins: tuple[str, ...] = ()
+    jobs: int = 1
+    progress: bool = False
+
+
+def profile_lr(protocol: Protocol, benchmark: str, where: Where) -> float:
+    from engine.runner import build_requests
+
+    (request,) = build_requests(benchmark, ["ew"], [protocol.tuning_seed], protocol.profile, [],
+                                where.device, where.data_root, check_data=False)
+    return float(request.config.train.lr)
+
+
+def advance(protocol: Protocol, benchmark: str, methods: list[str] | None, where: Where,
+            dry_run: bool = False) -> Outcome:
+    """Run every stage that the entries still need, wave after wave (see the module
+    docstring); a dry run plans the next wave only."""
+    from engine import executors as X
+    from engine.runner import build_requests
+    from engine.sweep import RunSpec
+
+    import torch
+
+    if where.jobs == 1:
+        # One torch thread per run, as the records were made (the processes executor gives
+        # each of its workers cores // jobs): a thread count sums in another order.
+        torch.set_num_threads(1)
+    shipped = known_records(protocol, benchmark)
+    check_hashes(shipped, protocol, benchmark, where)
+    known = {r.key: r for r in shipped}
+    board = Board(protocol, benchmark, profile_lr(protocol, benchmark, where))
+    options = X.Options(str(where.out))
+    requests: dict[tuple, object] = {}  # planned key -> its resolved request (planning is replayed)
+    while True:
+        board.known = known
+        states = board.states(methods)
+        needed = list({p.key: p for st in states for p in st.needed
+                       if p.key not in known}.values())
+        specs, found = [], False
+        for p in needed:
+            if p.key not in requests:
+                (requests[p.key],) = build_requests(
+                    benchmark, [p.entry.method], [p.seed], protocol.profile, list(p.overrides),
+                    where.device, where.data_root, check_data=not dry_run)
+            request = requests[p.key]
+            run_dir = request.dir(where.out)
+            record = record_from_run(run_dir, p.overrides)
+            if record is not None:
+                known[p.key] = record
+                found = True
+                continue
+            specs.append((p, RunSpec(benchmark, request.method_name, p.seed, protocol.profile,
+                                     p.overrides, where.device, where.data_root,
+                                     request.config.hash(), str(run_dir), where.plugins,
+                                     f"{p.entry.label} {p.stage}")))
+        if found:
+            continue  # what the folders held may unlock the next stage
+        outcome = Outcome(board, states, [(p, spec.run_dir) for p, spec in specs])
+        if not specs or dry_run:
+            return outcome
+        # Entries advance one after another (the first ``jobs`` runs needed, then plan
+        # again), so that an interrupted leaderboard leaves finished rows, not a half stage
+        # of every entry.
+        todo, results = X.plan([spec for _, spec in specs[:where.jobs]], options)
+        if todo and where.jobs > 1:
+            results += X.run_processes(todo, options, where.jobs, where.progress)
+        elif todo:
+            results += X.run_local(todo, options, where.progress)
+        failed = [f"{r.label}: {r.state} ({r.reason})" for r in results
+                  if r.state not in (R.STATUS_COMPLETE, R.STATUS_DIVERGED)]
+        if failed:
+            outcome.failures = failed
+            return outcome
+
+
+# --------------------------------------------------------------------------- reporting
+
+DOCS = ROOT / "docs" / "leaderboard.md"
+FIGURES = ROOT / "docs" / "leaderboard"
+
+
+def plan_text(outcome: Outcome) -> str:
+    lines = [f"next: {len(outcome.pending)} run(s)"]
+    lines += [f"  {p.entry.label:<16} {p.stage:<8} seed {p.seed}  {' '.join(p.overrides)}  "
+              f"-> {run_dir}" for p, run_dir in outcome.pending]
+    finished = sum(st.final for st in outcome.states)
+    lines.append(f"{finished} of {len(outcome.states)} entries finished; an unfinished entry "
+                 f"needs at most {len(outcome.board.protocol.lr_grid) + 2} tuning runs and "
+                 f"{2 * len(outcome.board.protocol.seeds)} final runs")
+    return "\n".join(lines)
+
+
+def _unfinished(states: list[EntryState]) -> str:
+    waiting = [f"{st.entry.label} ({st.needed[0].stage if st.needed else 'waits for stl'})"
+               for st in states if not st.final]
+    return ("Not finished (stage reached): " + ", ".join(waiting) + ".") if waiting else ""
+
+
+def standing_text(outcome: Outcome, correction: str = "holm") -> str:
+    """The table of the finished entries, and what is not finished."""
+    from analysis.leaderboard import leaderboard_frame, to_markdown
+
+    rows = outcome.board.rows(outcome.states)
+    parts = [f"## {outcome.board.benchmark}"]
+    if not any(r.label == "stl" for r in rows):
+        parts.append("No finished stl entry yet: no base for the table.")
+    else:
+        frame, notes = leaderboard_frame(rows, correction)
+        parts.append(to_markdown(frame, notes))
+    parts.append(_unfinished(outcome.states))
+    return "\n\n".join(p for p in parts if p)
+
+
+def check_known(outcome: Outcome, methods: list[str] | None, records: Path, out: Path) -> None:
+    """Refuse to print a table of nothing: no run at all, or none of a named method."""
+    from methods.registry import canonical_name
+
+    known = {key[0] for key in outcome.board.known}
+    benchmark = outcome.board.benchmark
+    if not known:
+        raise UserError(f"no records of {benchmark} ({records} is missing) and no runs of it "
+                        f"under {out}; train them with: run_bench.py leaderboard -b {benchmark}")
+    for method in methods or []:
+        if canonical_name(method) not in known:
+            raise UserError(f"no records or runs of {method} on {benchmark}; train them with: "
+                            f"run_bench.py leaderboard -b {benchmark} -m {method}")
+
+
+def drift_text(protocol: Protocol, benchmark: str, where: Where, outcome: Outcome) -> str:
+    """Rerun ew's selected configuration at the tuning seed here and compare it with the
+    shipped record: identical on the machine that made the records (same thread count),
+    otherwise the difference shows how far rows from two machines may drift apart."""
+    from engine import executors as X
+    from engine.runner import build_requests
+    from engine.sweep import RunSpec
+
+    ew = next((st for st in outcome.states if st.entry.method == "ew" and st.final), None)
+    if ew is None:
+        return "drift check: no finished ew entry to compare with"
+    key = ("ew", ew.selected, protocol.tuning_seed)
+    shipped = {r.key: r for r in known_records(protocol, benchmark)}.get(key)
+    if shipped is None:
+        return "drift check: ew was trained here, not taken from the records; nothing to compare"
+    (request,) = build_requests(benchmark, ["ew"], [protocol.tuning_seed], protocol.profile,
+                                list(ew.selected), where.device, where.data_root)
+    run_dir = request.dir(where.out)
+    spec = RunSpec(benchmark, "ew", protocol.tuning_seed, protocol.profile, ew.selected,
+                   where.device, where.data_root, request.config.hash(), str(run_dir),
+                   where.plugins, "ew drift check")
+    todo, _ = X.plan([spec], X.Options(str(where.out)))
+    X.run_local(todo, X.Options(str(where.out)), progress=False)
+    mine = record_from_run(run_dir, ew.selected)
+    if mine is None or mine.status != R.STATUS_COMPLETE:
+        return f"drift check: the ew rerun in {run_dir} did not complete"
+    gaps = [(abs(mine.final("test")[t][m] - value), f"{t} {m}")
+            for t, metrics in shipped.final("test").items() for m, value in metrics.items()]
+    gap, where_ = max(gaps)
+    threads = shipped.env.get("torch_threads")
+    if gap == 0:
+        return (f"drift check: ew seed {protocol.tuning_seed} rerun here equals the shipped "
+                f"record exactly: rows from here and the records are comparable")
+    return (f"drift check: ew seed {protocol.tuning_seed} rerun here differs from the shipped "
+            f"record by up to {gap:.4g} ({where_}); the records were made with {threads} torch "
+            f"thread(s) on {shipped.env.get('device')} (torch {shipped.env.get('torch')}); "
+            f"read differences between a new row and the shipped ones with this drift in mind")
+
+
+def records_board(protocol: Protocol, benchmark: str) -> tuple[Board, list[EntryState]]:
+    """The standing from the shipped records alone (no run folder is read)."""
+    board = Board(protocol, benchmark, profile_lr(protocol, benchmark, Where(Path("."))))
+    shipped = known_records(protocol, benchmark)
+    check_hashes(shipped, protocol, benchmark, Where(Path(".")))
+    board.known = {r.key: r for r in shipped}
+    return board, board.states()
+
+
+def docs_section(protocol: Protocol, benchmark: str) -> str:
+    """The benchmark's section of docs/leaderboard.md, from the shipped records."""
+    from analysis.leaderboard import leaderboard_frame, to_markdown
+
+    board, states = records_board(protocol, benchmark)
+    records = list(board.known.values())
+    if not records:
+        return "\n\n".join([f"No records yet for {benchmark}.", _not_ranked(protocol, benchmark)])
+    seconds = [r.step_time_s for r in records if r.step_time_s]
+    envs = sorted({(r.env.get("torch"), r.env.get("torch_threads"), r.env.get("device"))
+                   for r in records}, key=str)
+    head = (f"{len(records)} runs recorded ({sum(st.final for st in states)} of {len(states)} "
+            f"entries finished); made with " + "; ".join(
+                f"torch {t}, {n} thread(s), {d}" for t, n, d in envs)
+            + (f"; median training step {1000 * sorted(seconds)[len(seconds) // 2]:.0f} ms"
+               if seconds else "") + ".")
+    parts = [head]
+    rows = board.rows(states)
+    if any(r.label == "stl" for r in rows):
+        frame, notes = leaderboard_frame(rows)
+        parts.append(to_markdown(frame, notes))
+        if any(r.label.startswith(FRONT) for r in rows):
+            parts.append(f"![{benchmark}: the fixed-weight front and the methods]"
+                         f"(leaderboard/{benchmark}_front.png)")
+    parts += [_unfinished(states), _not_ranked(protocol, benchmark)]
+    return "\n\n".join(p for p in parts if p)
+
+
+def _not_ranked(protocol: Protocol, benchmark: str) -> str:
+    """On a benchmark that ranks a subset, the methods it leaves out."""
+    import dataclasses
+
+    if protocol.benchmarks[benchmark] == "all":
+        return ""
+    every = dataclasses.replace(protocol, benchmarks={**protocol.benchmarks, benchmark: "all"})
+    ranked = set(protocol.methods(benchmark))
+    others = [m for m in every.methods(benchmark) if m not in ranked]
+    return f"Not ranked on {benchmark} (the protocol lists a subset): {', '.join(others)}."
+
+
+def markers(benchmark: str) -> tuple[str, str]:
+    return (f"<!-- leaderboard:{benchmark}:begin (generated: run_bench.py leaderboard -b "
+            f"{benchmark} --no-run --write-docs) -->", f"<!-- leaderboard:{benchmark}:end -->")
+
+
+def write_docs(protocol: Protocol, benchmark: str, path: Path = DOCS) -> Path:
+    """Replace the benchmark's generated section of docs/leaderboard.md (and its front plot)."""
+    from analysis.leaderboard import plot_front
+
+    begin, end = markers(benchmark)
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise UserError(f"{path}: no generated section for {benchmark} (expected the lines "
+                        f"{begin} and {end})")
+    section = docs_section(protocol, benchmark)
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    R.atomic_write_bytes(path, (head + begin + "\n" + section + "\n" + end + tail).encode())
+    board, states = records_board(protocol, benchmark)
+    rows = board.rows(states)
+    if any(r.label.startswith(FRONT) for r in rows):
+        FIGURES.mkdir(exist_ok=True)
+        plot_front(rows, FIGURES / f"{benchmark}_front.png",
+                   f"{benchmark}: test metrics, mean over seeds, every entry tuned")
+    return path

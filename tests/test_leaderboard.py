@@ -1,0 +1,282 @@
+"""The leaderboard: run records as data, the protocol's stages and selection, the command."""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import benchmarks  # noqa: F401  (registers the benchmarks)
+import methods  # noqa: F401  (registers the methods)
+from analysis.leaderboard import Row, compare, leaderboard_frame
+from analysis.records import RunRecord, read_records, write_records
+from engine import leaderboard as L
+from engine.errors import DataError, UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_PROTOCOL = """
+profile = "quick"
+set = { "train.epochs" = 2, "data.train_size" = 200, "data.val_size" = 100, "data.test_size" = 100 }
+lr_grid = [1e-3, 3e-3]
+tuning_seed = 0
+seeds = [0, 1]
+selection = "val_delta_p_task_last_epoch"
+default_knob = [{ "train.weight_decay" = 1e-3 }]
+front_weights = [0.2]
+[knobs]
+cagrad = [{ "method.cagrad.c" = 0.2 }]
+[benchmarks]
+synthetic = ["stl", "ew", "cagrad", "fixed"]
+"""
+
+
+def tiny_protocol(tmp_path: Path) -> L.Protocol:
+    path = tmp_path / "protocol.toml"
+    path.write_text(TINY_PROTOCOL)
+    return L.load_protocol(path)
+
+
+def record(method: str, seed: int, overrides: tuple[str, ...], val: dict, test: dict | None = None,
+           status: str = "complete", config_hash: str = "h") -> RunRecord:
+    tasks = {"a": {"acc": {"higher_is_better": True, "unit": "%"}},
+             "b": {"err": {"higher_is_better": False, "unit": ""}}}
+    curve = lambda m: [{"a": {"acc": m[0]}, "b": {"err": m[1]}}]  # noqa: E731
+    return RunRecord(method, seed, status, tuple(sorted(overrides)), config_hash, {}, tasks,
+                     {"val": curve(val) if status == "complete" else [],
+                      "test": curve(test or val) if status == "complete" else []},
+                     0.01, {"torch": "x", "torch_threads": 1, "git_commit": None, "device": "cpu"})
+
+
+# --------------------------------------------------------------------------- records
+
+def test_records_round_trip_with_the_same_bytes(tmp_path):
+    recs = [record("ew", 1, ("train.lr=0.001",), (90.0, 1.0)),
+            record("ew", 0, ("train.lr=0.001",), (91.0, 0.9)),
+            record("pcgrad", 0, ("train.lr=0.003",), (0, 0), status="diverged")]
+    a, b = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"
+    write_records(a, "bench", "p1", recs)
+    write_records(b, "bench", "p1", list(reversed(recs)))
+    assert a.read_bytes() == b.read_bytes()  # order and timestamp do not change the file
+    back = read_records(a, "bench", "p1")
+    assert sorted(r.key for r in back) == sorted(r.key for r in recs)
+    assert {r.key: r for r in back}[("ew", ("train.lr=0.001",), 0)].final("val") == \
+        {"a": {"acc": 91.0}, "b": {"err": 0.9}}
+    assert read_records(tmp_path / "missing.jsonl.gz", "bench", "p1") == []
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(b"not gzip"), "not a readable gzipped records file"),
+    (lambda p: p.write_bytes(gzip.compress(b'{"format": 1, "benchmark": "bench", "protocol": "p1"}\n{oops\n')),
+     ":2: not a JSON line"),
+    (lambda p: p.write_bytes(gzip.compress(b'{"format": 1, "benchmark": "bench", "protocol": "p1"}\n{"method": "ew"}\n')),
+     ":2: not a run record"),
+    (lambda p: p.write_bytes(gzip.compress(b'{"format": 99, "benchmark": "bench", "protocol": "p1"}\n')),
+     "records of format 99"),
+    (lambda p: p.write_bytes(gzip.compress(b'{"format": 1, "benchmark": "other", "protocol": "p1"}\n')),
+     "records of benchmark 'other'"),
+    (lambda p: p.write_bytes(gzip.compress(b'{"format": 1, "benchmark": "bench", "protocol": "p0"}\n')),
+     "made under protocol p0"),
+])
+def test_a_damaged_or_foreign_records_file_is_a_one_line_error(tmp_path, damage, message):
+    path = tmp_path / "r.jsonl.gz"
+    damage(path)
+    with pytest.raises(DataError, match=message) as info:
+        read_records(path, "bench", "p1")
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- protocol
+
+def test_protocol_hash_covers_the_shared_settings_not_the_method_lists(tmp_path):
+    base = tiny_protocol(tmp_path)
+    other = tmp_path / "other.toml"
+    other.write_text(TINY_PROTOCOL.replace('"cagrad", "fixed"', '"fixed"'))
+    assert L.load_protocol(other).hash() == base.hash()
+    other.write_text(TINY_PROTOCOL.replace("lr_grid = [1e-3, 3e-3]", "lr_grid = [1e-3]"))
+    assert L.load_protocol(other).hash() != base.hash()
+
+
+def test_the_shipped_protocol_lists_every_method_or_excludes_it_with_a_reason():
+    from methods.registry import METHODS
+
+    protocol = L.load_protocol()
+    ranked = set(protocol.methods("multi_mnist"))
+    for name in METHODS.names():
+        if L.is_builtin(name):
+            assert name in ranked or name in protocol.exclude or name == L.FRONT, name
+    labels = [e.label for e in protocol.entries("multi_mnist", tasks=2)]
+    assert labels[:2] == ["stl", "ew"]  # the base and the reference come first
+    assert [x for x in labels if x.startswith("fixed")] == [f"fixed w={w:g}"
+                                                            for w in protocol.front_weights]
+    assert not any(x.startswith("fixed") for x in
+                   (e.label for e in protocol.entries("multi_mnist", tasks=3)))
+    for name, sets in protocol.knobs.items():  # every knob names a real hyperparameter
+        from engine.runner import build_requests
+        for overrides in sets:
+            build_requests("synthetic", [name], [0], "quick", list(overrides), "cpu", None,
+                           check_data=False)
+
+
+def test_stages_select_on_validation_and_never_on_test(tmp_path):
+    protocol = tiny_protocol(tmp_path)
+    board = L.Board(protocol, "synthetic", 1e-3)
+    fixed = protocol.fixed
+    lr = lambda v: tuple(sorted(fixed + (f"train.lr={v}",)))  # noqa: E731
+    with_knob = lambda v, k: tuple(sorted(lr(v) + k))  # noqa: E731
+    (ew,) = [e for e in protocol.entries("synthetic", ["ew"])]
+    board.known = {}
+    first = board.state(ew)
+    assert [p.stage for p in first.needed] == ["lr", "lr"]
+    assert first.selected is None
+    # The reference (stl's untuned tuning run) and ew's learning-rate runs: 3e-3 is better on
+    # validation, 1e-3 on test; the protocol must follow validation.
+    board.known = {("stl", lr(0.001), 0): record("stl", 0, lr(0.001), (90.0, 1.0)),
+                   ("ew", lr(0.001), 0): record("ew", 0, lr(0.001), (80.0, 1.2), (99.0, 0.1)),
+                   ("ew", lr(0.003), 0): record("ew", 0, lr(0.003), (85.0, 1.1), (50.0, 3.0))}
+    second = board.state(ew)
+    knob = ("train.weight_decay=0.001",)
+    assert [(p.stage, p.overrides) for p in second.needed] == [("knob", with_knob(0.003, knob))]
+    # The knob run diverges: it scores -inf and the learning-rate winner is selected.
+    board.known[("ew", with_knob(0.003, knob), 0)] = record(
+        "ew", 0, with_knob(0.003, knob), (0, 0), status="diverged")
+    third = board.state(ew)
+    assert third.selected == lr(0.003)
+    assert {(p.stage, p.seed) for p in third.needed} == {("final", 1), ("untuned", 1)}
+    assert third.untuned == lr(0.001)
+    for o in (lr(0.003), lr(0.001)):  # seed 0 of both is a tuning run already
+        board.known[("ew", o, 1)] = record("ew", 1, o, (85.0, 1.1))
+    assert board.state(ew).final
+
+
+def test_validation_score_is_delta_p_task_against_the_reference():
+    ref = record("stl", 0, (), (80.0, 2.0))
+    mine = record("ew", 0, (), (88.0, 1.0))  # +10 % on a, error halved (+50 %) on b
+    assert L.validation_score(mine, ref) == pytest.approx(30.0)
+    assert L.validation_score(record("ew", 0, (), (math.nan, 1.0)), ref) == -math.inf
+
+
+def test_the_table_reads_every_row_against_tuned_stl_and_tests_against_ew():
+    stl = [record("stl", s, (), (0, 0), (80.0, 2.0)) for s in range(3)]
+    ew = [record("ew", s, (), (0, 0), (80.0 + s, 2.0 + 0.1 * s * s)) for s in range(3)]
+    good = [record("x", s, (), (0, 0), (88.0 + s, 1.0)) for s in range(3)]
+    untuned = [record("x", s, (), (0, 0), (80.0, 2.0)) for s in range(3)]
+    frame, notes = leaderboard_frame([Row("stl", (), stl, []), Row("ew", (), ew, []),
+                                      Row("x", ("train.lr=0.003",), good, untuned)])
+    x = frame.set_index("label").loc["x"]
+    assert frame.label.tolist()[0] == "x"
+    # per seed s: a +(8+s)/80, b +50 % -> mean over seeds of ((8+s)/80 + 0.5)/2; ew's error
+    # grows by 0.1·s² (a relative change of −0.05·s²), so the per-seed differences vary
+    assert x.dp == pytest.approx(100 * (9 / 80 + 0.5) / 2)
+    assert x.worst.startswith("a ")
+    assert x.test == "paired" and x.vs_ew == pytest.approx(100 * (8 / 80 + 0.5 + 0.05 * 5 / 3) / 2)
+    assert x.untuned.startswith("+0.00")
+    assert "paired" in notes[0] and "holm" in notes[0]
+
+
+def test_compare_pairs_by_seed_and_falls_back_to_welch():
+    diff, p, test = compare({0: 1.0, 1: 2.0, 2: 3.5}, {0: 0.0, 1: 1.0, 2: 2.0})
+    assert test == "paired" and diff == pytest.approx(6.5 / 3 - 1.0)
+    assert 0 < p < 1
+    _, _, test = compare({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 1.0})
+    assert test == "Welch"
+
+
+# --------------------------------------------------------------------------- end to end
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, env={"OMP_NUM_THREADS": "1",
+                                                               "PATH": "/usr/bin:/bin",
+                                                               "TQDM_DISABLE": "1"})
+
+
+@pytest.mark.slow
+def test_the_command_runs_the_protocol_records_it_and_never_reruns_a_record(tmp_path):
+    protocol = tiny_protocol(tmp_path)
+    common = ["leaderboard", "-b", "synthetic", "--protocol", str(protocol.path),
+              "--no-progress"]
+    first = cli(*common, "--out", str(tmp_path / "results"), "--record")
+    assert first.returncode == 0, first.stderr
+    assert "| cagrad |" in first.stdout and "| fixed w=0.2 |" in first.stdout
+    records = protocol.records_path("synthetic")
+    runs = read_records(records, "synthetic", protocol.hash())
+    # stl: 2 lr + 1 knob + final and untuned seed 1 (seed 0 of each is a tuning run, or both
+    # are one config) -> every entry has its two seeds of the selected configuration.
+    assert {r.method for r in runs} == {"stl", "ew", "cagrad", "fixed"}
+    assert all(r.status in ("complete", "diverged") for r in runs)
+    # A fresh results folder: everything comes from the records, nothing is trained.
+    again = cli(*common, "--out", str(tmp_path / "fresh"))
+    assert again.returncode == 0, again.stderr
+    assert not (tmp_path / "fresh").exists()
+    table = lambda text: [l for l in text.splitlines() if l.startswith("| ")]  # noqa: E731
+    assert table(again.stdout) == table(first.stdout)
+    # A record made under another config than this harness resolves is refused, not rerun.
+    tampered = [RunRecord(**{**r.__dict__, "config_hash": "deadbeef"}) if r.method == "ew" else r
+                for r in runs]
+    write_records(records, "synthetic", protocol.hash(), tampered)
+    refused = cli(*common, "--out", str(tmp_path / "fresh"))
+    assert refused.returncode == 2
+    assert "no longer describe this harness" in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_plugin_method_is_ranked_against_the_records_with_a_drift_check(tmp_path):
+    protocol = tiny_protocol(tmp_path)
+    common = ["leaderboard", "-b", "synthetic", "--protocol", str(protocol.path),
+              "--no-progress"]
+    assert cli(*common, "-m", "stl", "ew", "--out", str(tmp_path / "base"),
+               "--record").returncode == 0
+    records = protocol.records_path("synthetic")
+    before = records.read_bytes()
+    plugin = tmp_path / "half_weights.py"
+    plugin.write_text(
+        "import torch\n"
+        "from methods.base import Weighted, Weighting\n"
+        "from methods.registry import register_method\n\n"
+        "@register_method('halved')\n"
+        "class Half(Weighting):\n"
+        "    description = 'every task weighted 0.5'\n"
+        "    def weigh(self, ctx):\n"
+        "        return Weighted(weights=torch.full_like(ctx.losses.detach(), 0.5))\n")
+    user = cli(*common, "--plugin", str(plugin), "-m", "halved", "--out", str(tmp_path / "mine"),
+               "--record")
+    assert user.returncode == 0, user.stderr
+    assert "| halved |" in user.stdout and "| ew |" in user.stdout
+    assert "equals the shipped record exactly" in user.stdout
+    assert records.read_bytes() == before  # a plugin's runs never enter the shipped records
+    runs = (tmp_path / "mine" / "synthetic").glob("*/*/summary.json")
+    trained = {p.parent.parent.name for p in runs}
+    assert trained == {"halved", "ew"}  # its own runs, and ew's drift check only
+
+
+def test_bad_input_is_a_one_line_error(tmp_path):
+    protocol = tiny_protocol(tmp_path)
+    common = ["leaderboard", "--protocol", str(protocol.path), "--no-run"]
+    for args, message in [(["-b", "yeast"], "has no leaderboard"),
+                          (["-b", "synthetic", "-m", "nosuch"], "unknown method 'nosuch'"),
+                          (["-b", "synthetic", "--jobs", "0"], "expected an integer >= 1")]:
+        result = cli(*common, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr
+    empty = cli(*common, "-b", "synthetic", "--out", str(tmp_path / "none"))
+    assert empty.returncode == 0
+    assert "No finished stl entry yet" in empty.stdout
+
+
+def test_the_committed_tables_are_what_the_records_give():
+    protocol = L.load_protocol()
+    text = (ROOT / "docs" / "leaderboard.md").read_text()
+    checked = 0
+    for benchmark in protocol.benchmarks:
+        begin, end = L.markers(benchmark)
+        if begin not in text:
+            continue
+        section = text.split(begin, 1)[1].split(end, 1)[0].strip()
+        assert section == L.docs_section(protocol, benchmark).strip(), benchmark
+        checked += 1
+    assert checked >= 1
