@@ -15,6 +15,12 @@ paper's output-stride-8 networks, predictions are upsampled to the targets' size
 align_corners=True) inside the losses and metrics. Images are RGB in [0, 1] without
 mean/std normalisation, as in the NYUv2 arrays.
 
+``data.encoder=mobilenet_v2`` replaces the encoder with torchvision's MobileNetV2 trunk cut
+at output stride ``data.stride`` (8: 32 channels, 16: 96 channels; ``benchmarks/_mobilenet.py``),
+optionally ImageNet-pretrained (``data.weights``), its BatchNorm statistics trained or frozen
+(``data.bn``); Z is that feature map and the heads are the same blocks on its channels. The
+``pretrained`` profile uses it at 64 × 64 with the ImageNet weights.
+
 Splits are generated independently (train, val, test) from ``data.seed``; val exists here,
 unlike NYUv2's LibMTL protocol.
 """
@@ -31,9 +37,11 @@ from benchmarks.base import TaskSpec, TensorBenchmark, TensorSplit
 from benchmarks.dense import depth_task, normal_task, segmentation_task
 from benchmarks.registry import register_benchmark
 from datasets.scenes import CLASSES, generate_scenes
-from engine.errors import ConfigError, check_range
+from benchmarks._mobilenet import BN_MODES, MobileNetTrunk, load_state, resolve
+from engine.errors import ConfigError, check_choice, check_range
 
 SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
+ENCODERS = ("scratch", "mobilenet_v2")
 
 
 @dataclass
@@ -48,9 +56,23 @@ class ScenesConfig:
     max_depth: float = 9.0
     """Depth beyond this range (metres) is invalid, as for a depth sensor."""
     width: int = 16
-    """Channels of the first conv block; Z has 2 × width channels."""
+    """Channels of the first conv block; Z has 2 × width channels (scratch encoder)."""
+    encoder: str = "scratch"
+    """scratch (the small encoder-decoder) or mobilenet_v2 (torchvision's trunk)."""
+    weights: str = "none"
+    """mobilenet_v2's weights: none, imagenet (checked against torchvision's hash) or a path."""
+    stride: int = 8
+    """mobilenet_v2's output stride: 8 or 16."""
+    bn: str = "train"
+    """mobilenet_v2's BatchNorm statistics: train (as the paper fine-tunes) or frozen."""
 
     def validate(self) -> None:
+        check_choice("data.encoder", self.encoder, ENCODERS)
+        check_choice("data.bn", self.bn, BN_MODES)
+        check_choice("data.stride", str(self.stride), ("8", "16"))
+        if self.encoder == "scratch" and self.weights != "none":
+            raise ConfigError(f"data.weights={self.weights!r} needs data.encoder=mobilenet_v2 "
+                              f"(the scratch encoder has no pretrained weights)")
         check_range("data.size", self.size, 8, 256)
         if self.size % 4:
             raise ConfigError(f"data.size={self.size} must be a multiple of 4")
@@ -103,11 +125,29 @@ class Scenes(TensorBenchmark):
             targets = {"seg": torch.from_numpy(s.label), "depth": torch.from_numpy(s.depth),
                        "normal": torch.from_numpy(s.normal)}
             self.splits[split] = TensorSplit(torch.from_numpy(s.image), targets).to(device)
+        self.weights_file, self.weights_sha256 = (resolve(config.weights)
+                                                  if config.encoder == "mobilenet_v2" else (None, None))
+        self.backbone_state = load_state(self.weights_file) if self.weights_file else None
 
     def make_encoder(self) -> nn.Module:
-        return ScenesEncoder(self.config.width)
+        c = self.config
+        if c.encoder == "mobilenet_v2":
+            return MobileNetTrunk(c.stride, self.backbone_state, c.bn)
+        return ScenesEncoder(c.width)
+
+    def z_channels(self) -> int:
+        c = self.config
+        return MobileNetTrunk.channels_at(c.stride) if c.encoder == "mobilenet_v2" else 2 * c.width
 
     def make_head(self, task: TaskSpec) -> nn.Module:
         out = {"seg": len(CLASSES), "depth": 1, "normal": 3}[task.name]
-        z = 2 * self.config.width
+        z = self.z_channels()
         return nn.Sequential(conv_bn_relu(z, z), nn.Conv2d(z, out, 1))
+
+    def extra_record(self) -> dict:
+        if self.config.encoder != "mobilenet_v2":
+            return {}
+        return {"encoder": {"arch": "mobilenet_v2", "stride": self.config.stride,
+                            "weights": self.config.weights,
+                            "weights_file": str(self.weights_file) if self.weights_file else None,
+                            "weights_sha256": self.weights_sha256, "batchnorm": self.config.bn}}
