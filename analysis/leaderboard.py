@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.measures import adjust_p_values, mean_rank, relative_changes, welch_t_test
+from analysis.measures import (adjust_p_values, detectable_difference, mean_rank,
+                               relative_changes, welch_t_test)
 from analysis.records import RunRecord
 
 
@@ -69,8 +70,10 @@ def per_task_delta(records: list[RunRecord], base: np.ndarray, columns) -> pd.Se
     return pd.Series(100.0 * rel.mean(axis=0)).groupby(tasks, sort=False).mean()
 
 
-def compare(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, str]:
-    """(difference of means, two-sided p, test name) of per-seed values a vs b."""
+def compare(a: dict[int, float], b: dict[int, float], level: float = 0.05
+            ) -> tuple[float, float, str, float]:
+    """(difference of means, two-sided p, test name, difference detectable with 80% power
+    at ``level``) of per-seed values a vs b."""
     shared = sorted(set(a) & set(b))
     if len(shared) == len(a) == len(b) and len(shared) >= 2:
         x, y = np.array([a[s] for s in shared]), np.array([b[s] for s in shared])
@@ -78,9 +81,11 @@ def compare(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, str
         # no spread in the differences (identical rows): the test is undefined
         flat = np.ptp(diff) <= 1e-12 * (1.0 + np.abs(diff).max())
         p = math.nan if flat else float(stats.ttest_rel(x, y).pvalue)
-        return float(diff.mean()), p, "paired"
-    _, p = welch_t_test(list(a.values()), list(b.values()))
-    return float(np.mean(list(a.values())) - np.mean(list(b.values()))), p, "Welch"
+        detectable = math.nan if flat else detectable_difference(x, y, level, paired=True)
+        return float(diff.mean()), p, "paired", detectable
+    x, y = list(a.values()), list(b.values())
+    _, p = welch_t_test(x, y)
+    return float(np.mean(x) - np.mean(y)), p, "Welch", detectable_difference(x, y, level)
 
 
 def _mean_std(values) -> str:
@@ -112,14 +117,16 @@ def leaderboard_frame(rows: list[Row], correction: str = "holm") -> tuple[pd.Dat
                           for row in rows if complete(row.tuned)}).T
     ranks = mean_rank(means, [h for _, _, h in columns])
     lines = []
+    family = sum(1 for row in rows if row.label != "ew" and deltas[row.label])
+    level = 0.05 if correction == "none" else 0.05 / max(family, 1)
     for row in rows:
         d = deltas[row.label]
         tasks = per_task_delta(row.tuned, base, columns) if d else pd.Series(dtype=float)
         worst = tasks.idxmin() if len(tasks) else None
-        vs_ew = p = math.nan
+        vs_ew = p = detectable = math.nan
         test = ""
         if ew and d and row.label != "ew":
-            vs_ew, p, test = compare(d, ew)
+            vs_ew, p, test, detectable = compare(d, ew, level)
         untuned = per_seed_delta(row.untuned, base, columns)
         diverged = sum(r.status != "complete" for r in row.tuned)
         lines.append({
@@ -128,7 +135,7 @@ def leaderboard_frame(rows: list[Row], correction: str = "holm") -> tuple[pd.Dat
             "dp_text": _mean_std(d.values()),
             "worst": f"{worst} {tasks[worst]:+.2f}" if worst is not None else "–",
             "rank": ranks.get(row.label, math.nan),
-            "vs_ew": vs_ew, "p": p, "test": test,
+            "vs_ew": vs_ew, "p": p, "test": test, "detectable": detectable,
             "untuned": _mean_std(untuned.values()) if row.untuned else "–",
             "seeds": f"{len(d)}" + (f" ({diverged} diverged)" if diverged else ""),
         })
@@ -140,21 +147,24 @@ def leaderboard_frame(rows: list[Row], correction: str = "holm") -> tuple[pd.Dat
     tests = sorted(set(frame.test) - {""})
     notes = [f"Δ against tuned stl (mean of its seeds); difference from tuned ew: "
              f"{' or '.join(tests) if tests else 'no'} t-test on per-seed Δp_task, two-sided, "
-             f"{correction}-corrected over {int(family.sum())} rows; * adjusted p < 0.05."]
+             f"{correction}-corrected over {int(family.sum())} rows; * adjusted p < 0.05; "
+             f"detectable: the difference that test finds with 80% power at level {level:.3g}, "
+             f"given the observed spread of the seeds."]
     return frame, notes
 
 
 def to_markdown(frame: pd.DataFrame, notes: list[str]) -> str:
     head = ["method", "selected", "Δp_task (%) ↑", "worst task Δ (%)", "mean rank ↓",
-            "vs ew", "p (adj.)", "untuned Δp_task (%)", "seeds"]
+            "vs ew", "p (adj.)", "detectable", "untuned Δp_task (%)", "seeds"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in frame.itertuples():
         star = " *" if isinstance(r.p_adjusted, float) and r.p_adjusted < 0.05 else ""
         vs = f"{r.vs_ew:+.2f}{star}" if math.isfinite(r.vs_ew) else "–"
         p = f"{r.p:.2g} ({r.p_adjusted:.2g})" if math.isfinite(r.p) else "–"
         rank = f"{r.rank:.2f}" if math.isfinite(r.rank) else "–"
+        detectable = f"±{r.detectable:.2f}" if math.isfinite(r.detectable) else "–"
         out.append("| " + " | ".join([r.label, r.selected or "–", r.dp_text, r.worst, rank, vs,
-                                      p, r.untuned, r.seeds]) + " |")
+                                      p, detectable, r.untuned, r.seeds]) + " |")
     return "\n".join(out + [""] + notes)
 
 

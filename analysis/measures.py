@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
 from analysis.names import CORRECTIONS
 
@@ -77,6 +77,40 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
+
+
+def detectable_difference(a: Sequence[float], b: Sequence[float], alpha: float = 0.05,
+                          power: float = 0.8, paired: bool = False) -> float:
+    """The smallest true difference of means that a two-sided t-test of a vs b at level
+    ``alpha`` detects with probability ``power``, taking the observed spread as the true one:
+    the δ at which the noncentral t (noncentrality δ/SE) exceeds the critical value with
+    probability ``power``, with Welch's SE and degrees of freedom (or, when ``paired``, those
+    of the per-pair differences). NaN when a side has fewer than two values or there is no
+    spread at all."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if paired:
+        d = a - b
+        if len(d) < 2 or np.var(d) == 0:
+            return float("nan")
+        se, df = np.std(d, ddof=1) / np.sqrt(len(d)), len(d) - 1
+    else:
+        if len(a) < 2 or len(b) < 2:
+            return float("nan")
+        va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+        if va + vb == 0:
+            return float("nan")
+        se = np.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(ncp: float) -> float:
+        # the lower tail vanishes for a positive shift (scipy may return NaN for it there)
+        lower = np.nan_to_num(stats.nct.cdf(-crit, df, ncp), nan=0.0)
+        return float(np.nan_to_num(stats.nct.sf(crit, df, ncp), nan=1.0) + lower - power)
+
+    upper = 2.0 * (crit + stats.norm.ppf(power)) + 1.0  # the power there is ~1
+    return float(optimize.brentq(shortfall, 0.0, upper) * se)
 
 
 def adjust_p_values(p: Sequence[float], method: str = "holm") -> np.ndarray:

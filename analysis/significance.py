@@ -19,7 +19,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from analysis.measures import adjust_p_values, welch_t_test
+from analysis.measures import adjust_p_values, detectable_difference, welch_t_test
 from analysis.table import STL, Comparison, seed_deltas
 
 TEST_NAME = "Welch's t-test on per-seed Δp_task"
@@ -48,23 +48,34 @@ class Tests:
         corr = {"holm": "Holm-corrected", "bh": "Benjamini–Hochberg-corrected",
                 "none": "uncorrected"}[self.correction]
         return (f"{TEST_NAME}, two-sided, {corr} over {n} test{'s' if n != 1 else ''}; "
-                f"significant: adjusted p < {self.alpha}.")
+                f"significant: adjusted p < {self.alpha}; detectable: the difference the test "
+                f"finds with 80% power at level {test_level(self.alpha, n, self.correction):.3g}, "
+                f"given the seeds' observed spread.")
 
 
 def _family(pairs: list[tuple[str, str]], table: Comparison, correction: str,
             alpha: float) -> Tests:
     values = {r: per_seed_delta_p_task(table, r) for r in dict.fromkeys(x for p in pairs for x in p)}
     rows = []
+    level = test_level(alpha, len(pairs), correction)
     for a, b in pairs:
         t, p = welch_t_test(values[a], values[b])
         rows.append({"a": a, "b": b, "mean_a": _mean(values[a]), "mean_b": _mean(values[b]),
                      "difference": _mean(values[a]) - _mean(values[b]),
-                     "seeds_a": len(values[a]), "seeds_b": len(values[b]), "t": t, "p": p})
+                     "seeds_a": len(values[a]), "seeds_b": len(values[b]), "t": t, "p": p,
+                     "detectable": detectable_difference(values[a], values[b], level)})
     frame = pd.DataFrame(rows, columns=["a", "b", "mean_a", "mean_b", "difference", "seeds_a",
-                                        "seeds_b", "t", "p"])
+                                        "seeds_b", "t", "p", "detectable"])
     frame["p_adjusted"] = adjust_p_values(frame.p.to_numpy(), correction) if len(frame) else []
     frame["significant"] = frame.p_adjusted < alpha
     return Tests(frame, correction, alpha)
+
+
+def test_level(alpha: float, family: int, correction: str) -> float:
+    """The level at which the detectable difference is computed: α/m under a correction
+    (the threshold that Holm's first step and Bonferroni apply; conservative for the later
+    Holm steps and for Benjamini–Hochberg), α without one."""
+    return alpha if correction == "none" else alpha / max(family, 1)
 
 
 def _mean(v: np.ndarray) -> float:
@@ -122,6 +133,7 @@ def summary_lines(tests: Tests | None, reference: str = "ew") -> list[str]:
         else:
             verdict = ("significantly " + ("better" if r.difference > 0 else "worse")
                        if r.significant else "no significant difference")
-            verdict += f" (difference {r.difference:+.2f} points, p = {r.p:.3g}, adjusted {r.p_adjusted:.3g})"
+            verdict += (f" (difference {r.difference:+.2f} points, p = {r.p:.3g}, adjusted "
+                        f"{r.p_adjusted:.3g}; detectable with 80% power: ±{r.detectable:.2f})")
         lines.append(f"  {r.a}: {verdict}")
     return lines

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from analysis.measures import adjust_p_values
@@ -73,3 +74,23 @@ def test_one_seed_asks_for_more_seeds_instead_of_testing(tmp_path):
         _write(tmp_path, name, seeds)
     (table,) = comparisons(tmp_path)[0]
     assert "needs at least 2 seeds" in summary_lines(against_reference(table))[0]
+
+
+def test_the_detectable_difference_is_found_with_the_stated_power():
+    """At the returned difference, the paired test (a one-sample t-test on the differences)
+    rejects with probability 0.8, computed exactly from the noncentral t; more seeds or less
+    spread detect smaller differences; no spread or a single seed is NaN."""
+    from analysis.measures import detectable_difference
+
+    d = np.array([0.3, -0.4, 1.1, 0.2, -0.6])
+    delta = detectable_difference(d, np.zeros(5), alpha=0.05, paired=True)
+    se = d.std(ddof=1) / np.sqrt(5)
+    crit = stats.t.ppf(0.975, 4)
+    power = stats.nct.sf(crit, 4, delta / se) + stats.nct.cdf(-crit, 4, delta / se)
+    assert power == pytest.approx(0.8, abs=1e-6)
+    assert detectable_difference(d, np.zeros(5), alpha=0.05 / 10, paired=True) > delta
+    assert detectable_difference(np.tile(d, 2), np.zeros(10), paired=True) < delta
+    welch = detectable_difference([0, 1, 2, 3, 4], [0.5, 0.2, 2.5, 2.0, 5.0])
+    assert welch > detectable_difference([0, 1, 2, 3, 4], [0.5, 0.2, 2.5, 2.0, 5.0], paired=True)
+    assert np.isnan(detectable_difference([1.0], [2.0, 3.0]))
+    assert np.isnan(detectable_difference([1.0, 1.0], [2.0, 2.0]))
