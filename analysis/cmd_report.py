@@ -5,9 +5,9 @@ import argparse
 from pathlib import Path
 
 from analysis.names import CORRECTIONS, FORMATS, RULES, SECTIONS
-from engine.argtypes import folder_arg, positive_int
+from engine.cli.argtypes import folder_arg, positive_int
 from engine.errors import UserError
-from engine.results import check_writable
+from engine.core.results import check_writable
 
 
 def formats_arg(text: str) -> tuple[str, ...]:

@@ -98,9 +98,9 @@ def run_epochs(config: dict, summary: dict) -> int | None:
 
 
 def run_identity(run_dir: Path, config: dict, summary: dict):
-    """The identity (engine/identity.py) that the folder records, config.json's first, else
+    """The identity (engine/core/identity.py) that the folder records, config.json's first, else
     summary.json's; None when neither records a config hash and a seed."""
-    from engine.identity import FINGERPRINT_KEY, Identity
+    from engine.core.identity import FINGERPRINT_KEY, Identity
 
     def recorded(key: str):
         return config.get(key, summary.get(key))
@@ -175,9 +175,9 @@ def repair_metrics(run_dir: Path, identity, epochs: int, summary: dict) -> str:
     pass the checks of a resume (the folder's config hash, seed and data fingerprint,
     ``checkpoint_mismatch``), be of the last epoch, and hold usable records; only then is
     the file written, under the run's lock."""
-    from engine.checkpoint import checkpoint_mismatch, read_checkpoint
-    from engine.locks import RunLock, RunLocked
-    from engine.results import write_jsonl
+    from engine.core.checkpoint import checkpoint_mismatch, read_checkpoint
+    from engine.runs.locks import RunLock, RunLocked
+    from engine.core.results import write_jsonl
 
     path = run_dir / "checkpoint.pt"
     if not path.exists():

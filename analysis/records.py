@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import results as R
+from engine.core import results as R
 from engine.errors import DataError
 
 FORMAT = 1

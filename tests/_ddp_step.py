@@ -10,10 +10,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from engine.distributed import init_from_env  # noqa: E402
-from engine.gradients import EpochStats  # noqa: E402
-from engine.runner import build_requests, make_benchmark  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from engine.core.distributed import init_from_env  # noqa: E402
+from engine.core.gradients import EpochStats  # noqa: E402
+from engine.runs.runner import build_requests, make_benchmark  # noqa: E402
+from engine.core.trainer import Trainer  # noqa: E402
 
 OVERRIDES = ["data.train_size=64", "data.val_size=16", "data.test_size=16", "train.batch_size=8",
              "train.optimizer=sgd", "train.momentum=0"]

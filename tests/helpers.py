@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.runner import build_requests, run_all
+from engine.runs.runner import build_requests, run_all
 
 TINY_DIGITS = ["train.epochs=1", "train.max_steps_per_epoch=2", "data.train_size=64",
                "data.val_size=32", "data.test_size=32", "train.batch_size=16"]

@@ -1,5 +1,5 @@
-"""Synthetic results folders in exactly the formats runs write (engine/results.py,
-engine/trainer.py), for the analysis tests."""
+"""Synthetic results folders in exactly the formats runs write (engine/core/results.py,
+engine/core/trainer.py), for the analysis tests."""
 from __future__ import annotations
 
 import json

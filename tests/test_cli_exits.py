@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.cli import main
-from engine.locks import RunLock
-from engine.runner import build_requests
+from engine.runs.locks import RunLock
+from engine.runs.runner import build_requests
 from tests.helpers import TINY_DIGITS
 
 SETS = [a for o in TINY_DIGITS for a in ("--set", o)]

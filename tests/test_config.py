@@ -5,7 +5,7 @@ import pytest
 
 from benchmarks.digits_tasks import DigitsTasksConfig
 from benchmarks.registry import PROFILE_DIR
-from engine.config import parse_value, resolve
+from engine.core.config import parse_value, resolve
 from engine.errors import ConfigError
 from methods.base import MethodConfig
 

@@ -18,8 +18,8 @@ import benchmarks  # noqa: F401  (registers the built-in benchmarks)
 import methods  # noqa: F401  (registers the built-in methods)
 from benchmarks.registry import BENCHMARKS
 from engine.cli import build_parser
-from engine.config import coerce, parse_value
-from engine.runner import build_requests
+from engine.core.config import coerce, parse_value
+from engine.runs.runner import build_requests
 from methods.registry import METHODS, parse_method
 
 ROOT = Path(__file__).resolve().parent.parent

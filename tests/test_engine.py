@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from benchmarks.digits_tasks import DigitsTasks, DigitsTasksConfig
-from engine.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
-from engine.models import MultiTaskModel
+from engine.core.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
+from engine.core.models import MultiTaskModel
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, Weighted, Weighting
 from methods.ew import EqualWeighting
 from methods.registry import METHODS, register_method
@@ -220,7 +220,7 @@ class Explode(Weighting):
 
 
 def test_divergence_is_recorded_and_the_other_runs_go_on(tmp_path):
-    from engine.runner import build_requests, run_all
+    from engine.runs.runner import build_requests, run_all
 
     overrides = TINY_DIGITS + ["train.max_steps_per_epoch=6"]
     requests = build_requests("digits_tasks", ["test_explode", "ew"], [0], "quick", overrides,
@@ -237,7 +237,7 @@ def test_divergence_is_recorded_and_the_other_runs_go_on(tmp_path):
 def test_rep_aggregator_is_refused_on_multi_input(tmp_path):
     from benchmarks.base import MultiInputTensorBenchmark
     from engine.errors import UserError
-    from engine.runner import check_compatible
+    from engine.runs.runner import check_compatible
     from methods.registry import Composition
 
     register_method("test_mean_rep")(MeanRepAggregator) if "test_mean_rep" not in METHODS else None
@@ -257,7 +257,7 @@ def test_unused_ew_is_default_primary():
 
 
 def test_flat_gradients_round_trip_exactly_and_keep_device_and_dtype(bench):
-    from engine.gradients import FlatGrads
+    from engine.core.gradients import FlatGrads
 
     torch.manual_seed(0)
     model = MultiTaskModel(bench).double()
@@ -303,7 +303,7 @@ def test_conflict_statistics_are_recorded_or_their_absence_is_said(tmp_path):
 
 def test_representation_conflicts_are_refused_on_multi_input():
     from engine.errors import UserError
-    from engine.runner import build_requests
+    from engine.runs.runner import build_requests
 
     with pytest.raises(UserError, match="multi-input"):
         build_requests("digits_domains", ["ew"], [0], "quick", ["engine.conflict_space=rep"],
@@ -312,7 +312,7 @@ def test_representation_conflicts_are_refused_on_multi_input():
 
 def test_a_contrastive_method_is_refused_on_a_batch_of_one_when_the_run_is_built(tmp_path):
     from engine.errors import UserError
-    from engine.runner import build_requests
+    from engine.runs.runner import build_requests
 
     # toy2d trains on one dummy sample whatever the batch size: refused up front, no folder.
     with pytest.raises(UserError, match="repmtl needs training batches of at least 2 samples, "

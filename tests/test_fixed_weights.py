@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine.errors import ConfigError
-from engine.runner import build_requests
+from engine.runs.runner import build_requests
 from methods.ew import EqualWeighting
 from methods.fixed import FixedConfig, FixedWeights
 from methods.registry import METHODS

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import identity
-from engine import results as R
+from engine.core import identity
+from engine.core import results as R
 from engine.cli import main
-from engine.runner import build_requests, execute
+from engine.runs.runner import build_requests, execute
 from tests.helpers import TINY_DIGITS, read_records, read_summary
 
 TWO_EPOCHS = [*TINY_DIGITS, "train.epochs=2"]

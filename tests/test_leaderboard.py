@@ -14,7 +14,7 @@ import benchmarks  # noqa: F401  (registers the benchmarks)
 import methods  # noqa: F401  (registers the methods)
 from analysis.leaderboard import Row, compare, leaderboard_frame
 from analysis.records import RunRecord, read_records, write_records
-from engine import leaderboard as L
+from engine.runs import leaderboard as L
 from engine.errors import DataError, UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +116,7 @@ def test_the_shipped_protocol_lists_every_method_or_excludes_it_with_a_reason():
     assert not any(x.startswith("fixed") for x in
                    (e.label for e in protocol.entries("multi_mnist", tasks=3)))
     for name, sets in protocol.knobs.items():  # every knob names a real hyperparameter
-        from engine.runner import build_requests
+        from engine.runs.runner import build_requests
         for overrides in sets:
             build_requests("synthetic", [name], [0], "quick", list(overrides), "cpu", None,
                            check_data=False)

@@ -10,7 +10,7 @@ import torch
 from scipy.optimize import minimize
 
 from engine.errors import ConfigError
-from engine.runner import build_requests, run_all
+from engine.runs.runner import build_requests, run_all
 from methods._min_norm import min_norm_element, min_norm_two
 from methods.cagrad import CAGrad, cagrad_weights
 from methods.graddrop import GradDrop, graddrop_direction

@@ -14,8 +14,8 @@ import torch
 import methods  # noqa: F401  (registers every method)
 from benchmarks.digits_tasks import DigitsTasks, DigitsTasksConfig
 from engine.errors import ConfigError
-from engine.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
-from engine.models import MultiTaskModel
+from engine.core.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
+from engine.core.models import MultiTaskModel
 from methods._nash_solver import nash_weights
 from methods.aligned_mtl import alignment_matrix, aligned_weights
 from methods.dbmtl import dbmtl_update

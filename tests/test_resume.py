@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import checkpoint as C
-from engine.identity import Identity
-from engine.runner import build_requests, execute
+from engine.core import checkpoint as C
+from engine.core.identity import Identity
+from engine.runs.runner import build_requests, execute
 from tests.helpers import TINY_DIGITS, read_records, read_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def test_truncated_checkpoint_falls_back_to_previous(tmp_path, caplog):
     (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     latest = run_dir / "checkpoint.pt"
     latest.write_bytes(latest.read_bytes()[:1000])
-    with caplog.at_level(logging.INFO, logger="engine.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="engine.core.checkpoint"):
         outcome = execute(request, tmp_path, progress=False)
     assert outcome.status == "complete"
     assert (run_dir / "checkpoint.corrupt").exists()
@@ -114,7 +114,7 @@ def test_all_checkpoints_corrupt_restarts_from_scratch(tmp_path, caplog):
     (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         (run_dir / name).write_bytes(b"not a checkpoint")
-    with caplog.at_level(logging.INFO, logger="engine.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="engine.core.checkpoint"):
         outcome = execute(request, tmp_path, progress=False)
     assert outcome.status == "complete"
     assert read_summary(run_dir)["resumed_from_epoch"] == 0
@@ -154,7 +154,7 @@ def test_checkpoints_load_with_weights_only(tmp_path, monkeypatch):
 
 def test_failed_run_is_skipped_unless_retried(tmp_path, monkeypatch):
     request = _request([*TINY_DIGITS, "train.epochs=2"])
-    from engine import trainer as T
+    from engine.core import trainer as T
 
     real_fit = T.Trainer.fit
 
@@ -178,7 +178,7 @@ def test_failed_run_is_skipped_unless_retried(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("status", ["complete", "running"])
 def test_locked_run_is_not_trained_twice(tmp_path, status):
-    from engine.locks import RunLock
+    from engine.runs.locks import RunLock
 
     request = _request([*TINY_DIGITS])
     run_dir = request.dir(tmp_path)
@@ -187,7 +187,7 @@ def test_locked_run_is_not_trained_twice(tmp_path, status):
     # A lock held by another process: the OS releases it when that process dies.
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, sys.argv[1]);"
-        "from pathlib import Path; from engine.locks import RunLock;"
+        "from pathlib import Path; from engine.runs.locks import RunLock;"
         "lock = RunLock(Path(sys.argv[2])); lock.acquire(); print('held', flush=True);"
         "time.sleep(60)"), str(ROOT), str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:

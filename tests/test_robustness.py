@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine import checkpoint as C
-from engine import results as R
+from engine.core import checkpoint as C
+from engine.core import results as R
 from engine.cli import main
-from engine.config import TrainConfig, resolve
+from engine.core.config import TrainConfig, resolve
 from engine.errors import ConfigError, UserError, check_range
-from engine.identity import Identity, files_fingerprint
-from engine.runner import build_requests, execute, run_all
+from engine.core.identity import Identity, files_fingerprint
+from engine.runs.runner import build_requests, execute, run_all
 from methods.base import Weighted, Weighting
 from methods.registry import METHODS, register_method
 from tests.helpers import TINY_DIGITS, read_records, read_summary
@@ -169,7 +169,7 @@ def state_methods():
 
 def test_numpy_method_state_survives_a_resume(tmp_path, state_methods):
     from benchmarks.registry import BENCHMARKS
-    from engine.trainer import Trainer
+    from engine.core.trainer import Trainer
 
     req = request("robust_arrays", overrides=[*TINY_DIGITS, "train.epochs=1"])
     outcome = execute(req, tmp_path, progress=False)
@@ -283,7 +283,7 @@ def test_temporary_files_are_removed_on_start_and_completion(tmp_path):
 
 def test_a_worker_dies_with_its_parent(tmp_path):
     child_code = ("import sys, time; sys.path.insert(0, sys.argv[1]); "
-                  "from engine.executors import die_with_parent; "
+                  "from engine.runs.executors import die_with_parent; "
                   "die_with_parent(int(sys.argv[2])); print('ready', flush=True); time.sleep(120)")
     parent_code = ("import os, subprocess, sys, time; "
                    f"p = subprocess.Popen([sys.executable, '-c', {child_code!r}, sys.argv[1], "
@@ -309,7 +309,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_sweep_that_leaves_runs_pending_exits_non_zero(tmp_path, capsys):
-    from engine.locks import RunLock
+    from engine.runs.locks import RunLock
 
     path = tmp_path / "sweep.toml"
     path.write_text('benchmarks = ["digits_tasks"]\nmethods = ["ew"]\nseeds = [0]\n'
@@ -341,8 +341,8 @@ def test_plugins_that_fail_on_import_are_one_line_errors(tmp_path, capsys):
 def test_a_plugin_failing_inside_a_sweep_worker_fails_that_run(tmp_path):
     import dataclasses
 
-    from engine.executors import Options, run_spec
-    from engine.sweep import RunSpec
+    from engine.runs.executors import Options, run_spec
+    from engine.runs.sweep import RunSpec
 
     bad = tmp_path / "bad_plugin.py"
     bad.write_text("raise RuntimeError('no GPU driver here')\n")
@@ -380,7 +380,7 @@ def test_an_unwritable_run_folder_fails_that_run_only(tmp_path):
 
 
 def test_a_summary_that_is_not_an_object_and_a_lock_that_is_a_folder(tmp_path):
-    from engine.executors import disk_summary
+    from engine.runs.executors import disk_summary
 
     req, run_dir = trained(tmp_path, overrides=TINY_DIGITS)
     (run_dir / R.SUMMARY).write_text("[1, 2]")

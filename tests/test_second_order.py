@@ -1,4 +1,4 @@
-"""The heads' convolutions with a fast second-order backward (engine/second_order.py) give
+"""The heads' convolutions with a fast second-order backward (engine/core/second_order.py) give
 the built-in convolution's first and second derivatives."""
 import copy
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.second_order import SecondOrderConv2d, convert_convolutions
+from engine.core.second_order import SecondOrderConv2d, convert_convolutions
 
 CASES = {
     "3x3": dict(in_channels=4, out_channels=6, kernel_size=3, padding=1),
@@ -78,8 +78,8 @@ def test_only_plain_zero_padded_convolutions_are_converted():
     ("repmtl", [], True), ("pcgrad+repmtl_csa", [], True), ("ew", [], False),
     ("repmtl", ["engine.head_convs=builtin"], False)])
 def test_trainer_converts_the_heads_only_for_second_order_methods(method, overrides, converted):
-    from engine.runner import build_requests, make_benchmark
-    from engine.trainer import Trainer
+    from engine.runs.runner import build_requests, make_benchmark
+    from engine.core.trainer import Trainer
 
     (request,) = build_requests("scenes", [method], [0], "quick",
                                 ["data.train_size=8", "data.val_size=4", "data.test_size=4", "train.batch_size=4",
@@ -96,7 +96,7 @@ def test_trainer_converts_the_heads_only_for_second_order_methods(method, overri
 def test_cpu_memory_reuse_applies_on_glibc():
     import platform
 
-    from engine.cpu_malloc import reuse_freed_memory
+    from engine.core.cpu_malloc import reuse_freed_memory
 
     applied = reuse_freed_memory()
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
@@ -104,7 +104,7 @@ def test_cpu_memory_reuse_applies_on_glibc():
 
 
 def test_second_order_convolutions_are_switched_back_after_the_block():
-    from engine.second_order import second_order_convolutions
+    from engine.core.second_order import second_order_convolutions
 
     model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 1))
     with second_order_convolutions(model):
@@ -114,12 +114,12 @@ def test_second_order_convolutions_are_switched_back_after_the_block():
 
 @pytest.mark.parametrize("choice, applied", [("reuse", True), ("system", False)])
 def test_cpu_malloc_option_decides_whether_memory_is_kept(monkeypatch, choice, applied):
-    import engine.trainer
-    from engine.runner import build_requests, make_benchmark
-    from engine.trainer import Trainer
+    import engine.core.trainer
+    from engine.runs.runner import build_requests, make_benchmark
+    from engine.core.trainer import Trainer
 
     calls = []
-    monkeypatch.setattr(engine.trainer, "reuse_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(engine.core.trainer, "reuse_freed_memory", lambda: calls.append(1))
     (request,) = build_requests("digits_tasks", ["ew"], [0], "quick",
                                 ["data.train_size=16", "data.val_size=8", "data.test_size=8",
                                  "train.batch_size=8", f"engine.cpu_malloc={choice}"], "cpu", None)

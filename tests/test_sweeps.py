@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.cmd_sweep import status_table
+from engine.cli.cmd_sweep import status_table
 from engine.errors import ConfigError
-from engine.executors import RunResult
-from engine.sweep import expand, find_line, load_sweep, toml_literal
+from engine.runs.executors import RunResult
+from engine.runs.sweep import expand, find_line, load_sweep, toml_literal
 
 TINY_SET = """
 [set]
@@ -83,7 +83,7 @@ def test_find_line_handles_quoted_dotted_and_table_keys():
 
 @pytest.mark.parametrize("value", [0.7, 1e-3, 3, True, "x\"y", [1, 2.5], float("inf")])
 def test_toml_literal_round_trips(value):
-    from engine.config import parse_value
+    from engine.core.config import parse_value
 
     assert parse_value(toml_literal(value)) == value
 
@@ -201,7 +201,7 @@ def test_paper_sweep_files_expand(tmp_path):
 
 
 def test_status_table_counts_states():
-    from engine.sweep import RunSpec
+    from engine.runs.sweep import RunSpec
 
     specs = [RunSpec("b", m, 0, "quick", (), "cpu", None, h, f"/r/{m}", (), "")
              for m, h in (("ew", "1"), ("uw", "2"), ("dwa", "3"), ("rlw", "4"))]

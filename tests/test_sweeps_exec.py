@@ -157,8 +157,8 @@ def test_two_sweeps_on_one_results_root_train_each_run_once(tmp_path):
 
 
 def test_slurm_path_through_submitit_local_with_preemption(tmp_path, capsys):
-    from engine.executors import Options, submit_slurm, wait_jobs
-    from engine.sweep import expand, load_sweep
+    from engine.runs.executors import Options, submit_slurm, wait_jobs
+    from engine.runs.sweep import expand, load_sweep
 
     path = sweep_file(tmp_path, ["ew"], seeds=(0,), epochs=4,
                       extra='[slurm]\ntime_min = 10\ncpus_per_task = 1\n')
@@ -237,7 +237,7 @@ def test_tensorboard_events_per_epoch(tmp_path, monkeypatch):
 def test_workers_take_gpus_round_robin(monkeypatch):
     import torch
 
-    from engine.executors import worker_devices
+    from engine.runs.executors import worker_devices
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert worker_devices("auto", 3) == ["cuda:0", "cuda:1", "cuda:0"]

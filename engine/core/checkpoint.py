@@ -2,7 +2,7 @@
 
 The previous checkpoint is kept as ``checkpoint.prev.pt``, so that a truncated or corrupt
 latest checkpoint costs one epoch, not the run. A checkpoint of another config (edited
-config, other code version), seed or data (engine/identity.py) is never loaded, nor used to
+config, other code version), seed or data (engine/core/identity.py) is never loaded, nor used to
 repair ``metrics.jsonl`` (``checkpoint_mismatch``): the run is refused with the reason.
 
 Method state may hold numpy arrays and numpy scalars (plugins' ``get_extra_state``); they
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
-from engine.identity import Identity
-from engine.results import CHECKPOINT, atomic_write_bytes
+from engine.core.identity import Identity
+from engine.core.results import CHECKPOINT, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 PREVIOUS = "checkpoint.prev.pt"

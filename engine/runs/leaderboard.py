@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.measures import delta_p_task
-from engine import results as R
+from engine.core import results as R
 from analysis.records import RunRecord, read_records, record_from_run, write_records
 from engine.errors import ConfigError, UserError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROTOCOL = ROOT / "benchmarks" / "leaderboard" / "protocol.toml"
 FRONT = "fixed"
 FIRST = ("stl", "ew")  # the reference and the baseline: every other row is read against them
@@ -40,7 +40,7 @@ SHARED_KEYS = ("profile", "set", "lr_grid", "tuning_seed", "seeds", "selection",
 
 
 def literal(value) -> str:
-    from engine.sweep import toml_literal
+    from engine.runs.sweep import toml_literal
 
     return toml_literal(value)
 
@@ -120,7 +120,7 @@ class Protocol:
         """The methods a benchmark ranks: its list, or every registered method that it
         accepts, less the excluded ones and the front's ``fixed``."""
         from benchmarks.registry import BENCHMARKS
-        from engine.runner import check_compatible
+        from engine.runs.runner import check_compatible
         from methods.registry import METHODS, parse_method
 
         listed = self.benchmarks[benchmark]
@@ -291,7 +291,7 @@ def check_hashes(records: list[RunRecord], protocol: Protocol, benchmark: str,
     """A shipped record whose settings this harness now resolves to another config is
     refused: using it would rank a run of other code, and rerunning it silently would make
     two versions of one run. One resolution per configuration (the hash has no seed)."""
-    from engine.runner import build_requests
+    from engine.runs.runner import build_requests
 
     resolved: dict[tuple, str] = {}
     for record in records:
@@ -350,7 +350,7 @@ class Where:
 
 
 def profile_lr(protocol: Protocol, benchmark: str, where: Where) -> float:
-    from engine.runner import build_requests
+    from engine.runs.runner import build_requests
 
     (request,) = build_requests(benchmark, ["ew"], [protocol.tuning_seed], protocol.profile, [],
                                 where.device, where.data_root, check_data=False)
@@ -361,9 +361,9 @@ def advance(protocol: Protocol, benchmark: str, methods: list[str] | None, where
             dry_run: bool = False) -> Outcome:
     """Run every stage that the entries still need, wave after wave (see the module
     docstring); a dry run plans the next wave only."""
-    from engine import executors as X
-    from engine.runner import build_requests
-    from engine.sweep import RunSpec
+    from engine.runs import executors as X
+    from engine.runs.runner import build_requests
+    from engine.runs.sweep import RunSpec
 
     import torch
 
@@ -476,9 +476,9 @@ def drift_text(protocol: Protocol, benchmark: str, where: Where, outcome: Outcom
     """Rerun ew's selected configuration at the tuning seed here and compare it with the
     shipped record: identical on the machine that made the records (same thread count),
     otherwise the difference shows how far rows from two machines may drift apart."""
-    from engine import executors as X
-    from engine.runner import build_requests
-    from engine.sweep import RunSpec
+    from engine.runs import executors as X
+    from engine.runs.runner import build_requests
+    from engine.runs.sweep import RunSpec
 
     ew = next((st for st in outcome.states if st.entry.method == "ew" and st.final), None)
     if ew is None:

@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from engine.gradients import EpochStats
-from engine.runner import RunRequest, build_requests, make_benchmark, resolve_device
-from engine.second_order import second_order_convolutions
-from engine.trainer import Trainer
+from engine.core.gradients import EpochStats
+from engine.runs.runner import RunRequest, build_requests, make_benchmark, resolve_device
+from engine.core.second_order import second_order_convolutions
+from engine.core.trainer import Trainer
 
 REFERENCE = "ew"
 FLOORS = ("floor:jacobian", "floor:rep", "floor:second_order")

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.argtypes import folder_arg, folder_text, positive_int
+from engine.cli.argtypes import folder_arg, folder_text, positive_int
 
 
 def add_parser(sub, parents) -> None:
@@ -59,7 +59,7 @@ def add_parser(sub, parents) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine import leaderboard as L
+    from engine.runs import leaderboard as L
 
     protocol = L.load_protocol(args.protocol or L.PROTOCOL)
     methods = None

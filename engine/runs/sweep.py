@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.registry import BENCHMARKS
-from engine.config import parse_value
+from engine.core.config import parse_value
 from engine.errors import ConfigError, UserError, closest
 from engine.registry import load_plugin
-from engine.runner import RunRequest, build_requests
+from engine.runs.runner import RunRequest, build_requests
 from methods.registry import parse_method
 
 EXECUTORS = ("local", "processes", "slurm")

@@ -15,8 +15,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from engine import results as R
-from engine.argtypes import (add_tracker_flags, check_trackers, folder_arg, folder_text,
+from engine.core import results as R
+from engine.cli.argtypes import (add_tracker_flags, check_trackers, folder_arg, folder_text,
                              non_negative_int, positive_float, positive_int)
 from engine.errors import UserError
 
@@ -24,7 +24,7 @@ STATES = ("complete", "failed", "diverged", "pending")
 
 
 def add_parser(sub, parents) -> None:
-    from engine.sweep import EXECUTORS
+    from engine.runs.sweep import EXECUTORS
 
     p = sub.add_parser(
         "sweep", parents=parents, help="run every run of a sweep file (benchmarks x methods x "
@@ -98,8 +98,8 @@ def _plugins(args: argparse.Namespace, sweep) -> tuple[str, ...]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine import executors as X
-    from engine.sweep import expand, load_sweep, missing_data
+    from engine.runs import executors as X
+    from engine.runs.sweep import expand, load_sweep, missing_data
 
     sweep = load_sweep(args.sweep_file)
     check_trackers(args)
@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     R.check_writable(args.out)
     if not args.force:
-        from engine.runner import refuse_mismatches
+        from engine.runs.runner import refuse_mismatches
 
         refuse_mismatches([request for _, request in runs], args.out)
     todo, results = X.plan(specs, options)
@@ -158,8 +158,8 @@ def _row(spec) -> str:
 
 def listing(specs) -> str:
     """The runs of a dry run, each with where it stands on disk."""
-    from engine.executors import disk_summary
-    from engine.locks import RunLock, RunLocked
+    from engine.runs.executors import disk_summary
+    from engine.runs.locks import RunLock, RunLocked
 
     lines, states = [], Counter()
     for spec in specs:

@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine import results as R
-from engine.argtypes import (add_tracker_flags, check_trackers, folder_arg, folder_text,
+from engine.core import results as R
+from engine.cli.argtypes import (add_tracker_flags, check_trackers, folder_arg, folder_text,
                              int_at_least)
 from engine.errors import UserError
 from methods.registry import METHODS
@@ -80,9 +80,9 @@ def add_parser(sub, parents) -> None:
 def main(args: argparse.Namespace) -> int:
     from analysis.significance import against_reference, summary_lines
     from analysis.table import comparison_table, comparisons
-    from engine.runner import build_requests, run_all
+    from engine.runs.runner import build_requests, run_all
 
-    from engine.distributed import init_from_env, shutdown
+    from engine.core.distributed import init_from_env, shutdown
 
     # Under torchrun (WORLD_SIZE > 1) every process trains its share of each run.
     world, device = init_from_env(args.device)
@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.strict:
         from benchmarks.registry import BENCHMARKS
-        from engine.config import field_types
+        from engine.core.config import field_types
 
         if "strict" not in field_types(BENCHMARKS.get(args.benchmark).Config):
             raise UserError(f"--strict: benchmark {args.benchmark} has no official counts to "

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from engine import results as R
+from engine.core import results as R
 
 FINGERPRINT_KEY = "data_fingerprint"
 

@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
     from methods.registry import METHODS
 
     if args.sweep is not None:
-        from engine.sweep import import_plugins, read_plugins
+        from engine.runs.sweep import import_plugins, read_plugins
 
         import_plugins(args.sweep, read_plugins(args.sweep))
 

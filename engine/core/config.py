@@ -108,11 +108,11 @@ class EngineConfig:
     """torch.compile backend when engine.compile is on: inductor | aot_eager | eager."""
     cpu_malloc: str = "reuse"
     """CPU runs: reuse keeps freed memory in the process for the next step instead of
-    returning it to the kernel (engine/cpu_malloc.py; glibc only, process-wide); system
+    returning it to the kernel (engine/core/cpu_malloc.py; glibc only, process-wide); system
     leaves the C library's default."""
     head_convs: str = "second_order"
     """For methods that differentiate through the heads' backward (Rep-MTL): second_order
-    switches the heads' Conv2d layers to engine/second_order.py (same values, a cheaper
+    switches the heads' Conv2d layers to engine/core/second_order.py (same values, a cheaper
     double backward); builtin keeps torch's. No effect on other methods."""
 
     def validate(self) -> None:

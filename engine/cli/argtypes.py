@@ -64,7 +64,7 @@ def add_tracker_flags(parser) -> None:
 
 def check_trackers(args) -> None:
     """Refuse a missing tracker package before any run starts."""
-    from engine.runlog import check_tensorboard, check_wandb
+    from engine.runs.runlog import check_tensorboard, check_wandb
 
     if args.tensorboard:
         check_tensorboard()

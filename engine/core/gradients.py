@@ -13,7 +13,7 @@ the method's answer into the gradients the optimizer applies:
   aggregator gives it, if any: Nash-MTL, DB-MTL);
 - regularizers: their penalty's gradient is added to everything it reaches.
 
-With fp16 loss scaling (engine/amp.py) every backward pass here starts from scaled losses
+With fp16 loss scaling (engine/core/amp.py) every backward pass here starts from scaled losses
 and what a method sees is unscaled at once; ``.grad`` stays scaled until the trainer's
 optimizer step.
 """
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from engine.amp import LossScaler
-from engine.distributed import World
+from engine.core.amp import LossScaler
+from engine.core.distributed import World
 from methods.base import Aggregator, Method, Regularizer, Weighting
 from methods.contract import check_aggregated, check_penalty, check_weighted
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.argtypes import folder_arg, folder_text, positive_int
+from engine.cli.argtypes import folder_arg, folder_text, positive_int
 
 
 def add_parser(sub, parents) -> None:
@@ -56,7 +56,7 @@ def add_parser(sub, parents) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from engine.errors import UserError
-    from engine.perf import format_table, run_perf, save
+    from engine.runs.perf import format_table, run_perf, save
 
     if args.plot is not None and args.scale is None:
         raise UserError("--plot draws the --scale measurement; give --scale KEY=V1,V2,...")
@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from engine.perf import format_scaling, parse_scale, plot_scaling, run_scaling, save_scaling
+    from engine.runs.perf import format_scaling, parse_scale, plot_scaling, run_scaling, save_scaling
 
     key, values = parse_scale(args.scale)
     result = run_scaling(args.benchmark, args.methods, args.profile, args.overrides, args.device,

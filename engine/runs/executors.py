@@ -4,7 +4,7 @@ All three call the same ``run_spec`` for each run, which rebuilds the run from i
 ``RunSpec`` (plain data), checks that its config hash has not changed since the sweep was
 planned, and calls ``runner.execute``: complete runs are skipped, interrupted ones resume
 from their checkpoint, failed ones are retried only with ``retry_failed``, and a run that
-another process holds (``engine.locks``) is reported as locked and left alone.
+another process holds (``engine.runs.locks``) is reported as locked and left alone.
 
 - ``local``: one run after another in this process (benchmarks built once and reused).
 - ``processes``: N runs at a time, each in a fresh process (a crash, even a segfault or
@@ -27,13 +27,13 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from engine import results as R
+from engine.core import results as R
 from engine.errors import UserError
-from engine.locks import RunLock, RunLocked
-from engine.sweep import RunSpec
+from engine.runs.locks import RunLock, RunLocked
+from engine.runs.sweep import RunSpec
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def run_spec(spec: RunSpec, options: Options, device: str | None = None, progres
              benchmark_cache: dict | None = None, world=None) -> RunResult:
     """Rebuild one run from its spec and execute it (in whatever process this is)."""
     from engine.registry import load_plugin
-    from engine.runner import build_requests, execute
+    from engine.runs.runner import build_requests, execute
 
     try:
         for plugin in spec.plugins:
@@ -251,7 +251,7 @@ class SweepJob:
             return run_spec(self.spec, self.options)
         import submitit
 
-        from engine.distributed import init_from_env, shutdown
+        from engine.core.distributed import init_from_env, shutdown
 
         # The job's tasks are the processes of one data-parallel run: submitit describes
         # them (rank, world size, master address) in the torch.distributed variables.
@@ -288,7 +288,7 @@ def make_submitit_executor(folder: Path, slurm: dict[str, Any], cluster: str = "
     ddp = params.get("ddp", 1)
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
                                      **{f"{cluster}_max_num_timeout": params["max_num_timeout"]})
-    # Jobs unpickle engine.executors.SweepJob: the project root must be importable there.
+    # Jobs unpickle engine.runs.executors.SweepJob: the project root must be importable there.
     setup = [f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}", *params.get("setup", [])]
     gpus = params["gpus_per_node"]
     if cluster == "local":  # the local executor would expose GPUs that do not exist

@@ -11,11 +11,11 @@ from engine.errors import UserError
 from engine.registry import load_entry_point_plugins, load_plugin
 
 COMMANDS = (
-    "engine.cmd_run",
-    "engine.cmd_list",
-    "engine.cmd_perf",
-    "engine.cmd_sweep",
-    "engine.cmd_leaderboard",
+    "engine.cli.cmd_run",
+    "engine.cli.cmd_list",
+    "engine.cli.cmd_perf",
+    "engine.cli.cmd_sweep",
+    "engine.cli.cmd_leaderboard",
     "analysis.cmd_report",
 )
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         _preload_plugins(argv)
         parser = build_parser()
         if not argv:
-            from engine.cmd_run import default_argv
+            from engine.cli.cmd_run import default_argv
             argv = default_argv()
             print(f"run_bench.py {' '.join(argv)}  (the default quick comparison; see --help)",
                   file=sys.stderr)

@@ -17,18 +17,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from benchmarks.base import Batch, Benchmark
-from engine.amp import GradientOverflow, LossScaler, autocast
-from engine.checkpoint import check_loadable, load_checkpoint, portable, restore, save_checkpoint
-from engine.config import RunConfig
-from engine.cpu_malloc import reuse_freed_memory
-from engine.distributed import World, slice_for
+from engine.core.amp import GradientOverflow, LossScaler, autocast
+from engine.core.checkpoint import check_loadable, load_checkpoint, portable, restore, save_checkpoint
+from engine.core.config import RunConfig
+from engine.core.cpu_malloc import reuse_freed_memory
+from engine.core.distributed import World, slice_for
 from engine.errors import UserError
-from engine.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
-from engine.identity import Identity
-from engine.models import MultiTaskModel
-from engine.results import METRICS, write_jsonl
-from engine.second_order import convert_convolutions
-from engine.traces import Traces
+from engine.core.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
+from engine.core.identity import Identity
+from engine.core.models import MultiTaskModel
+from engine.core.results import METRICS, write_jsonl
+from engine.core.second_order import convert_convolutions
+from engine.core.traces import Traces
 from methods.base import Method, Regularizer
 from methods.registry import METHODS, Composition
 
@@ -174,7 +174,7 @@ class Trainer:
         on the device: nothing here waits for the host.
 
         Data parallel (``world``): this rank trains on its slice of the global batch, and
-        its losses enter as straight-through global values (see engine/distributed.py)."""
+        its losses enter as straight-through global values (see engine/core/distributed.py)."""
         world = self.world
         if world is not None:
             batch = batch.select(slice_for(batch.size(), world))

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from engine.results import write_jsonl
+from engine.core.results import write_jsonl
 
 CURVE = "curve.jsonl"
 CONFLICT = "conflict.jsonl"

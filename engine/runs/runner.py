@@ -20,14 +20,14 @@ import benchmarks  # noqa: F401  (registers the built-in benchmarks)
 import methods  # noqa: F401  (registers the built-in methods)
 from benchmarks.base import Benchmark
 from benchmarks.registry import BENCHMARKS, profile_origin, profile_source
-from engine import results as R
-from engine.config import RunConfig, resolve
-from engine.distributed import World
+from engine.core import results as R
+from engine.core.config import RunConfig, resolve
+from engine.core.distributed import World
 from engine.errors import UserError
-from engine.identity import Identity, data_fingerprint, folder_mismatch
-from engine.locks import RunLock, RunLocked
-from engine.runlog import log_epoch, run_log, tracker_hooks
-from engine.trainer import Diverged, Trainer
+from engine.core.identity import Identity, data_fingerprint, folder_mismatch
+from engine.runs.locks import RunLock, RunLocked
+from engine.runs.runlog import log_epoch, run_log, tracker_hooks
+from engine.core.trainer import Diverged, Trainer
 from methods.base import Aggregator
 from methods.registry import METHODS, Composition, canonical_name, parse_method
 
@@ -86,7 +86,7 @@ class RunRequest:
     composition: Composition
     method_name: str
     data_fingerprint: str | None = None
-    """engine/identity.py; None when the data were not looked at (a dry run)."""
+    """engine/core/identity.py; None when the data were not looked at (a dry run)."""
 
     def dir(self, out: Path) -> Path:
         return R.run_dir(out, self.config.benchmark, self.method_name, self.config.seed,
