@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from engine.core.distributed import init_from_env  # noqa: E402
-from engine.core.gradients import EpochStats  # noqa: E402
+from engine.core.gradients.stats import EpochStats  # noqa: E402
 from engine.runs.runner import build_requests, make_benchmark  # noqa: E402
 from engine.core.trainer import Trainer  # noqa: E402
 

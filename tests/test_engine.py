@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from benchmarks.digits_tasks import DigitsTasks, DigitsTasksConfig
-from engine.core.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
+from engine.core.gradients.context import TrainStepContext
+from engine.core.gradients.passes import GradientEngine
+from engine.core.gradients.stats import EpochStats
+from engine.core.gradients.update import apply_update
 from engine.core.models import MultiTaskModel
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, Weighted, Weighting
 from methods.ew import EqualWeighting
@@ -69,8 +72,10 @@ def step_grads(bench, method, separate=False, jacobian="loop"):
     engine = GradientEngine(model, TASKS, jacobian, 0, torch.device("cpu"))
     reps, preds = model(batch)
     losses = torch.stack([t.loss(preds[t.name], batch.targets[t.name]) for t in bench.tasks])
-    ctx = TrainStepContext(engine, batch, reps, losses, losses, 0, 0,
-                           torch.Generator().manual_seed(0), EpochStats(), None)
+    ctx = TrainStepContext(engine=engine, batch=batch, representations=reps,
+                           raw_losses=losses, losses=losses, step=0, epoch=0,
+                           generator=torch.Generator().manual_seed(0), stats=EpochStats(),
+                           loss_fn=None)
     apply_update(method, [], ctx, [])
     return model, losses, {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -257,7 +262,7 @@ def test_unused_ew_is_default_primary():
 
 
 def test_flat_gradients_round_trip_exactly_and_keep_device_and_dtype(bench):
-    from engine.core.gradients import FlatGrads
+    from engine.core.gradients.buffers import FlatGrads
 
     torch.manual_seed(0)
     model = MultiTaskModel(bench).double()

@@ -14,7 +14,10 @@ import torch
 import methods  # noqa: F401  (registers every method)
 from benchmarks.digits_tasks import DigitsTasks, DigitsTasksConfig
 from engine.errors import ConfigError
-from engine.core.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
+from engine.core.gradients.context import TrainStepContext
+from engine.core.gradients.passes import GradientEngine
+from engine.core.gradients.stats import EpochStats
+from engine.core.gradients.update import apply_update
 from engine.core.models import MultiTaskModel
 from methods._nash_solver import nash_weights
 from methods.aligned_mtl import alignment_matrix, aligned_weights
@@ -389,8 +392,10 @@ def one_engine_step(method, jacobian: str):
     engine = GradientEngine(model, tasks, jacobian, 0, torch.device("cpu"))
     own = {t: torch.autograd.grad(losses[i], engine.heads[t], retain_graph=True)
            for i, t in enumerate(tasks)}
-    ctx = TrainStepContext(engine, batch, reps, losses, losses, 0, 0,
-                           torch.Generator().manual_seed(0), EpochStats(), None)
+    ctx = TrainStepContext(engine=engine, batch=batch, representations=reps,
+                           raw_losses=losses, losses=losses, step=0, epoch=0,
+                           generator=torch.Generator().manual_seed(0), stats=EpochStats(),
+                           loss_fn=None)
     apply_update(method, [], ctx, [])
     heads = {t: [p.grad.clone() for p in engine.heads[t]] for t in tasks}
     return losses.detach(), heads, own, tasks

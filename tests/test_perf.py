@@ -13,7 +13,10 @@ from benchmarks.digits_tasks import DigitsTasks, DigitsTasksConfig
 from engine.core.amp import LossScaler
 from engine.cli import main as cli_main
 from engine.errors import ConfigError
-from engine.core.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
+from engine.core.gradients.context import TrainStepContext
+from engine.core.gradients.passes import GradientEngine
+from engine.core.gradients.stats import EpochStats
+from engine.core.gradients.update import apply_update
 from engine.core.models import MultiTaskModel
 from engine.runs.perf import build_trainers, parse_scale
 from engine.runs.runner import build_requests, make_benchmark
@@ -63,8 +66,10 @@ def one_step(bench, method, regularizers=(), scale=None, jacobian="loop"):
     batch = next(bench.batches("train", 8, torch.Generator().manual_seed(0)))
     reps, preds = model(batch)
     losses = torch.stack([t.loss(preds[t.name], batch.targets[t.name]) for t in bench.tasks])
-    ctx = TrainStepContext(engine, batch, reps, losses, losses, 0, 0,
-                           torch.Generator().manual_seed(0), EpochStats(), None)
+    ctx = TrainStepContext(engine=engine, batch=batch, representations=reps,
+                           raw_losses=losses, losses=losses, step=0, epoch=0,
+                           generator=torch.Generator().manual_seed(0), stats=EpochStats(),
+                           loss_fn=None)
     extra = {"rep_grads": torch.stack([g.detach() for g in ctx.rep_grads()]),
              "task_grads": ctx.task_grads(ctx.last_shared_params())}
     engine.zero_grad([])
@@ -103,8 +108,10 @@ def test_loss_scaling_really_scales_the_backward_passes(bench):
     batch = next(bench.batches("train", 8, torch.Generator().manual_seed(0)))
     reps, preds = model(batch)
     losses = torch.stack([t.loss(preds[t.name], batch.targets[t.name]) for t in bench.tasks])
-    ctx = TrainStepContext(engine, batch, reps, losses, losses, 0, 0,
-                           torch.Generator().manual_seed(0), EpochStats(), None)
+    ctx = TrainStepContext(engine=engine, batch=batch, representations=reps,
+                           raw_losses=losses, losses=losses, step=0, epoch=0,
+                           generator=torch.Generator().manual_seed(0), stats=EpochStats(),
+                           loss_fn=None)
     engine.zero_grad([])
     apply_update(method, [], ctx, [])
     for name, p in model.named_parameters():
@@ -323,7 +330,7 @@ def test_scale_option_is_checked():
 
 
 def test_flat_buffer_round_trip_keeps_channels_last_layout_dtype_and_device():
-    from engine.core.gradients import FlatGrads
+    from engine.core.gradients.buffers import FlatGrads
 
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last)),
@@ -351,15 +358,19 @@ def test_per_task_passes_run_only_their_own_head():
         lambda *_, t=t: calls.__setitem__(t, calls[t] + 1)) for t in trainer.task_names]
     reps, parts = trainer.compute_task_losses(batch)
     losses = torch.stack(parts)
-    ctx = TrainStepContext(trainer.engine, batch, reps, losses, losses, 0, 0,
-                           torch.Generator().manual_seed(0), EpochStats(), None, parts, parts)
+    ctx = TrainStepContext(engine=trainer.engine, batch=batch, representations=reps,
+                           raw_losses=losses, losses=losses, step=0, epoch=0,
+                           generator=torch.Generator().manual_seed(0), stats=EpochStats(),
+                           loss_fn=None, raw_parts=parts, parts=parts)
     separate = ctx.rep_grads()
     assert calls == {t: 1 for t in trainer.task_names}
     jac = ctx.jacobian().clone()
     assert calls == {t: 2 for t in trainer.task_names}
     # The same gradients as from the elements of the stacked vector (which run every head).
-    stacked = TrainStepContext(trainer.engine, batch, reps, losses, losses, 0, 0,
-                               torch.Generator().manual_seed(0), EpochStats(), None)
+    stacked = TrainStepContext(engine=trainer.engine, batch=batch, representations=reps,
+                               raw_losses=losses, losses=losses, step=0, epoch=0,
+                               generator=torch.Generator().manual_seed(0), stats=EpochStats(),
+                               loss_fn=None)
     for a, b in zip(separate, stacked.rep_grads()):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(stacked.jacobian(), jac)

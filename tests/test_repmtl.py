@@ -21,7 +21,7 @@ from benchmarks.base import MultiInputTensorBenchmark, TaskSpec, TensorBenchmark
 from benchmarks.metrics import ACCURACY, AccuracyMeter, cross_entropy, mse, MAE, RegressionMeter
 from benchmarks.registry import register_benchmark
 from engine.errors import ConfigError, UserError
-from engine.core.gradients import EpochStats
+from engine.core.gradients.stats import EpochStats
 from engine.runs.runner import build_requests
 from methods import _saliency as sal
 from methods.base import Aggregated, Aggregator

@@ -23,7 +23,10 @@ from engine.core.config import RunConfig
 from engine.core.cpu_malloc import reuse_freed_memory
 from engine.core.distributed import World, slice_for
 from engine.errors import UserError
-from engine.core.gradients import EpochStats, GradientEngine, TrainStepContext, apply_update
+from engine.core.gradients.context import TrainStepContext
+from engine.core.gradients.passes import GradientEngine
+from engine.core.gradients.stats import EpochStats
+from engine.core.gradients.update import apply_update
 from engine.core.identity import Identity
 from engine.core.models import MultiTaskModel
 from engine.core.results import METRICS, write_jsonl
@@ -191,8 +194,10 @@ class Trainer:
             losses = reg.transform_losses(losses)
         # A regularizer's transform (Rep-MTL's log losses) exists only on the vector.
         parts = raw_parts if losses is raw else None
-        ctx = TrainStepContext(self.engine, batch, reps, raw, losses, self.step, epoch,
-                               self.method_generator, stats, self._recompute, raw_parts, parts)
+        ctx = TrainStepContext(engine=self.engine, batch=batch, representations=reps,
+                               raw_losses=raw, losses=losses, step=self.step, epoch=epoch,
+                               generator=self.method_generator, stats=stats,
+                               loss_fn=self._recompute, raw_parts=raw_parts, parts=parts)
         self.engine.zero_grad(self.method_params)
         values = raw.detach()
         try:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from engine.core.gradients import EpochStats
+from engine.core.gradients.stats import EpochStats
 from engine.runs.runner import RunRequest, build_requests, make_benchmark, resolve_device
 from engine.core.second_order import second_order_convolutions
 from engine.core.trainer import Trainer
