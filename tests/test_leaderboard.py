@@ -13,6 +13,7 @@ import pytest
 import benchmarks  # noqa: F401  (registers the benchmarks)
 import methods  # noqa: F401  (registers the methods)
 from analysis.leaderboard import Row, compare, leaderboard_frame
+from analysis.measures import detectable_difference
 from analysis.records import RunRecord, read_records, write_records
 from engine.runs import leaderboard as L
 from engine.errors import DataError, UserError
@@ -179,10 +180,12 @@ def test_the_table_reads_every_row_against_tuned_stl_and_tests_against_ew():
 
 
 def test_compare_pairs_by_seed_and_falls_back_to_welch():
-    diff, p, test = compare({0: 1.0, 1: 2.0, 2: 3.5}, {0: 0.0, 1: 1.0, 2: 2.0})
+    diff, p, test, detectable = compare({0: 1.0, 1: 2.0, 2: 3.5}, {0: 0.0, 1: 1.0, 2: 2.0})
     assert test == "paired" and diff == pytest.approx(6.5 / 3 - 1.0)
     assert 0 < p < 1
-    _, _, test = compare({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 1.0})
+    assert detectable == pytest.approx(detectable_difference([1.0, 2.0, 3.5], [0.0, 1.0, 2.0],
+                                                             paired=True))
+    _, _, test, _ = compare({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 1.0})
     assert test == "Welch"
 
 
@@ -215,6 +218,8 @@ def test_the_command_runs_the_protocol_records_it_and_never_reruns_a_record(tmp_
     assert not (tmp_path / "fresh").exists()
     table = lambda text: [l for l in text.splitlines() if l.startswith("| ")]  # noqa: E731
     assert table(again.stdout) == table(first.stdout)
+    missing = cli(*common, "--no-run", "-m", "pcgrad", "--out", str(tmp_path / "fresh"))
+    assert missing.returncode == 2 and "no records or runs of pcgrad" in missing.stderr
     # A record made under another config than this harness resolves is refused, not rerun.
     tampered = [RunRecord(**{**r.__dict__, "config_hash": "deadbeef"}) if r.method == "ew" else r
                 for r in runs]
@@ -254,6 +259,7 @@ def test_a_plugin_method_is_ranked_against_the_records_with_a_drift_check(tmp_pa
     assert trained == {"halved", "ew"}  # its own runs, and ew's drift check only
 
 
+@pytest.mark.slow
 def test_bad_input_is_a_one_line_error(tmp_path):
     protocol = tiny_protocol(tmp_path)
     common = ["leaderboard", "--protocol", str(protocol.path), "--no-run"]
@@ -263,9 +269,10 @@ def test_bad_input_is_a_one_line_error(tmp_path):
         result = cli(*common, *args)
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr
+    # Nothing to show: a benchmark without records or runs, a method without any.
     empty = cli(*common, "-b", "synthetic", "--out", str(tmp_path / "none"))
-    assert empty.returncode == 0
-    assert "No finished stl entry yet" in empty.stdout
+    assert empty.returncode == 2 and "no records of synthetic" in empty.stderr
+    assert "\n" not in empty.stderr.strip()
 
 
 def test_the_committed_tables_are_what_the_records_give():
@@ -280,3 +287,22 @@ def test_the_committed_tables_are_what_the_records_give():
         assert section == L.docs_section(protocol, benchmark).strip(), benchmark
         checked += 1
     assert checked >= 1
+
+
+@pytest.mark.parametrize("folder", ["repmtl_pretrained", "repmtl_scratch"])
+def test_the_repmtl_protocols_name_valid_settings(folder):
+    """Every run the Rep-MTL protocols can plan resolves (knobs, profile, fixed settings)."""
+    from engine.runs.runner import build_requests
+
+    protocol = L.load_protocol(ROOT / "benchmarks" / "leaderboard" / folder / "protocol.toml")
+    entries = protocol.entries("scenes")
+    assert [e.method for e in entries] == ["stl", "ew", "repmtl", "repmtl_tsr", "repmtl_csa"]
+    lambdas = {o for knob in protocol.knobs["repmtl"] for o in knob
+               if o.startswith("method.repmtl.lambda_tsr")}
+    assert len(lambdas) == 7  # the paper's grid besides the default 0.9, and 0.01, 0.1, 0.3
+    for entry in entries:
+        for knob in entry.knob:
+            (request,) = build_requests("scenes", [entry.method], [0], protocol.profile,
+                                        list(entry.with_(knob)), "cpu", None, check_data=False)
+            expected = "scratch" if folder == "repmtl_scratch" else "mobilenet_v2"
+            assert request.config.data.encoder == expected

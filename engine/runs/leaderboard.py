@@ -77,6 +77,8 @@ class Protocol:
     benchmarks: dict[str, object]
     fixed: tuple[str, ...] = ()
     """Overrides of every run (the protocol's ``set`` table)."""
+    first: tuple[str, ...] = ()
+    """Methods run before the others (``fixed`` places the front)."""
 
     def hash(self) -> str:
         """What the records depend on: the shared settings (not the method lists)."""
@@ -98,7 +100,6 @@ class Protocol:
             raise UserError(f"benchmark {benchmark!r} has no leaderboard; the protocol "
                             f"({self.path.name}) lists {', '.join(self.benchmarks)}")
         names = self.methods(benchmark) if methods is None else list(methods)
-        names.sort(key=lambda n: (n not in FIRST, FIRST.index(n) if n in FIRST else 0))
         out = []
         for spec in names:
             name = canonical_name(spec)
@@ -114,7 +115,11 @@ class Protocol:
                 weights = override_set({f"method.{FRONT}.weights": [w, round(1 - w, 10)]})
                 out.append(Entry(f"{FRONT} w={w:g}", FRONT, tuple(sorted(self.fixed + weights)),
                                  self.default_knob))
-        return out
+        # The order in which entries are run (one after another): the protocol's `first`
+        # list, then the rest; stl and ew always lead, every other row is read against them.
+        first = list(FIRST) + [m for m in self.first if m not in FIRST]
+        rank = lambda e: first.index(e.method) if e.method in first else len(first)  # noqa: E731
+        return sorted(out, key=rank)
 
     def methods(self, benchmark: str) -> list[str]:
         """The methods a benchmark ranks: its list, or every registered method that it
@@ -161,7 +166,7 @@ def load_protocol(path: Path = PROTOCOL) -> Protocol:
                     knob(raw["default_knob"]), [float(w) for w in raw.get("front_weights", [])],
                     {m: knob(v) for m, v in raw.get("knobs", {}).items()},
                     dict(raw.get("exclude", {})), dict(raw["benchmarks"]),
-                    override_set(raw.get("set", {})))
+                    override_set(raw.get("set", {})), tuple(raw.get("first", ())))
 
 
 # --------------------------------------------------------------------------- planning
@@ -430,9 +435,10 @@ def plan_text(outcome: Outcome) -> str:
     lines += [f"  {p.entry.label:<16} {p.stage:<8} seed {p.seed}  {' '.join(p.overrides)}  "
               f"-> {run_dir}" for p, run_dir in outcome.pending]
     finished = sum(st.final for st in outcome.states)
+    protocol = outcome.board.protocol
+    tuning = max((len(protocol.lr_grid) + len(st.entry.knob) for st in outcome.states), default=0)
     lines.append(f"{finished} of {len(outcome.states)} entries finished; an unfinished entry "
-                 f"needs at most {len(outcome.board.protocol.lr_grid) + 2} tuning runs and "
-                 f"{2 * len(outcome.board.protocol.seeds)} final runs")
+                 f"needs at most {tuning} tuning runs and {2 * len(protocol.seeds)} final runs")
     return "\n".join(lines)
 
 
