@@ -147,6 +147,11 @@ class Method(nn.Module):
     min_batch: ClassVar[int] = 1
     """The fewest samples a training batch may hold (a contrastive term compares samples
     within the batch); checked when a run is built, against the benchmark's batch."""
+    permutation_equivariant: ClassVar[bool] = True
+    """Relabelling the tasks relabels the output: the weights (and head scales) follow their
+    tasks, the direction or the penalty does not change (tests/test_method_contract.py).
+    False where the definition singles out a task by its position or draws random numbers
+    per position; the class says why."""
 
     def __init__(self, config: MethodConfig, task_names: tuple[str, ...]):
         super().__init__()

@@ -83,6 +83,9 @@ class GradVac(Aggregator):
                    "target where it falls below it, and sum")
     needs = Needs(jacobian=True)
     space = "param"
+    # The random order of the pairs is drawn per task position (as PCGrad's): equivariant in
+    # distribution only.
+    permutation_equivariant = False
 
     @dataclass
     class Config(MethodConfig):

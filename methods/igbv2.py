@@ -174,6 +174,9 @@ class TwinCritic(nn.Module):
 class IGBv2(Weighting):
     description = "IGBv2: a soft actor-critic agent weighs the log-losses to balance improvable gaps"
     Config = IGBv2Config
+    # The exploration draws and the agent's networks (initialised from the global seed) see
+    # the tasks by position: equivariant in distribution only.
+    permutation_equivariant = False
 
     def __init__(self, config: IGBv2Config, task_names: tuple[str, ...]):
         super().__init__(config, task_names)

@@ -76,6 +76,9 @@ class MetaBalance(Aggregator):
     needs = Needs(jacobian=True)
     space = "param"
     Config = MetaBalanceConfig
+    # The target task is one task (the first, unless main_task names another): the others
+    # are relaxed towards it.
+    permutation_equivariant = False
 
     def __init__(self, config: MetaBalanceConfig, task_names: tuple[str, ...]):
         super().__init__(config, task_names)

@@ -118,6 +118,9 @@ class MTAdam(Aggregator):
     needs = Needs(jacobian=True)
     space = "param"
     Config = MTAdamConfig
+    # Each layer is balanced to an anchor, the first task (in order) whose gradient there is
+    # not negligible, as in the authors' code.
+    permutation_equivariant = False
 
     def __init__(self, config: MTAdamConfig, task_names: tuple[str, ...]):
         super().__init__(config, task_names)

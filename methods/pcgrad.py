@@ -63,6 +63,9 @@ class PCGrad(Aggregator):
                    "conflicts with, in random order, and sum")
     needs = Needs(jacobian=True)
     space = "param"
+    # The random projection order is drawn per task position: relabelling the tasks changes
+    # the order drawn, so the output is equivariant in distribution only.
+    permutation_equivariant = False
 
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
         w = pcgrad_weights(grads @ grads.T, random_orders(grads.shape[0], ctx.generator))

@@ -38,6 +38,8 @@ def draw_normal(num_tasks: int, generator: torch.Generator, dtype: torch.dtype) 
 @register_method("rlw")
 class RandomLossWeighting(Weighting):
     description = "RLW: weights are the softmax of standard normal draws at every step (sum to 1)"
+    # The draws go to task positions: equivariant in distribution only.
+    permutation_equivariant = False
 
     def weigh(self, ctx: StepContext) -> Weighted:
         losses = ctx.losses.detach()

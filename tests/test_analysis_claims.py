@@ -84,6 +84,7 @@ def _city_runs(root, epochs=2, profile=None):
             (run / "config.json").write_text(json.dumps(cfg))
 
 
+@pytest.mark.slow
 def test_published_vs_reproduced_states_and_warns(tmp_path):
     _city_runs(tmp_path / "res")
     out = tmp_path / "rep"
@@ -103,6 +104,7 @@ def test_published_vs_reproduced_states_and_warns(tmp_path):
     assert ours["seg miou"] == pytest.approx(69.7)
 
 
+@pytest.mark.slow
 def test_published_vs_reproduced_of_a_like_run_has_no_warning(tmp_path):
     _city_runs(tmp_path / "res", epochs=200, profile="paper")
     out = tmp_path / "rep"
@@ -185,6 +187,7 @@ def test_published_baseline_runs_a_one_sample_test_and_says_so(tmp_path):
         tests_description(report)
 
 
+@pytest.mark.slow
 def test_report_captions_name_the_test_and_correction(tmp_path):
     _transfer_runs(tmp_path / "res")
     out = tmp_path / "rep"
@@ -336,6 +339,7 @@ def test_esd_points_leave_empty_bins_empty():
     assert len(mid) == int((counts > 0).sum()) < 40 and (dens > 0).all()
 
 
+@pytest.mark.slow
 def test_every_section_keeps_configurations_apart(tmp_path):
     import json
 

@@ -111,6 +111,7 @@ def test_toy_trajectories(results):
     assert raw_losses(traj["ew"][0][1])[0, 0] == pytest.approx(l1)
 
 
+@pytest.mark.slow
 def test_report_files(results, tmp_path):
     out = tmp_path / "rep"
     assert main(["report", str(results), "--out", str(out)]) == 0
@@ -153,6 +154,7 @@ def test_report_files(results, tmp_path):
     assert fits.loc[("ew", "b"), "alpha"] == pytest.approx(0.3, rel=0.03)
 
 
+@pytest.mark.slow
 def test_report_formats_and_options(results, tmp_path):
     out = tmp_path / "rep"
     assert main(["report", str(results), "--out", str(out), "--format", "md,csv", "-b", "bench",

@@ -269,6 +269,7 @@ def test_scenes_benchmark_uses_the_dense_tasks():
 
 # ----------------------------------------------------------------------------- end to end
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_tiny_run_end_to_end(name, tmp_path):
     (outcome,) = tiny_run(name, "ew", tmp_path, TINY[name])
@@ -302,6 +303,7 @@ def test_toy2d_heads_without_parameters_serve_gradient_methods(method, tmp_path)
     assert last["point"] != first["point"]
 
 
+@pytest.mark.slow
 def test_cli_runs_every_cpu_benchmark(tmp_path):
     # One interpreter for the four runs: the command line's own entry point, called as
     # run_bench.py calls it.

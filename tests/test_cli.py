@@ -18,6 +18,7 @@ def cli(*args, cwd=ROOT, env=None):
                           capture_output=True, text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["list", "--help"]])
 def test_help_explains_options_with_examples(args):
     result = cli(*args)
@@ -25,6 +26,7 @@ def test_help_explains_options_with_examples(args):
     assert "Example" in result.stdout
 
 
+@pytest.mark.slow
 def test_run_help_documents_every_option():
     text = cli("run", "--help").stdout
     for option in ("-b", "-m", "-s", "--profile", "--set", "--device", "--out", "--plugin",
@@ -32,6 +34,7 @@ def test_run_help_documents_every_option():
         assert option in text
 
 
+@pytest.mark.slow
 def test_list_shows_methods_with_kind_and_needs_and_benchmarks():
     result = cli("list")
     assert result.returncode == 0
@@ -41,6 +44,7 @@ def test_list_shows_methods_with_kind_and_needs_and_benchmarks():
     assert "benchmarks:" not in methods_only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["run", "-m", "ewx"], "unknown method 'ewx'; did you mean ew"),
     (["run", "-b", "digit_tasks"], "unknown benchmark 'digit_tasks'; did you mean digits_tasks"),
@@ -65,6 +69,7 @@ def test_user_mistakes_get_one_line_and_non_zero_exit(args, message, tmp_path):
     assert not (tmp_path / "out").exists()  # refused before any run was started
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -73,6 +78,7 @@ def test_unwritable_output_folder_is_refused(tmp_path):
     assert "cannot write to output folder" in result.stderr
 
 
+@pytest.mark.slow
 def test_run_writes_every_file_and_skips_complete_runs(tmp_path):
     first = cli("run", "-m", "ew", "stl", "-s", "0", "--out", str(tmp_path), "--no-progress", *TINY)
     assert first.returncode == 0, first.stderr
@@ -92,6 +98,7 @@ def test_run_writes_every_file_and_skips_complete_runs(tmp_path):
     assert again.returncode == 0 and "already complete" in again.stderr
 
 
+@pytest.mark.slow
 def test_diverged_run_gives_non_zero_exit_and_others_complete(tmp_path):
     plugin = tmp_path / "explode.py"
     plugin.write_text(
@@ -121,6 +128,7 @@ def test_install_puts_no_generic_packages_on_the_path(tmp_path):
     assert probe.stdout.strip() == "[]", probe.stdout
 
 
+@pytest.mark.slow
 def test_list_imports_no_analysis_stack():
     # `list` (and building the parser of every command) must not pay for pandas, scipy or
     # matplotlib: they are imported where a report, a solver or a rendering uses them.

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from methods.registry import METHODS
@@ -34,6 +35,7 @@ def torchrun(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_one_step_on_two_processes_equals_one_process_for_every_method(tmp_path):
     methods = built_in_methods() + ["pcgrad+repmtl"] if "repmtl" in METHODS else built_in_methods()
     parallel = torchrun(str(WORKER), str(tmp_path / "ddp.pt"), *methods)
@@ -56,6 +58,7 @@ def test_one_step_on_two_processes_equals_one_process_for_every_method(tmp_path)
     assert not mismatched, "\n".join(mismatched)
 
 
+@pytest.mark.slow
 def test_torchrun_run_reproduces_single_process_metrics(tmp_path):
     args = ["-m", "ew", "pcgrad", "-s", "0", "--no-progress", "--set", "train.epochs=2",
             "--set", "train.max_steps_per_epoch=3", "--set", "data.train_size=128",
@@ -82,6 +85,7 @@ def test_torchrun_run_reproduces_single_process_metrics(tmp_path):
         assert summary["world_size"] == 2 and summary["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_slurm_sweep_trains_each_run_data_parallel(tmp_path):
     # The SLURM path through submitit's local executor: one job of two tasks per run.
     sweep = tmp_path / "ddp.toml"

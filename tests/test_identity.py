@@ -81,6 +81,7 @@ def test_a_symlinked_split_counts_and_a_link_loop_ends(tmp_path):
     assert nyuv2_fingerprint(data) != first
 
 
+@pytest.mark.slow
 def test_notes_and_results_beside_the_data_leave_the_fingerprint_alone(tmp_path, capsys):
     data = dense_folder(tmp_path / "data")
     out = data / "results"  # --out inside --data-root

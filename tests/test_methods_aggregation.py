@@ -524,6 +524,7 @@ METHODS = ["mgda", "mgda_ub", "pcgrad", "graddrop", "gradvac", "imtl_l", "imtl_g
            "cagrad", "upgrad"]
 
 
+@pytest.mark.slow
 def test_every_method_trains_end_to_end(tmp_path):
     # one run_all for all methods: the benchmark is built once and shared
     overrides = [*TINY_DIGITS, "train.batch_size=8", "data.val_size=16", "data.test_size=16"]

@@ -574,6 +574,7 @@ RUNS = [("gls", []), ("rlw", []), ("uw", []), ("dwa", []), ("famo", []), ("stch"
         ("mtadam", ["train.optimizer=sgd", "train.momentum=0.0", "train.lr=0.01"]), ("igbv2", [])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, extra", RUNS, ids=[f"{m}{'-' + '-'.join(e) if e else ''}"
                                                      for m, e in RUNS])
 def test_trains_end_to_end(method, extra, tmp_path):

@@ -120,6 +120,7 @@ def office31(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
+@pytest.mark.slow
 def test_nyuv2_end_to_end_with_augmentation(nyu, tmp_path):
     (outcome,) = tiny_run("nyuv2", "ew", tmp_path / "out", [*TINY_DENSE, "data.augment=true"],
                           data_root=str(nyu))
@@ -139,6 +140,7 @@ def test_nyuv2_end_to_end_with_augmentation(nyu, tmp_path):
     assert record["protocol"] == "holdout" and len(record["val_indices"]) == 2
 
 
+@pytest.mark.slow
 def test_cityscapes_label7_libmtl_protocol_end_to_end(tmp_path):
     root = write_dense(tmp_path / "cs", classes=7, normals=False, label_dir="label_7")
     (outcome,) = tiny_run("cityscapes", "ew", tmp_path / "out",
@@ -154,6 +156,7 @@ def test_cityscapes_label7_libmtl_protocol_end_to_end(tmp_path):
     assert bench.split_size("train") == 8 and bench.split_size("val") == 4
 
 
+@pytest.mark.slow
 def test_office31_end_to_end_generated_split(office31, tmp_path):
     (outcome,) = tiny_run("office31", "ew", tmp_path / "out", TINY_OFFICE,
                           data_root=str(office31))
@@ -167,6 +170,7 @@ def test_office31_end_to_end_generated_split(office31, tmp_path):
     assert sum(len(v) for v in record["split"]["amazon"].values()) == 15
 
 
+@pytest.mark.slow
 def test_officehome_cli_with_list_files(tmp_path):
     classes = read_class_names("officehome")[:2]
     root = write_office(tmp_path / "oh", OH, "", classes, per_class=5)

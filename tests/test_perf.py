@@ -170,6 +170,7 @@ def test_fp16_overflow_skips_the_step_without_calling_it_divergence(method):
     assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_trains_end_to_end(tmp_path, amp):
     if amp == "fp16":

@@ -24,6 +24,7 @@ def doc_example() -> str:
     return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_documented_plugin_file_runs_as_written(tmp_path):
     plugin = tmp_path / "softmax_loss_weighting.py"
     plugin.write_text(doc_example())
@@ -46,6 +47,7 @@ def test_documented_plugin_file_runs_as_written(tmp_path):
     assert "softmax_loss" in (out / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_plugin_hyperparameter_is_validated(tmp_path):
     plugin = tmp_path / "softmax_loss_weighting.py"
     plugin.write_text(doc_example())
@@ -55,6 +57,7 @@ def test_plugin_hyperparameter_is_validated(tmp_path):
     assert "temperature" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_entry_point_plugin_is_found_without_flag(tmp_path):
     site = tmp_path / "site"
     (site / "fake_mtl_plugin-0.1.dist-info").mkdir(parents=True)
@@ -93,6 +96,7 @@ build_requests(sys.argv[2], ["ew"], [0], "paper", [], "cpu", None)
 """
 
 
+@pytest.mark.slow
 def test_plugin_benchmark_ships_its_profiles_as_tables_or_a_toml_file(tmp_path):
     (bench_example,) = [e for e in doc_examples() if "register_benchmark" in e]
     tables = tmp_path / "small_digits.py"
@@ -115,6 +119,7 @@ def test_plugin_benchmark_ships_its_profiles_as_tables_or_a_toml_file(tmp_path):
         assert f"benchmark '{name}' has no profile 'paper'; available: long, quick" in probe.stderr
 
 
+@pytest.mark.slow
 def test_sweep_file_names_its_plugins_for_sweep_and_list(tmp_path):
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "softmax_loss_weighting.py").write_text(doc_example())
@@ -130,12 +135,14 @@ def test_sweep_file_names_its_plugins_for_sweep_and_list(tmp_path):
     assert re.search(r"softmax_loss\s+weighting", listed.stdout)
 
 
+@pytest.mark.slow
 def test_unknown_name_without_plugins_hints_at_the_flag():
     result = run_cli("run", "-m", "softmax_loss", "-s", "0")
     assert result.returncode == 2
     assert "no plugin is loaded" in result.stderr and "--plugin" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_plugin_without_description_is_a_one_line_error(tmp_path):
     plugin = tmp_path / "bare.py"
     plugin.write_text(doc_example().replace('    description = "Weigh tasks by the softmax of '
@@ -147,6 +154,7 @@ def test_a_plugin_without_description_is_a_one_line_error(tmp_path):
     assert str(plugin) in result.stderr
 
 
+@pytest.mark.slow
 def test_a_method_breaking_the_contract_fails_its_run_in_one_line(tmp_path):
     plugin = tmp_path / "short_weights.py"
     plugin.write_text(doc_example().replace("return Weighted(weights=weights)",

@@ -577,6 +577,7 @@ class MeanAggregator(Aggregator):
         return Aggregated(grads.mean(dim=0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["repmtl", "repmtl_tsr", "repmtl_csa", "test_repmtl_meanagg+repmtl"])
 def test_trains_on_digits_tasks(tmp_path, spec):
     (outcome,) = tiny_run("digits_tasks", spec, tmp_path, TINY_DIGITS)

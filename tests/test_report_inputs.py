@@ -8,6 +8,7 @@ import pathlib
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from analysis.markup import escape
@@ -45,6 +46,7 @@ PAYLOADS = {
 }
 
 
+@pytest.mark.slow
 def test_every_field_from_the_runs_is_escaped_in_markdown_and_html(tmp_path):
     root = tmp_path / "results"
     bench, method = PAYLOADS["benchmark"], PAYLOADS["method"]
@@ -127,6 +129,7 @@ def test_non_finite_metric_values_are_reported(tmp_path):
     assert re.search(r"\| test \| b \| err \| 2 \|", section)
 
 
+@pytest.mark.slow
 def test_runs_without_a_checkpoint_are_named_in_the_spectra_section(tmp_path):
     root = tmp_path / "results"
     model = {"encoders.0.fc.weight": torch.randn(64, 80), "heads.a.fc.weight": torch.randn(60, 64)}

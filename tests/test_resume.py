@@ -48,6 +48,7 @@ def only_run_dir(out: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_identical_metrics(tmp_path):
     env = {**os.environ, "TQDM_DISABLE": "1"}
     reference = execute(_request(), tmp_path / "reference", progress=False)
@@ -210,6 +211,7 @@ def test_locked_run_is_not_trained_twice(tmp_path, status):
 STATEFUL = ["dwa", "famo", "rlw", "repmtl"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", STATEFUL)
 def test_resume_restores_method_state_exactly(tmp_path, method):
     from methods.registry import METHODS

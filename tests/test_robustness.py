@@ -281,6 +281,7 @@ def test_temporary_files_are_removed_on_start_and_completion(tmp_path):
     assert not leftover.exists() and not list(run_dir.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_worker_dies_with_its_parent(tmp_path):
     child_code = ("import sys, time; sys.path.insert(0, sys.argv[1]); "
                   "from engine.runs.executors import die_with_parent; "

@@ -120,6 +120,7 @@ def test_local_sweep_records_failures_goes_on_and_retries_on_request(tmp_path, p
     assert read_summary(run_dir(out, "sweeptest_boom"))["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_processes_executor_runs_in_parallel_and_survives_a_crash(tmp_path, plugin, capsys):
     path = sweep_file(tmp_path, ["ew", "sweeptest_kill"])
     out = tmp_path / "out"
@@ -132,6 +133,7 @@ def test_processes_executor_runs_in_parallel_and_survives_a_crash(tmp_path, plug
     assert killed["status"] == "failed" and "SIGKILL" in killed["reason"]
 
 
+@pytest.mark.slow
 def test_two_sweeps_on_one_results_root_train_each_run_once(tmp_path):
     path = sweep_file(tmp_path, ["ew", "uw"], epochs=2)
     out = tmp_path / "out"
@@ -156,6 +158,7 @@ def test_two_sweeps_on_one_results_root_train_each_run_once(tmp_path):
         assert not list(folder.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_slurm_path_through_submitit_local_with_preemption(tmp_path, capsys):
     from engine.runs.executors import Options, submit_slurm, wait_jobs
     from engine.runs.sweep import expand, load_sweep

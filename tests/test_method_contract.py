@@ -1,0 +1,243 @@
+"""The contract every registered method keeps (installed plugins too, and any plugin loaded
+before collection): finite output on zero, tiny and huge inputs; relabelling the tasks
+relabels the output where the method promises it (``Method.permutation_equivariant``); its
+state survives a checkpoint; each hyperparameter that its config validates refuses an
+out-of-range value by its key.
+
+The hooks are driven directly (``weigh``, ``aggregate``, ``penalty``) on hand-made float64
+tensors, over a schedule of a few epochs, so that methods that change behaviour after a
+warm-up (STCH, IGBv2, DWA) are checked in every phase."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import typing
+
+import pytest
+import torch
+
+import methods  # noqa: F401  (registers every method)
+from engine.errors import ConfigError
+from engine.registry import load_entry_point_plugins
+from methods.base import Aggregator, Method, Regularizer, Weighting
+from methods.registry import METHODS
+
+load_entry_point_plugins()  # installed plugins get the same checks as the built-in methods
+
+D = torch.float64
+NAMES = ("a", "b", "c")
+BATCH, WIDTH = 4, 3
+"""The shared representation Z is [BATCH, WIDTH]; its gradients flatten to 12 columns, as
+do the Jacobians (shared parameters in two blocks of 5 and 7)."""
+SIZES = [5, 7]
+EPOCHS, STEPS = 6, 2
+SCALES = {"zero": 0.0, "tiny": 1e-20, "huge": 1e20}
+
+ZERO_INPUTS_UNDEFINED = {
+    "dwa": "its weights are ratios of epoch-mean losses",
+    "gls": "its weights are the losses' geometric mean over each loss",
+    "gradnorm": "it compares each loss with its first value (L_t / L_t(0))",
+    "igbv2": "its weights are a_t / L_t and its reward divides by the base losses",
+    "stch": "it works on log-losses (log(L_t / nadir_t)) and weighs by 1 / L_t in warm-up",
+}
+"""Methods whose mathematics is undefined at zero losses (never reached in training: a loss
+of exactly zero on every sample ends learning); they are still checked at tiny and huge
+scales."""
+KNOWN_FAILURES = {
+    ("moco", "huge"): "project_simplex loses the simplex's 1 to rounding once the λ step "
+                      "exceeds about 1e16 (gradients of 1e20), finds no active entry and "
+                      "divides by zero",
+}
+"""Contract breaches that are known and not yet fixed (each fails strictly: a fix shows)."""
+
+
+def names() -> list[str]:
+    # Leaves out the doubles that other test modules register, some of which break the
+    # contract on purpose (a method that explodes, one that records its batches).
+    return sorted(n for n in METHODS.names()
+                  if not METHODS.get(n).__module__.startswith("tests."))
+
+
+def make(name: str, **overrides) -> Method:
+    cls = METHODS.get(name)
+    return cls(cls.Config(**overrides), NAMES)
+
+
+def inputs(seed: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Losses [T] (positive) and a Jacobian [T, 12] with a common component (some pairs of
+    tasks conflict, some agree) and unequal norms, both multiplied by ``scale``."""
+    g = torch.Generator().manual_seed(seed)
+    jac = torch.randn(3, BATCH * WIDTH, generator=g, dtype=D) + 0.4 * torch.randn(
+        BATCH * WIDTH, generator=g, dtype=D)
+    jac = jac * torch.tensor([0.5, 1.5, 3.0], dtype=D)[:, None]
+    losses = torch.rand(3, generator=g, dtype=D) + 0.5
+    return losses * scale, jac * scale
+
+
+class Context:
+    """The StepContext of methods/base.py on hand-made tensors: the losses and the Jacobian
+    are given; the representation gradients are the Jacobian's rows as [BATCH, WIDTH]
+    (with a graph to Z, for regularizers that differentiate them); task gradients of any
+    parameters are the Jacobian."""
+
+    def __init__(self, losses: torch.Tensor, jac: torch.Tensor, *, step: int = 0,
+                 epoch: int = 0, seed: int = 0):
+        self.task_names = NAMES
+        self.losses = losses.clone().requires_grad_()
+        self.raw_losses = self.losses
+        self._jac = jac
+        self.step, self.epoch = step, epoch
+        self.generator = torch.Generator().manual_seed(seed + step)
+        self.shared_sizes = SIZES
+        self.world_size = 1
+        self.z = torch.ones(BATCH, WIDTH, dtype=D, requires_grad=True)
+        self.logged: dict[str, torch.Tensor] = {}
+
+    def jacobian(self) -> torch.Tensor:
+        return self._jac
+
+    def rep_grads(self, create_graph: bool = False, raw: bool = False) -> list[torch.Tensor]:
+        return [row.view(BATCH, WIDTH) * self.z for row in self._jac]
+
+    def reps(self) -> list[torch.Tensor]:
+        return [self.z] * len(self.task_names)
+
+    def last_shared_params(self) -> list[torch.Tensor]:
+        return [self.z]
+
+    def task_grads(self, params, create_graph: bool = False) -> torch.Tensor:
+        return self._jac
+
+    def gather_samples(self, tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        return tensor
+
+    def log(self, name: str, value: torch.Tensor) -> None:
+        self.logged[name] = value
+
+    def recompute_losses(self) -> torch.Tensor:
+        return self.losses.detach() * 0.9
+
+
+def outputs(method: Method, ctx: Context) -> list[torch.Tensor]:
+    """Every tensor the method's hook returns for ``ctx``, in a fixed order."""
+    if isinstance(method, Weighting):
+        out = method.weigh(ctx)
+        found = [out.weights] + ([out.objective] if out.objective is not None else [])
+    elif isinstance(method, Aggregator):
+        out = method.aggregate(ctx.jacobian(), ctx)
+        found = [out.direction] + [t for t in (out.weights, out.head_scales) if t is not None]
+    else:
+        assert isinstance(method, Regularizer)
+        penalty = method.penalty(ctx)
+        found = [] if penalty is None else [penalty]
+    if method.needs.after_step:
+        method.after_step(ctx)
+    return [t.detach() for t in found]
+
+
+def schedule(method: Method, scale: float, seed: int = 0, perm=None):
+    """The method's outputs over EPOCHS epochs of STEPS steps (tasks in the order ``perm``)."""
+    perm = list(range(3)) if perm is None else list(perm)
+    step = 0
+    for epoch in range(EPOCHS):
+        for _ in range(STEPS):
+            losses, jac = inputs(seed + step, scale)
+            yield outputs(method, Context(losses[perm], jac[perm], step=step, epoch=epoch,
+                                          seed=seed))
+            step += 1
+        method.on_epoch_end(epoch, inputs(seed + step, scale)[0][perm])
+
+
+def _finite_cases():
+    for name in names():
+        for scale in SCALES:
+            known = KNOWN_FAILURES.get((name, scale))
+            marks = pytest.mark.xfail(strict=True, reason=known) if known else ()
+            yield pytest.param(name, scale, marks=marks, id=f"{name}-{scale}")
+
+
+@pytest.mark.parametrize("name, scale", _finite_cases())
+def test_finite_on_zero_tiny_and_huge_inputs(name, scale):
+    if scale == "zero" and name in ZERO_INPUTS_UNDEFINED:
+        pytest.skip(ZERO_INPUTS_UNDEFINED[name])
+    method = make(name).double()
+    for step, found in enumerate(schedule(method, SCALES[scale])):
+        for value in found:
+            assert torch.isfinite(value).all(), f"{name}, {scale} inputs, step {step}: {value}"
+
+
+@pytest.mark.parametrize("name", [n for n in names() if METHODS.get(n).permutation_equivariant])
+def test_relabelling_the_tasks_relabels_the_output(name):
+    """Weights and head scales follow the tasks; a direction or a penalty does not move."""
+    perm = [2, 0, 1]
+    plain = list(schedule(make(name).double(), 1.0))
+    permuted = list(schedule(make(name).double(), 1.0, perm=perm))
+    for step, (ours, theirs) in enumerate(zip(plain, permuted)):
+        for a, b in zip(ours, theirs):
+            expected = a[perm] if a.dim() == 1 and a.shape[0] == 3 else a
+            torch.testing.assert_close(b, expected, rtol=1e-5, atol=1e-8,
+                                       msg=f"{name}, step {step}")
+
+
+def _round_trip(method: Method, fresh: Method) -> Method:
+    """``method``'s state into ``fresh``, through the bytes a checkpoint holds."""
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    return fresh
+
+
+@pytest.mark.parametrize("name", names())
+def test_state_survives_a_checkpoint(name):
+    """A method restored from its state_dict after some steps continues exactly as the
+    original does."""
+    original = make(name).double()
+    steps = schedule(original, 1.0)
+    for _ in range(EPOCHS * STEPS - 2):
+        next(steps)
+    restored = _round_trip(original, make(name).double())
+    losses, jac = inputs(99, 1.0)
+    ctx = dict(step=EPOCHS * STEPS, epoch=EPOCHS - 1, seed=5)
+    ours = outputs(original, Context(losses, jac, **ctx))
+    theirs = outputs(restored, Context(losses, jac, **ctx))
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def _bad_values(tp) -> list:
+    """Values outside any sensible domain of a field of type ``tp``."""
+    if tp in (int, "int"):
+        return [-1, 0, -10**9]
+    if tp in (float, "float"):
+        return [-1.0, 0.0, -1e9, 1e9, math.nan]
+    if tp in (str, "str"):
+        return ["no-such-choice"]
+    return []
+
+
+def _fields(name: str) -> list[tuple[str, list]]:
+    cls = METHODS.get(name).Config
+    hints = typing.get_type_hints(cls)
+    return [(f.name, _bad_values(hints[f.name])) for f in dataclasses.fields(cls)]
+
+
+@pytest.mark.parametrize("name, field", [(n, f) for n in names() for f, bad in _fields(n)
+                                         if bad])
+def test_each_validated_hyperparameter_refuses_an_out_of_range_value(name, field):
+    """Some value out of the field's domain is refused when the method is built, and the
+    error names the field by the key a user types (``method.<name>.<field>``)."""
+    refused = []
+    for value in dict(_fields(name))[field]:
+        try:
+            make(name, **{field: value})
+        except ConfigError as exc:
+            refused.append(str(exc))
+    assert refused, f"method.{name}.{field} accepts every one of {dict(_fields(name))[field]}"
+    assert all(f"method.{name}.{field}" in message for message in refused), refused
+
+
+@pytest.mark.parametrize("name", names())
+def test_defaults_are_valid(name):
+    METHODS.get(name).Config().validate()
