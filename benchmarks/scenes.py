@@ -19,7 +19,7 @@ mean/std normalisation, as in the NYUv2 arrays.
 at output stride ``data.stride`` (8: 32 channels, 16: 96 channels; ``benchmarks/_mobilenet.py``),
 optionally ImageNet-pretrained (``data.weights``), its BatchNorm statistics trained or frozen
 (``data.bn``); Z is that feature map and the heads are the same blocks on its channels. The
-``pretrained`` profile uses it at 64 × 64 with the ImageNet weights.
+``pretrained`` profile uses it at 96 × 96 with the ImageNet weights.
 
 Splits are generated independently (train, val, test) from ``data.seed``; val exists here,
 unlike NYUv2's LibMTL protocol.
