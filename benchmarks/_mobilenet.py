@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import pickle
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
 
+from benchmarks._models import check_fits, read_state_dict
 from engine.errors import DataError
 
 SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -105,26 +105,11 @@ def resolve(spec: str) -> tuple[Path | None, str | None]:
 def load_state(path: Path) -> dict[str, Tensor]:
     """A torchvision MobileNetV2 state dict (the classifier may be present; it is dropped),
     loaded with ``weights_only`` and checked key by key and shape by shape."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
-        raise DataError(f"weights file {path}: cannot be read as a PyTorch state dict "
-                        f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise DataError(f"weights file {path}: expected a state dict of tensors of a "
-                        f"torchvision MobileNetV2")
-    state = {k: v for k, v in state.items() if k.startswith("features.")}
+    what = "torchvision's MobileNetV2"
+    state = {k: v for k, v in read_state_dict(path, what).items() if k.startswith("features.")}
     expected = {k: v.shape for k, v in _mobilenet().state_dict().items()
                 if k.startswith("features.")}
-    missing = sorted(set(expected) - set(state))
-    wrong = sorted(k for k in set(expected) & set(state) if state[k].shape != expected[k])
-    unexpected = sorted(set(state) - set(expected))
-    if missing or wrong or unexpected:
-        parts = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                 for label, keys in (("missing", missing), ("wrong shape", wrong),
-                                     ("unexpected", unexpected)) if keys]
-        raise DataError(f"weights file {path} does not fit torchvision's MobileNetV2 "
-                        f"({'; '.join(parts)})")
+    check_fits(path, state, expected, what)
     return state
 
 

@@ -97,9 +97,9 @@ def _dilate_basic_stage(stage: nn.Sequential, previous: int, dilation: int) -> N
             block.downsample[0].stride = (1, 1)
 
 
-def load_state(path: Path, arch: str) -> dict[str, Tensor]:
-    """A torchvision ResNet state dict read from ``path`` and checked against ``arch``
-    (the classifier ``fc.*`` may be present or not; it is dropped)."""
+def read_state_dict(path: Path, what: str) -> dict[str, Tensor]:
+    """A state dict of tensors read from ``path`` with ``weights_only`` (a checkpoint that
+    wraps it under "state_dict" is unwrapped); ``what`` names the network in errors."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
@@ -109,10 +109,13 @@ def load_state(path: Path, arch: str) -> dict[str, Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise DataError(f"weights file {path}: expected a state dict of tensors "
-                        f"(parameter name -> tensor) of a torchvision {arch}")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    expected = {k: v.shape for k, v in _torchvision_resnet(arch, dilated=False).state_dict().items()
-                if not k.startswith("fc.")}
+                        f"(parameter name -> tensor) of {what}")
+    return state
+
+
+def check_fits(path: Path, state: dict[str, Tensor], expected: dict[str, torch.Size],
+               what: str) -> None:
+    """Refuse a state dict whose keys or shapes differ from ``expected``, naming a few."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if state[k].shape != expected[k])
@@ -120,8 +123,17 @@ def load_state(path: Path, arch: str) -> dict[str, Tensor]:
         parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                  for label, keys in (("missing", missing), ("unexpected", unexpected),
                                      ("wrong shape", wrong)) if keys]
-        raise DataError(f"weights file {path} does not fit a torchvision {arch} "
-                        f"({'; '.join(parts)})")
+        raise DataError(f"weights file {path} does not fit {what} ({'; '.join(parts)})")
+
+
+def load_state(path: Path, arch: str) -> dict[str, Tensor]:
+    """A torchvision ResNet state dict read from ``path`` and checked against ``arch``
+    (the classifier ``fc.*`` may be present or not; it is dropped)."""
+    what = f"a torchvision {arch}"
+    state = {k: v for k, v in read_state_dict(path, what).items() if not k.startswith("fc.")}
+    expected = {k: v.shape for k, v in _torchvision_resnet(arch, dilated=False).state_dict().items()
+                if not k.startswith("fc.")}
+    check_fits(path, state, expected, what)
     return state
 
 
