@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from engine.errors import ConfigError
 from methods._weighting_utils import per_task_vector
 from methods.base import MethodConfig, StepContext, Weighted, Weighting

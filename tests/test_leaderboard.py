@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import math
 import subprocess
 import sys
@@ -15,8 +14,8 @@ import methods  # noqa: F401  (registers the methods)
 from analysis.leaderboard import Row, compare, leaderboard_frame
 from analysis.measures import detectable_difference
 from analysis.records import RunRecord, read_records, write_records
+from engine.errors import DataError
 from engine.runs import leaderboard as L
-from engine.errors import DataError, UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
