@@ -47,7 +47,13 @@ from methods.registry import register_method
 
 
 def project_simplex(v: Tensor) -> Tensor:
-    """Euclidean projection of v [T] onto the probability simplex (sort-based)."""
+    """Euclidean projection of v [T] onto the probability simplex (sort-based).
+
+    The projection is the same for v and v + c·1, so v is first shifted to a maximum of 0:
+    the largest entry then always passes the active test exactly (0 − (0 − 1)/1 = 1), where
+    for entries of 1e16 and more the 1 of the simplex was lost to rounding and no entry was
+    active (a division by zero)."""
+    v = v - v.max()
     u, _ = torch.sort(v, descending=True)
     cumulative = u.cumsum(0) - 1.0
     index = torch.arange(1, v.numel() + 1, device=v.device, dtype=v.dtype)

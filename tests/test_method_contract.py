@@ -44,11 +44,7 @@ ZERO_INPUTS_UNDEFINED = {
 """Methods whose mathematics is undefined at zero losses (never reached in training: a loss
 of exactly zero on every sample ends learning); they are still checked at tiny and huge
 scales."""
-KNOWN_FAILURES = {
-    ("moco", "huge"): "project_simplex loses the simplex's 1 to rounding once the λ step "
-                      "exceeds about 1e16 (gradients of 1e20), finds no active entry and "
-                      "divides by zero",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 """Contract breaches that are known and not yet fixed (each fails strictly: a fix shows)."""
 
 

@@ -30,6 +30,16 @@ def test_project_simplex_golden():
                                torch.tensor([0.2, 0.8], dtype=D))
 
 
+def test_project_simplex_is_shift_invariant_and_exact_at_huge_scales():
+    """P(v + c·1) = P(v); entries of 1e20 (where v − 1 rounds to v) still land on the simplex."""
+    v = torch.tensor([1.2, 0.4, -1.0], dtype=D)
+    torch.testing.assert_close(project_simplex(v + 1e3), project_simplex(v))
+    huge = project_simplex(torch.tensor([1e20, -3e20, 5e19], dtype=D))
+    torch.testing.assert_close(huge, torch.tensor([1.0, 0.0, 0.0], dtype=D))
+    tied = project_simplex(torch.tensor([1e20, 1e20], dtype=D))
+    torch.testing.assert_close(tied, torch.tensor([0.5, 0.5], dtype=D))
+
+
 def test_moco_first_step_golden():
     # y1 = 0.5 g = diag(1, 0.5); λ = Π(0.5 − 0.1 · diag(1, 0.25) · 0.5) = Π(0.45, 0.4875)
     grads = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=D)
