@@ -701,3 +701,24 @@ def test_binary_cross_entropy_golden():
     target = torch.tensor([1, 0, 0])
     expected = (math.log(2) + math.log(1 + math.exp(2)) + math.log(1 + math.exp(-1))) / 3
     assert binary_cross_entropy(pred, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_multi_fashion_fingerprint_covers_only_its_idx_files(fashion):
+    """Notes or results kept in the data folder do not change the run's identity; a changed
+    IDX file does."""
+    import os
+    from pathlib import PurePosixPath
+
+    from engine.core.identity import files_fingerprint
+
+    reads = lambda path: MultiFashion.reads_data_file(None, path)  # noqa: E731
+    assert reads(PurePosixPath("train-images-idx3-ubyte.gz"))
+    assert not reads(PurePosixPath("sub/train-images-idx3-ubyte.gz"))
+    before = files_fingerprint(fashion, reads)
+    (fashion / "NOTES.txt").write_text("where these came from")
+    (fashion / "results").mkdir()
+    (fashion / "results" / "x.json").write_text("{}")
+    assert files_fingerprint(fashion, reads) == before
+    labels = next(fashion.glob("t10k-labels*"))
+    os.utime(labels, ns=(1, 1))
+    assert files_fingerprint(fashion, reads) != before
