@@ -86,19 +86,34 @@ def _chunks(S: list[Tensor]) -> list[Tensor]:
     return [g[0].unsqueeze(0) if len(g) == 1 else torch.stack(g) for g in chunks]
 
 
-def task_entropy(S: Saliencies, eps: float) -> Tensor:
-    """[B, N]: the entropy over tasks at every (sample, position) (Eqs. 4-5).
+def channel_means(S: Saliencies) -> Tensor:
+    """[T, B, N]: Ŝ_t, the signed channel mean of every task's saliency at every (sample,
+    position) (Eq. 4)."""
+    return torch.cat([c.mean(dim=2) for c in _chunks(_per_task(S))])
 
-    Ŝ_t = channel mean of S_t (signed); P_t = |Ŝ_t| / (Σ_k |Ŝ_k| + ε·s̄), an L1
-    normalisation over tasks; H = -Σ_t P_t log(P_t + ε). s̄, the batch's mean |Ŝ|
-    (detached), makes ε dimensionless: saliencies of batch-mean losses scale with 1/B and
-    with the network, and an absolute ε would be large for some models and lost in others.
-    """
-    mag = torch.cat([c.mean(dim=2) for c in _chunks(_per_task(S))]).abs()   # [T, B, N]
+
+def task_distribution(S: Saliencies, eps: float) -> Tensor:
+    """[T, B, N]: P_t, the distribution over tasks at every (sample, position) (Eq. 5).
+
+    P_t = |Ŝ_t| / (Σ_k |Ŝ_k| + ε·s̄), an L1 normalisation over tasks of the absolute
+    channel means. s̄, the batch's mean |Ŝ| (detached), makes ε dimensionless: saliencies
+    of batch-mean losses scale with 1/B and with the network, and an absolute ε would be
+    large for some models and lost in others."""
+    mag = channel_means(S).abs()                                               # [T, B, N]
     # Floor: ε·s̄ stays a normal float when every saliency is 0; NaN stays NaN.
     scale = mag.detach().mean().clamp_min(torch.finfo(mag.dtype).tiny / eps)
-    p = mag / (mag.sum(dim=0) + eps * scale)
+    return mag / (mag.sum(dim=0) + eps * scale)
+
+
+def distribution_entropy(p: Tensor, eps: float) -> Tensor:
+    """[B, N]: H = -Σ_t P_t log(P_t + ε) of a [T, B, N] distribution over tasks."""
     return -(p * torch.log(p + eps)).sum(dim=0)
+
+
+def task_entropy(S: Saliencies, eps: float) -> Tensor:
+    """[B, N]: the entropy over tasks at every (sample, position) (Eqs. 4-5): H of
+    ``task_distribution``."""
+    return distribution_entropy(task_distribution(S, eps), eps)
 
 
 def tsr_loss(S: Saliencies, eps: float) -> Tensor:
