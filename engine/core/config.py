@@ -114,6 +114,12 @@ class EngineConfig:
     """For methods that differentiate through the heads' backward (Rep-MTL): second_order
     switches the heads' Conv2d layers to engine/core/second_order.py (same values, a cheaper
     double backward); builtin keeps torch's. No effect on other methods."""
+    saliency_every: int = 0
+    """Log task-saliency statistics of the shared representation every N training steps
+    (0 = off): the per-position task entropy, L_tsr, L_csa and each task's saliency norm,
+    averaged per epoch under the train record's ``method`` as ``saliency.*``. Costs T
+    backward passes through the heads per logged step; never changes the update
+    (engine/core/saliency_log.py, docs/saliency.md)."""
 
     def validate(self) -> None:
         check_choice("engine.jacobian", self.jacobian, ("auto", "loop", "batched"))
@@ -127,6 +133,7 @@ class EngineConfig:
         check_choice("engine.compile_backend", self.compile_backend, COMPILE_BACKENDS)
         check_choice("engine.head_convs", self.head_convs, ("second_order", "builtin"))
         check_choice("engine.cpu_malloc", self.cpu_malloc, ("reuse", "system"))
+        check_range("engine.saliency_every", self.saliency_every, 0)
         if self.compile and self.jacobian == "batched" and self.compile_backend == "inductor":
             raise ConfigError("engine.compile=true cannot combine with engine.jacobian=batched "
                               "under the inductor backend: the compiled encoder's backward has "
@@ -171,7 +178,7 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-LATE_ENGINE_KEYS = {"cpu_malloc": "reuse", "head_convs": "second_order"}
+LATE_ENGINE_KEYS = {"cpu_malloc": "reuse", "head_convs": "second_order", "saliency_every": 0}
 
 
 # --------------------------------------------------------------------------- values

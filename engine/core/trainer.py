@@ -30,6 +30,7 @@ from engine.core.gradients.update import apply_update
 from engine.core.identity import Identity
 from engine.core.models import MultiTaskModel
 from engine.core.results import METRICS, write_jsonl
+from engine.core.saliency_log import SaliencyLog
 from engine.core.second_order import convert_convolutions
 from engine.core.traces import Traces
 from methods.base import Method, Regularizer
@@ -139,6 +140,8 @@ class Trainer:
                               "parameters (one encoder per task)")
         self.traces = Traces(self.task_names, engine_cfg.curve_every, conflict_every,
                              engine_cfg.conflict_space, getattr(benchmark, "trajectory_every", 0))
+        self.saliency_log = SaliencyLog.for_run(engine_cfg.saliency_every, self.task_names,
+                                                not self.model.separate, self.notes)
         self.step = 0
         # Called as hook(epoch, records) once an epoch is on disk (run.log, TensorBoard).
         self.epoch_hooks: list = []
@@ -203,6 +206,8 @@ class Trainer:
         try:
             if self.traces.wants_conflict(self.step):
                 self.traces.add_conflict(self.step, epoch, self._conflict_grads(ctx))
+            if self.saliency_log is not None and self.saliency_log.wants(self.step):
+                self.saliency_log.record(ctx)
             weights, penalty = apply_update(self.primary, self.regularizers, ctx,
                                             self.method_params)
         except GradientOverflow:  # fp16: what a method was to see overflowed
