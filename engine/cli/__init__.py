@@ -16,6 +16,7 @@ COMMANDS = (
     "engine.cli.cmd_perf",
     "engine.cli.cmd_sweep",
     "engine.cli.cmd_leaderboard",
+    "engine.cli.cmd_saliency",
     "analysis.cmd_report",
 )
 
