@@ -3,7 +3,7 @@ modules that compute them so that the command line can offer them without import
 analysis stack (pandas, scipy, matplotlib)."""
 
 SECTIONS = ("tables", "published", "transfer", "cost", "weights", "conflict", "curves", "spectra",
-            "toy")
+            "toy", "saliency")
 FORMATS = ("md", "html", "tex", "csv")
 RULES = ("last", "best_val", "last_k", "best_test_dp", "best_val_dp")
 TEST_SELECTED = ("best_test_dp",)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import conflict, curves, spectra, toy, transfer, weights
+from analysis import conflict, curves, saliency, spectra, toy, transfer, weights
 from analysis.collect import load_costs, load_runs, non_finite_metrics
 from analysis.document import Document, Strong
 from analysis.labels import config_labels
@@ -292,6 +292,8 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
             doc.figure(toy.plot_loss_space(sub, doc.figures_dir / _slug("toy_losses", bench),
                                            f"{bench}: loss space"),
                        f"{bench}: trajectories in loss space with the Pareto front")
+    if "saliency" not in skip:
+        saliency.report_section(doc, out / "saliency")  # what `saliency` wrote into the report
     if not non_finite.empty:
         doc.heading(1, "Non-finite metric values")
         doc.frame_table("non_finite", non_finite, "Metric values of usable runs that are NaN "
