@@ -73,7 +73,8 @@ def topk_overlap(magnitude: Tensor, fraction: float) -> float:
         return math.nan
     k = max(1, round(fraction * N))
     index = magnitude.topk(k, dim=-1).indices
-    mask = torch.zeros(magnitude.shape, dtype=torch.bool).scatter_(-1, index, True)
+    mask = torch.zeros(magnitude.shape, dtype=torch.bool,
+                       device=magnitude.device).scatter_(-1, index, True)
     scores = [((mask[i] & mask[j]).sum(-1) / (mask[i] | mask[j]).sum(-1)).double().mean()
               for i, j in itertools.combinations(range(T), 2)]
     return float(torch.stack(scores).mean())
@@ -155,7 +156,7 @@ def summary_stats(maps: Maps, tasks: tuple[str, ...], topk: float, eps: float = 
            "topk_jaccard": topk_overlap(maps.magnitude, topk)}
     if samples >= 2:
         pos, neg = sal.csa_similarities(S, "stacked")
-        off = ~torch.eye(samples, dtype=torch.bool)
+        off = ~torch.eye(samples, dtype=torch.bool, device=neg.device)
         out.update(csa_pos=float(pos.double().mean()), csa_neg=float(neg[off].double().mean()),
                    L_csa=float(sal.csa_loss(S, CSA_TAU)))
     else:
