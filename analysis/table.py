@@ -248,12 +248,16 @@ def build_comparison(selected: pd.DataFrame, benchmark: str, protocol: str, sele
 
 
 def comparisons(root: Path, rule: str = "last", k: int = 3, benchmark: str | None = None,
-                methods: list[str] | None = None) -> tuple[list[Comparison], pd.DataFrame]:
+                methods: list[str] | None = None, run_dirs: set[str] | None = None
+                ) -> tuple[list[Comparison], pd.DataFrame]:
     """Every comparison table under ``root`` (one per benchmark and protocol) and the runs
-    left out (status, reason)."""
+    left out (status, reason); with ``run_dirs``, of those run folders only."""
     runs = load_runs(root)
     if benchmark is not None:
         runs = runs[runs.benchmark == benchmark]
+    if run_dirs is not None:
+        runs = runs[runs.run_dir.map(lambda d: str(Path(d).resolve())).isin(
+            {str(Path(d).resolve()) for d in run_dirs})]
     selected, problems = select(load_metrics(runs=runs), rule, k)
     excluded = runs[~runs.usable][["benchmark", "method", "seed", "status", "reason", "run_dir"]]
     if problems:
@@ -409,9 +413,10 @@ def to_text(table: Comparison) -> str:
 
 
 def comparison_table(root: Path, benchmark: str, methods: list[str] | None = None,
-                     rule: str = "last", k: int = 3) -> str:
-    """The comparison table(s) of ``benchmark`` under ``root`` as text (printed by ``run``)."""
-    tables, excluded = comparisons(root, rule, k, benchmark, methods)
+                     rule: str = "last", k: int = 3, run_dirs: set[str] | None = None) -> str:
+    """The comparison table(s) of ``benchmark`` under ``root`` as text (printed by ``run``),
+    of the folders ``run_dirs`` only when given."""
+    tables, excluded = comparisons(root, rule, k, benchmark, methods, run_dirs)
     if methods is not None:
         excluded = excluded[excluded.method.isin(methods)]
     parts = [to_text(t) for t in tables] or [f"(no complete runs of {benchmark} under {root})"]

@@ -11,7 +11,8 @@ Layers, lowest first:
 4. ``analysis``: reads the files runs write; from the core only the modules that define those
    files (ANALYSIS_READS);
 5. ``runs``: ``engine.runs``, the orchestration of many runs (it tabulates with analysis);
-6. ``cli``: ``engine.cli``, ``analysis/cmd_report.py``, ``run_bench.py`` and the scripts.
+6. ``cli``: ``engine.cli``, ``analysis/cmd_report.py``, ``run_bench.py``, the scripts and
+   ``mtl_harness``, the Python entry point.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def layer_of(module: str) -> str | None:
         return "shared"
     if top in ("methods", "benchmarks", "datasets"):
         return "cli" if module.startswith("benchmarks.scripts") else "plugins"
-    if module == "analysis.cmd_report" or module == "run_bench":
+    if module == "analysis.cmd_report" or module == "run_bench" or top == "mtl_harness":
         return "cli"
     if top == "analysis":
         return "analysis"
@@ -78,7 +79,7 @@ def imported(tree: ast.AST, known: set[str]) -> list[tuple[int, str]]:
 
 def sources() -> list[Path]:
     files = [ROOT / "run_bench.py"]
-    for top in ("engine", "methods", "benchmarks", "datasets", "analysis"):
+    for top in ("engine", "methods", "benchmarks", "datasets", "analysis", "mtl_harness"):
         files += sorted((ROOT / top).rglob("*.py"))
     return files
 

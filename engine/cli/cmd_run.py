@@ -79,8 +79,8 @@ def add_parser(sub, parents) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from analysis.significance import against_reference, summary_lines
-    from analysis.table import comparison_table, comparisons
     from engine.runs.runner import build_requests, run_all
+    from engine.runs.tables import requested_comparison
 
     from engine.core.distributed import init_from_env, shutdown
 
@@ -108,9 +108,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     failed = [o for o in outcomes if o.state in (R.STATUS_FAILED, R.STATUS_DIVERGED)]
     names = list(dict.fromkeys(r.method_name for r in requests))
-    print(comparison_table(args.out, args.benchmark, names))
+    comparison = requested_comparison(requests, args.out)
+    print(comparison.text())
     if "ew" in names:
-        for table in comparisons(args.out, benchmark=args.benchmark, methods=names)[0]:
+        for table in comparison.tables:
             lines = summary_lines(against_reference(table, "ew"), "ew")
             if lines:
                 print("\n" + "\n".join(lines))

@@ -138,6 +138,7 @@ def main(args: argparse.Namespace) -> int:
             return 0
         results += X.wait_jobs(todo, submitted, progress)
     print(status_table(specs, results))
+    print_comparisons([request for _, request in runs], args.out)
     failed = any(r.state in (R.STATUS_FAILED, R.STATUS_DIVERGED) for r in results)
     done = {r.run_dir for r in results if r.state != "pending"}
     pending = [spec for spec in specs if spec.run_dir not in done]
@@ -150,6 +151,17 @@ def main(args: argparse.Namespace) -> int:
     if any(r.user_error for r in results if r.state in (R.STATUS_FAILED, R.STATUS_DIVERGED)):
         return 2  # a run failed for its data, config or folder: the user's mistake
     return 1 if failed or pending else 0
+
+
+def print_comparisons(requests, out: Path) -> None:
+    """The comparison table of each benchmark of the sweep, as ``run`` prints it."""
+    from engine.runs.tables import requested_comparison
+
+    by_benchmark: dict[str, list] = {}
+    for request in requests:
+        by_benchmark.setdefault(request.config.benchmark, []).append(request)
+    for benchmark, group in by_benchmark.items():
+        print(f"\n{benchmark}\n" + requested_comparison(group, out).text())
 
 
 def _row(spec) -> str:
