@@ -60,8 +60,11 @@ def test_list_shows_methods_with_kind_and_needs_and_benchmarks():
     (["run", "-b", "nyuv2", "-m", "ew"], "pass --data-root"),
     (["run", "-b", "office31", "-m", "ew", "--data-root", "/no/such/folder"], "no such folder"),
     (["run", "--strict"], "no official counts"),
+    (["run", "-b", "office31", "-m", "ew", "--data-root", "EMPTY"], "holds no file it reads"),
 ])
 def test_user_mistakes_get_one_line_and_non_zero_exit(args, message, tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
     result = cli(*args, "--out", str(tmp_path / "out")) if args[0] == "run" else cli(*args)
     assert result.returncode == 2
     assert message in result.stderr

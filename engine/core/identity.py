@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from engine.core import results as R
+from engine.errors import UserError
 
 FINGERPRINT_KEY = "data_fingerprint"
 
@@ -106,11 +107,19 @@ def files_fingerprint(root: Path, reads: Callable[[PurePosixPath], bool] = lambd
     """Names, sizes and modification times of the files under ``root`` that ``reads``
     accepts (paths relative to ``root``), hashed; the folder ``exclude`` (the results) is
     left out."""
-    digest = hashlib.sha256()
+    return _hashed(_read_files(root, reads, exclude))
+
+
+def _read_files(root: Path, reads: Callable[[PurePosixPath], bool],
+                exclude: Path | None) -> list[tuple[str, int, int]]:
     root = Path(root)
-    entries = [(str(rel), st.st_size, st.st_mtime_ns)
-               for rel, st in _walk(root, PurePosixPath(), _folder_key(root), _folder_key(exclude))
-               if reads(rel)]
+    return [(str(rel), st.st_size, st.st_mtime_ns)
+            for rel, st in _walk(root, PurePosixPath(), _folder_key(root), _folder_key(exclude))
+            if reads(rel)]
+
+
+def _hashed(entries: list[tuple[str, int, int]]) -> str:
+    digest = hashlib.sha256()
     for rel, size, mtime in sorted(entries):
         digest.update(f"{rel}\0{size}\0{mtime}\n".encode())
     return "files:" + digest.hexdigest()[:16]
@@ -130,8 +139,14 @@ def data_fingerprint(bench_cls, data_config, data_root: str | None,
     if bench_cls.needs_data_root and data_root is not None:
         key = (text, str(Path(data_root).resolve()), str(Path(out).resolve()) if out else None)
         if key not in _files_cache:
-            _files_cache[key] = files_fingerprint(
-                Path(data_root), lambda rel: bench_cls.reads_data_file(data_config, rel), out)
+            files = _read_files(Path(data_root),
+                                lambda rel: bench_cls.reads_data_file(data_config, rel), out)
+            if not files:
+                # Refused when the run is built, not recorded as a failed run.
+                raise UserError(f"benchmark {bench_cls.name}: the data folder {data_root} holds "
+                                f"no file it reads (empty, or not readable); "
+                                f"{bench_cls.data_hint}")
+            _files_cache[key] = _hashed(files)
         return _files_cache[key]
     return "generated:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 

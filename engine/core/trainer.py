@@ -414,7 +414,8 @@ class Trainer:
             steps_per_epoch = min(steps_per_epoch, self.config.train.max_steps_per_epoch)
         bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, leave=False,
                    desc=f"{self.config.benchmark}/{self.config.method}/seed{self.config.seed}",
-                   disable=not self.progress, unit="step")
+                   # None: tqdm shows the per-step bar on a terminal only (no log spam)
+                   disable=None if self.progress else True, unit="step")
         if start_epoch == 0 and self.traces.wants_trajectory(0):
             first = next(iter(self.benchmark.batches("train", self.train_batch, None)))
             self.traces.add_trajectory(0, self.benchmark.trajectory_point(self.model),

@@ -88,9 +88,9 @@ def run_spec(spec: RunSpec, options: Options, device: str | None = None, progres
 
 
 def _bar(total: int, progress: bool, desc: str):
-    from tqdm.auto import tqdm
+    from engine.runs.progress import RunProgress
 
-    return tqdm(total=total, desc=desc, unit="run", disable=not progress, position=0)
+    return RunProgress(total, desc, progress)
 
 
 # --------------------------------------------------------------------------- local
@@ -105,8 +105,7 @@ def run_local(specs: list[RunSpec], options: Options, progress: bool = True) -> 
             results.append(result)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # what a failed (out-of-memory) run left behind
-            bar.set_postfix_str(f"{spec.label}: {result.status}")
-            bar.update(1)
+            bar.finished(spec.label, result.status)
     return results
 
 
@@ -190,8 +189,7 @@ def run_processes(specs: list[RunSpec], options: Options, jobs: int,
                                                     f"({_exit_reason(proc.exitcode)})")
                     results[index] = result
                     free.append(slot)
-                    bar.set_postfix_str(f"{spec.label}: {result.status}")
-                    bar.update(1)
+                    bar.finished(spec.label, result.status)
         except KeyboardInterrupt:
             # The workers got the same SIGINT; their runs stay resumable.
             for _, _, _, _, proc in running.values():
@@ -337,8 +335,7 @@ def wait_jobs(specs: list[RunSpec], jobs: list, progress: bool = True,
                 except (FailedJobError, UncompletedJobError) as exc:  # died outside run_spec
                     results[i] = record_crash(specs[i], f"job {jobs[i].job_id} failed: "
                                                         f"{str(exc).strip().splitlines()[-1:]}")
-                bar.set_postfix_str(f"{specs[i].label}: {results[i].status}")
-                bar.update(1)
+                bar.finished(specs[i].label, results[i].status)
             if pending:
                 time.sleep(poll_s)
     return [r for r in results if r is not None]

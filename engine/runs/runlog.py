@@ -123,7 +123,10 @@ class WandbHook:
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mtl-harness"),
                               dir=str(run_dir), name=f"{name}/{run_dir.name}",
                               group=f"{config.get('benchmark', '')}/{name}", config=config,
-                              reinit="create_new")
+                              reinit="create_new",
+                              # W&B's banner and summary add dozens of lines per run to the
+                              # command's output; errors still reach the log.
+                              settings=wandb.Settings(silent=True))
 
     def __call__(self, epoch: int, records: list[dict]) -> None:
         scalars = dict(epoch_scalars(epoch, records))

@@ -216,6 +216,8 @@ def execute(request: RunRequest, out: Path, force: bool = False, progress: bool 
                                     retry_failed, world)
     skipped = _skip(request, run_dir, force, retry_failed, out)
     if skipped is not None:
+        if tensorboard and skipped.previous == R.STATUS_COMPLETE:
+            backfill_tensorboard(run_dir)
         return skipped
     try:
         with RunLock(run_dir):
@@ -234,6 +236,23 @@ def execute(request: RunRequest, out: Path, force: bool = False, progress: bool 
         return RunOutcome(request, run_dir, "refused",
                           f"cannot write to run folder {run_dir}: {exc.strerror or exc}",
                           user_error=True)
+
+
+def backfill_tensorboard(run_dir: Path) -> None:
+    """``--tensorboard`` on a run that was complete before: its events from the recorded
+    metrics, unless the folder already has events."""
+    from engine.runs.runlog import TENSORBOARD_DIR, TensorBoardHook
+
+    events = run_dir / TENSORBOARD_DIR
+    if events.is_dir() and any(events.iterdir()):
+        return
+    records = R.read_jsonl(run_dir / R.METRICS)
+    hook = TensorBoardHook(run_dir)
+    try:
+        for epoch in sorted({r["epoch"] for r in records if isinstance(r.get("epoch"), int)}):
+            hook(epoch, records)
+    finally:
+        hook.close()
 
 
 def _execute_distributed(request: RunRequest, out: Path, force: bool, progress: bool,
@@ -427,14 +446,16 @@ def run_all(requests: list[RunRequest], out: Path, force: bool = False,
     progress = progress and (world is None or world.is_main)
     outcomes = []
     cache: dict = {}
-    from tqdm.auto import tqdm
+    from engine.runs.progress import RunProgress
 
-    for request in tqdm(requests, desc="runs", disable=not progress or len(requests) < 2,
-                        unit="run"):
-        outcome = execute(request, out, force=force, progress=progress, benchmark_cache=cache,
-                          retry_failed=retry_failed, world=world, tensorboard=tensorboard,
-                          wandb=wandb)
-        outcomes.append(outcome)
-        if outcome.status not in (R.STATUS_COMPLETE, "skipped"):
-            log.warning("%s: %s (%s)", outcome.run_dir, outcome.status, outcome.reason)
+    with RunProgress(len(requests), "runs", progress, min_runs=2) as bar:
+        for request in requests:
+            outcome = execute(request, out, force=force, progress=progress,
+                              benchmark_cache=cache, retry_failed=retry_failed, world=world,
+                              tensorboard=tensorboard, wandb=wandb)
+            outcomes.append(outcome)
+            bar.finished(f"{request.config.benchmark}/{request.method_name}/seed"
+                         f"{request.config.seed}", outcome.state)
+            if outcome.status not in (R.STATUS_COMPLETE, "skipped"):
+                log.warning("%s: %s (%s)", outcome.run_dir, outcome.status, outcome.reason)
     return outcomes
