@@ -257,6 +257,7 @@ def plot_curves(curves: pd.DataFrame, stem: Path, title: str,
     fig, axes = grid(len(tasks), 4.6, 3.4)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     methods = sorted(curves.method.unique())
+    drawn = 0
     for ax, task in zip(axes, tasks):
         for method, part in curves[curves.task == task].groupby("method", sort=True):
             color = colors[methods.index(method) % len(colors)]
@@ -270,6 +271,7 @@ def plot_curves(curves: pd.DataFrame, stem: Path, title: str,
                 fit = fit_power_law(t, y)
                 if fit.identified:
                     ax.plot(t, fit.predict(t), "--", color=color)
+                    drawn += 1
                     label += f"; mean-curve fit α={fit.alpha:.2f}"
                 else:
                     label += "; mean-curve fit unidentified"
@@ -282,5 +284,7 @@ def plot_curves(curves: pd.DataFrame, stem: Path, title: str,
         ax.set_ylabel(f"{task} train loss")
         ax.set_title(task)
         ax.legend(fontsize=6)
-    fig.suptitle(title + "  (dots: data; dashed: a·t^(−α)+c fitted to the mean curve)")
+    fig.suptitle(title + ("  (dots: data; dashed: a·t^(−α)+c fitted to the mean curve, where "
+                          "identified)" if drawn else "  (dots: data; no mean-curve fit is "
+                          "identified, so none is drawn)"))
     return save(fig, stem)
