@@ -13,14 +13,24 @@ Fit: ``scipy.optimize.least_squares`` on the residuals log(â·t^(−α̂) + ĉ)
 log residuals treats early and late points alike) with the robust soft-L1 loss (scale 0.05),
 a = exp(θ) > 0, 1e-6 ≤ α ≤ 10, 0 ≤ c ≤ (1 − 1e-6)·min L; several starts (c₀ = 0, ½ min L,
 0.9 min L), the lowest cost wins. Reported: α, a, c, R² of log L, ``c_at_bound`` when ĉ
-lies within 1e-3·min L of either bound (then c and α trade off and α is less meaningful),
+lies within 1e-3·min L of its upper bound min L (the curve ends flat: c and α trade off),
 and an extrapolation check: the fit on the first 70% of the window's points predicts the rest;
-the mean relative error of that prediction is ``extrapolation_error``.
+the mean relative error of that prediction is ``extrapolation_error``. ĉ = 0 is not a
+problem: it is the pure power law a·t^(−α), a member of the model.
 
-Identification: a fit's α is **unidentified** when ĉ is at a bound (then c and α trade off),
-R² of log L is below ``R2_MIN`` (0.5: the power law does not describe the curve) or α̂ is at
-one of its bounds (1e-6 or 10). A method and task whose seeds are not all identified shows
-no α and no interval, only the reasons (``status``).
+Adequacy: the power law is compared with a plateau-then-drop alternative,
+L(t) = c + a / (1 + (t/τ)^β) (a log-logistic decay: flat before τ, a power law of exponent β
+well after it), fitted the same way. Both are scored by AIC on the log residuals,
+n·log(max(RSS/n, σ²_min)) + 2k (k = 3 and 4; σ_min = 1e-3, a 0.1% noise floor below which
+two exact fits are not told apart); the power law is **inadequate** when the alternative's
+AIC is lower by more than ``AIC_MARGIN`` (10: strong evidence). A training curve that
+plateaus, then drops, is not a power law even when R² is high.
+
+Identification: a fit's α is **unidentified** when ĉ is at its upper bound, R² of log L is
+below ``R2_MIN`` (0.5), α̂ is at one of its bounds (1e-6 or 10), or the power law is
+inadequate. A method and task whose seeds are not all identified shows no α and no
+interval, only the reasons (``status``). tests/test_analysis_powerlaw.py holds the two
+constructed cases: 2·t^(−0.5) is identified (α = 0.5, c = 0); 0.2 + 2/(1 + (t/300)³) is not.
 
 Across seeds: α per seed, its mean, and the 95% t-interval of the mean
 (``analysis.intervals.seed_interval``; none with fewer than 3 identified seeds).
@@ -50,6 +60,8 @@ EXTRAPOLATION_SPLIT = 0.7
 BOUND_TOL = 1e-3
 R2_MIN = 0.5
 ALPHA_BOUNDS = (1e-6, 10.0)
+AIC_MARGIN = 10.0
+NOISE_FLOOR = 1e-3
 
 
 @dataclass
@@ -60,6 +72,9 @@ class PowerLawFit:
     r2: float
     c_at_bound: bool
     n: int
+    aic_gap: float = float("nan")
+    """AIC of the power law minus the plateau alternative's (positive: the alternative fits
+    better); NaN when the alternative was not fitted."""
 
     @property
     def alpha_at_bound(self) -> bool:
@@ -70,11 +85,13 @@ class PowerLawFit:
         """Why α is not identified (empty when it is): see the module docstring."""
         out = []
         if self.c_at_bound:
-            out.append("c at a bound")
+            out.append("c at its upper bound")
         if not self.r2 >= R2_MIN:
             out.append(f"R² < {R2_MIN:g}")
         if self.alpha_at_bound:
             out.append("α at a bound")
+        if self.aic_gap > AIC_MARGIN:
+            out.append("a plateau-then-drop curve fits better")
         return out
 
     @property
@@ -132,8 +149,34 @@ def fit_power_law(steps, losses) -> PowerLawFit:
     a, alpha, c = float(np.exp(best.x[0])), float(best.x[1]), float(best.x[2])
     res = residuals(best.x)
     r2 = 1.0 - float(np.sum(res ** 2)) / max(float(np.sum((logy - logy.mean()) ** 2)), 1e-300)
-    at_bound = c <= BOUND_TOL * y.min() or c >= cmax - BOUND_TOL * y.min()
-    return PowerLawFit(a, alpha, c, r2, bool(at_bound), int(t.size))
+    at_bound = c >= cmax - BOUND_TOL * y.min()
+    gap = _aic(res, 3) - _aic(_plateau_residuals(t, logy, cmax), 4)
+    return PowerLawFit(a, alpha, c, r2, bool(at_bound), int(t.size), float(gap))
+
+
+def _aic(residuals: np.ndarray, params: int) -> float:
+    n = residuals.size
+    return n * float(np.log(max(float(np.sum(residuals ** 2)) / n, NOISE_FLOOR ** 2))) + 2 * params
+
+
+def _plateau_residuals(t: np.ndarray, logy: np.ndarray, cmax: float) -> np.ndarray:
+    """Log residuals of the best fit of L = c + a/(1 + (t/τ)^β) (several starts)."""
+    y = np.exp(logy)
+
+    def residuals(p):
+        return np.log(p[3] + np.exp(p[0]) / (1 + (t / np.exp(p[1])) ** p[2])) - logy
+
+    best = None
+    c0 = 0.5 * y.min()
+    a0 = max(float(y.max() - c0), 1e-12)
+    for tau0 in np.geomspace(t.min(), t.max(), 3):
+        sol = least_squares(residuals, [np.log(a0), np.log(tau0), 1.0, c0],
+                            bounds=([-np.inf, np.log(t.min()) - 5, 1e-3, 0.0],
+                                    [np.inf, np.log(t.max()) + 5, 20.0, cmax]),
+                            max_nfev=500)
+        if best is None or sol.cost < best.cost:
+            best = sol
+    return residuals(best.x)
 
 
 def extrapolation_error(steps, losses, split: float = EXTRAPOLATION_SPLIT) -> float:

@@ -47,10 +47,14 @@ def _best_dp_epoch(split: pd.DataFrame) -> int:
     """The epoch with the highest Δp_task of ``split``'s metrics against its first epoch
     (LibMTL ``_record.py``: the first result becomes the base, a later epoch replaces the best
     only when strictly better, so among equals the earliest wins)."""
-    table = split.pivot_table(index="epoch", columns=["task", "metric"], values="value")
-    table = table.dropna(axis=1, how="any").sort_index()
-    # a metric that is 0 at the first epoch has no relative change: it is left out of the score
-    table = table.loc[:, table.iloc[0] != 0]
+    table = split.pivot_table(index="epoch", columns=["task", "metric"], values="value",
+                              dropna=False).sort_index()
+    # a metric that is 0 or missing at the first epoch has no relative change: it is left
+    # out of the score
+    table = table.loc[:, table.iloc[0].notna() & (table.iloc[0] != 0)]
+    # an epoch with a missing (NaN) metric is not eligible, as a NaN never compares better
+    # in LibMTL's record; dropping the metric instead would change every epoch's score
+    table = table[table.notna().all(axis=1)]
     if table.shape[1] == 0 or table.shape[0] == 1:  # nothing to compare by, or one epoch
         return int(table.index[0])
     cols = list(table.columns)

@@ -51,6 +51,16 @@ def test_best_test_dp_keeps_the_earliest_of_equal_epochs(tmp_path):
     assert table.mean.loc["ew", A] == 60 and table.mean.loc["pcgrad", A] == 50
 
 
+def test_best_test_dp_never_picks_an_epoch_with_a_missing_metric(tmp_path):
+    """Epoch 2 has no value for a: it is not eligible, and a's other epochs still count
+    (dropping the metric instead would pick epoch 2, by b alone)."""
+    test = {A: [50, 60, float("nan"), 55], ERR: [1.0, 1.0, 0.5, 0.5]}
+    write_run(tmp_path, "bench", "ew", 0, test, tasks=TASKS)
+    (table,), _ = comparisons(tmp_path, "best_test_dp")
+    # epoch 1: (+20% + 0) / 2 = 10; epoch 3: (+10% + 50%) / 2 = 30
+    assert table.mean.loc["ew", A] == 55 and table.mean.loc["ew", ERR] == 0.5
+
+
 def test_libmtl_protocol_with_validation_selection_is_test_selected(tmp_path):
     write_run(tmp_path, "bench", "ew", 0, {A: [1, 2], ERR: [1.0, 1.0]}, tasks=TASKS,
               protocol="libmtl")
