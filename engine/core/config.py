@@ -120,6 +120,11 @@ class EngineConfig:
     averaged per epoch under the train record's ``method`` as ``saliency.*``. Costs T
     backward passes through the heads per logged step; never changes the update
     (engine/core/saliency_log.py, docs/saliency.md)."""
+    cpu_threads: int = 1
+    """Torch threads of a run on the CPU (0 = leave the process's setting). Floating-point
+    sums depend on the thread count, so every CPU run of the harness uses one count by
+    default (the leaderboard's), and a documented table reproduces from its command; the
+    count is recorded in env.json. More threads speed up a single large run."""
 
     def validate(self) -> None:
         check_choice("engine.jacobian", self.jacobian, ("auto", "loop", "batched"))
@@ -134,6 +139,7 @@ class EngineConfig:
         check_choice("engine.head_convs", self.head_convs, ("second_order", "builtin"))
         check_choice("engine.cpu_malloc", self.cpu_malloc, ("reuse", "system"))
         check_range("engine.saliency_every", self.saliency_every, 0)
+        check_range("engine.cpu_threads", self.cpu_threads, 0)
         if self.compile and self.jacobian == "batched" and self.compile_backend == "inductor":
             raise ConfigError("engine.compile=true cannot combine with engine.jacobian=batched "
                               "under the inductor backend: the compiled encoder's backward has "
@@ -178,7 +184,8 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-LATE_ENGINE_KEYS = {"cpu_malloc": "reuse", "head_convs": "second_order", "saliency_every": 0}
+LATE_ENGINE_KEYS = {"cpu_malloc": "reuse", "head_convs": "second_order", "saliency_every": 0,
+                    "cpu_threads": 1}
 
 
 # --------------------------------------------------------------------------- values

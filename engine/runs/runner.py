@@ -19,7 +19,7 @@ import torch
 import benchmarks  # noqa: F401  (registers the built-in benchmarks)
 import methods  # noqa: F401  (registers the built-in methods)
 from benchmarks.base import Benchmark
-from benchmarks.registry import BENCHMARKS, profile_origin, profile_source
+from benchmarks.registry import BENCHMARKS, check_built, profile_origin, profile_source
 from engine.core import results as R
 from engine.core.config import RunConfig, resolve
 from engine.core.distributed import World
@@ -196,7 +196,9 @@ def make_benchmark(config: RunConfig, device: torch.device) -> Benchmark:
     if bench_cls.needs_data_root and root is None:
         raise UserError(f"benchmark {config.benchmark} reads its data from disk; pass "
                         f"--data-root DIR (see docs/paper_benchmarks.md)")
-    return bench_cls(config.data, root, device)
+    benchmark = bench_cls(config.data, root, device)
+    check_built(benchmark)
+    return benchmark
 
 
 def execute(request: RunRequest, out: Path, force: bool = False, progress: bool = True,
@@ -339,6 +341,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
         for name in (R.CHECKPOINT, "checkpoint.prev.pt", R.METRICS, R.TRACEBACK):
             (run_dir / name).unlink(missing_ok=True)
     device = resolve_device(config.device)
+    if device.type == "cpu" and config.engine.cpu_threads:
+        torch.set_num_threads(config.engine.cpu_threads)  # before env.json records it
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
         # Under the run's lock no other process writes here: any temporary file is what
