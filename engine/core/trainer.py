@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from benchmarks.base import Batch, Benchmark
+from benchmarks.registry import check_metric_names
 from engine.core.amp import GradientOverflow, LossScaler, autocast
 from engine.core.checkpoint import check_loadable, load_checkpoint, portable, restore, save_checkpoint
 from engine.core.config import RunConfig
@@ -336,8 +337,9 @@ class Trainer:
                 meters[task.name].update(preds[task.name], target)
         for name, value in loss_sums_t.items():
             loss_sums[name] = float(value) / counts[name]
-        return {"epoch": epoch, "split": split, "losses": loss_sums,
-                "metrics": {name: meter.compute() for name, meter in meters.items()}}
+        metrics = {name: meter.compute() for name, meter in meters.items()}
+        check_metric_names(self.benchmark, metrics)
+        return {"epoch": epoch, "split": split, "losses": loss_sums, "metrics": metrics}
 
     # ------------------------------------------------------------------ the run
     def state(self, epoch: int, records: list[dict]) -> dict:
