@@ -1,13 +1,17 @@
-"""Plugins: the worked example of docs/plugins.md runs exactly as written, and an installed
-package's entry point is found without --plugin."""
+"""Plugins: the worked examples of docs/plugins.md (a method, a tabular benchmark) run exactly
+as written, an installed package's entry point is found without --plugin, and a plugin that
+lacks a piece is refused in one line."""
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2",
@@ -98,7 +102,7 @@ build_requests(sys.argv[2], ["ew"], [0], "paper", [], "cpu", None)
 
 @pytest.mark.slow
 def test_plugin_benchmark_ships_its_profiles_as_tables_or_a_toml_file(tmp_path):
-    (bench_example,) = [e for e in doc_examples() if "register_benchmark" in e]
+    (bench_example,) = [e for e in doc_examples() if 'register_benchmark("small_digits")' in e]
     tables = tmp_path / "small_digits.py"
     tables.write_text(bench_example)
     # The same profiles as a TOML file next to the plugin.
@@ -183,3 +187,186 @@ def test_a_method_named_like_a_module_attribute_is_refused():
 
     with pytest.raises(UserError, match="'half' .* is an attribute of torch.nn.Module"):
         register_method("half")(Half)
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+def tabular_example() -> tuple[str, list[str]]:
+    """The worked benchmark example of docs/plugins.md and the commands of the bash block
+    that follows it."""
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    (block,) = [m for m in re.finditer(r"```python\n(.*?)```", text, re.S)
+                if 'register_benchmark("my_tabular")' in m.group(1)]
+    commands = re.compile(r"```bash\n(.*?)```", re.S).search(text, block.end()).group(1)
+    return block.group(1), [line for line in commands.replace("\\\n", " ").splitlines()
+                            if line.strip()]
+
+
+@pytest.mark.slow
+def test_documented_benchmark_plugin_trains_through_the_cli_as_written(tmp_path):
+    code, commands = tabular_example()
+    (tmp_path / "my_tabular.py").write_text(code)
+    assert len(commands) == 3 and all(c.startswith("python run_bench.py ") for c in commands)
+    out = tmp_path / "results"
+    done = []
+    for command in commands:
+        argv = shlex.split(command)[2:]
+        if argv[0] == "run":  # the documented command, on a tiny budget
+            argv += ["--out", str(out), "--no-progress", "--set", "train.epochs=1"]
+        done.append(run_cli(*argv, cwd=tmp_path))
+        assert done[-1].returncode == 0, f"{command}\n{done[-1].stderr}"
+    listed, compared, long = done
+    assert re.search(r"my_tabular\s+task shift, single-input\s+no download\s+wine cultivar",
+                     listed.stdout)
+    header = next(line for line in compared.stdout.splitlines() if line.startswith("method"))
+    for column in ("alcohol mae (% vol) ↓", "alcohol rmse (% vol) ↓", "cultivar acc (%) ↑",
+                   "Δp_task (%) ↑"):
+        assert column in header, header
+    rows = {line.split()[0]: line for line in compared.stdout.splitlines()
+            if line.split()[:1] in (["stl"], ["ew"], ["pcgrad"])}
+    assert set(rows) == {"stl", "ew", "pcgrad"} and all(r.split()[-1] == "3" for r in rows.values())
+    bench = out / "my_tabular"
+    for method in ("stl", "ew", "pcgrad"):
+        assert len(list((bench / method).iterdir())) == (4 if method == "ew" else 3)
+    run_dir = next((bench / "pcgrad").iterdir())
+    record = json.loads((run_dir / "benchmark.json").read_text())
+    assert record["split_sizes"] == {"train": 106, "val": 35, "test": 37}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["tasks"]["alcohol"]["mae"] == {"higher_is_better": False, "unit": "% vol"}
+    # The third command: the `long` profile of the plugin, and a data option from --set.
+    (long_dir,) = [d for d in (bench / "ew").iterdir()
+                   if json.loads((d / "config.json").read_text())["profile"] == "long"]
+    config = json.loads((long_dir / "config.json").read_text())
+    assert config["data"] == {"seed": 0, "hidden": 128, "width": 64}
+    assert (config["train"]["lr"], config["train"]["weight_decay"]) == (1e-3, 1e-4)
+
+
+def test_a_benchmark_lacking_a_mandatory_piece_is_refused_at_registration():
+    from benchmarks.base import Benchmark, TensorBenchmark
+    from benchmarks.registry import register_benchmark
+    from engine.errors import UserError
+
+    @dataclass
+    class Options:
+        seed: int = 0
+
+    class NoHead(TensorBenchmark):
+        description = "a benchmark without heads"
+        Config = Options
+
+        def make_encoder(self):
+            return torch.nn.Linear(2, 2)
+
+    class NoData(Benchmark):
+        description = "a benchmark that serves no batches"
+        Config = Options
+        make_encoder = NoHead.make_encoder
+
+        def make_head(self, task):
+            return torch.nn.Linear(2, 1)
+
+    class PlainConfig(NoData):
+        Config = type("PlainOptions", (), {"seed": 0})
+        split_size = TensorBenchmark.split_size
+        batches_per_epoch = TensorBenchmark.batches_per_epoch
+        batches = TensorBenchmark.batches
+
+    for cls, needs in ((NoHead, "needs `make_head(task)` (see docs/plugins.md)"),
+                       (NoData, "needs `split_size()`, `batches_per_epoch()` and `batches()` "
+                                "(or subclass TensorBenchmark and set self.splits)"),
+                       (PlainConfig, "needs a `Config` dataclass")):
+        with pytest.raises(UserError) as refused:
+            register_benchmark(f"test_{cls.__name__.lower()}")(cls)
+        message = str(refused.value)
+        assert needs in message and "\n" not in message, message
+        assert message.startswith(f"benchmark 'test_{cls.__name__.lower()}' ({__file__})")
+
+
+def _built(**parts):
+    """A TensorBenchmark instance with the given attributes, as its __init__ left them."""
+    from benchmarks.base import TensorBenchmark
+
+    bench = TensorBenchmark.__new__(TensorBenchmark)
+    bench.__dict__.update(parts)
+    return bench
+
+
+def _split(*tasks):
+    from benchmarks.base import TensorSplit
+
+    return TensorSplit(torch.zeros(4, 2), {t: torch.zeros(4) for t in tasks})
+
+
+def _task(name, metrics=None):
+    from benchmarks.base import TaskSpec
+    from benchmarks.metrics import MAE, RegressionMeter, mse
+
+    return TaskSpec(name, mse, (MAE,) if metrics is None else metrics, RegressionMeter)
+
+
+@pytest.mark.parametrize("parts, error", [
+    ({}, "__init__ must set self.tasks to a non-empty tuple of TaskSpec, got nothing"),
+    ({"tasks": ()}, "got an empty tuple"),
+    ({"tasks": ("first", "second")}, "got a tuple of str"),
+    ({"tasks": ("A", "A")}, "task names must differ; a is used twice"),
+    ({"tasks": ("train",)}, "task name 'train' cannot name a head"),
+    ({"tasks": ("a.b",)}, "task name 'a.b' cannot name a head"),
+    ({"tasks": ("no_metrics",)}, "task 'no_metrics' needs a non-empty tuple of MetricSpec"),
+    ({"tasks": ("a",), "splits": {"train": "S", "test": "S"}},
+     "must set self.splits to {'train', 'val', 'test'} -> TensorSplit, got train, test"),
+    ({"tasks": ("a", "b"), "splits": {"train": "S", "val": "Sa", "test": "S"}},
+     "the val split has no targets for task(s) b"),
+])
+def test_a_benchmark_whose_init_left_a_piece_out_is_refused_in_one_line(parts, error):
+    from benchmarks.registry import check_built
+    from engine.errors import UserError
+
+    tasks = {"a": _task("a"), "b": _task("b"), "A": _task("a"), "train": _task("train"),
+             "a.b": _task("a.b"), "no_metrics": _task("no_metrics", metrics=())}
+    splits = {"S": _split("a", "b"), "Sa": _split("a")}
+    if "tasks" in parts:
+        parts["tasks"] = tuple(tasks.get(t, t) for t in parts["tasks"])
+    if "splits" in parts:
+        parts["splits"] = {k: splits[v] for k, v in parts["splits"].items()}
+    with pytest.raises(UserError) as refused:
+        check_built(_built(**parts))
+    assert error in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
+    check_built(_built(tasks=(_task("a"), _task("b")),
+                       splits={s: _split("a", "b") for s in ("train", "val", "test")}))
+
+
+def test_metric_names_must_be_those_the_meter_computes():
+    from benchmarks.registry import check_metric_names
+    from engine.errors import UserError
+
+    bench = _built(tasks=(_task("a"),))
+    check_metric_names(bench, {"a": {"mae": 0.5}})
+    with pytest.raises(UserError, match="the meter of task 'a' computed mae, rmse but its "
+                                         "TaskSpec declares the metrics mae; they must be"):
+        check_metric_names(bench, {"a": {"mae": 0.5, "rmse": 0.7}})
+
+
+@pytest.mark.slow
+def test_the_documented_benchmark_without_a_piece_is_a_one_line_error(tmp_path):
+    code, _ = tabular_example()
+    head = code.index("    def make_head(")
+    plugin = tmp_path / "headless.py"
+    plugin.write_text(code[:head] + code[code.index("    def extra_record(", head):])
+    listed = run_cli("list", "benchmarks", "--plugin", str(plugin))
+    assert listed.returncode == 2 and "Traceback" not in listed.stderr
+    assert listed.stderr.strip() == (f"error: benchmark 'my_tabular' ({plugin}) needs "
+                                     f"`make_head(task)` (see docs/plugins.md)")
+    # A meter whose metric names differ from the TaskSpec's fails the run at its first
+    # evaluation, in one line, instead of leaving a run that no table can read.
+    plugin = tmp_path / "renamed.py"
+    plugin.write_text(code.replace('MetricSpec("rmse"', 'MetricSpec("rms_error"'))
+    out = tmp_path / "results"
+    done = run_cli("run", "--plugin", str(plugin), "-b", "my_tabular", "-m", "ew", "-s", "0",
+                   "--out", str(out), "--no-progress", "--set", "train.epochs=1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (run_dir,) = (out / "my_tabular" / "ew").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["reason"] == (
+        f"benchmark 'my_tabular' ({plugin}): the meter of task 'alcohol' computed mae, rmse "
+        f"but its TaskSpec declares the metrics mae, rms_error; they must be the same names "
+        f"(see docs/plugins.md)")
