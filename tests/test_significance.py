@@ -6,7 +6,8 @@ import pytest
 from scipy import stats
 
 from analysis.measures import adjust_p_values
-from analysis.significance import against_reference, discrimination, pairwise, per_seed_delta_p_task, summary_lines
+from analysis.significance import (against_reference, discrimination, null_ratio_quantile,
+                                   pairwise, per_seed_delta_p_task, summary_lines)
 from analysis.table import comparisons
 from tests.test_analysis_support import write_run
 
@@ -67,6 +68,15 @@ def test_discrimination_ratio_is_spread_over_pooled_seed_std(tmp_path):
     pooled = np.sqrt(np.mean([np.var(_dp(s), ddof=1) for s in (EW, GOOD, SAME)]))
     assert np.isclose(out["spread"], np.std(means, ddof=1))
     assert np.isclose(out["ratio"], np.std(means, ddof=1) / pooled)
+    assert out["null_95"] == null_ratio_quantile([len(EW)] * 3)
+
+
+def test_the_null_ratio_is_about_one_over_root_n_not_one():
+    """With no true difference the spread of the means is σ/√n: for 29 methods of 5 seeds
+    the median ratio is 0.44 (1/√5 = 0.447) and 95% stay below 0.56."""
+    assert null_ratio_quantile([5] * 29, 0.5) == pytest.approx(0.447, abs=0.01)
+    assert null_ratio_quantile([5] * 29, 0.95) == pytest.approx(0.56, abs=0.02)
+    assert null_ratio_quantile([3] * 16) > null_ratio_quantile([5] * 16)  # fewer seeds: wider
 
 
 def test_one_seed_asks_for_more_seeds_instead_of_testing(tmp_path):
@@ -94,3 +104,22 @@ def test_the_detectable_difference_is_found_with_the_stated_power():
     assert welch > detectable_difference([0, 1, 2, 3, 4], [0.5, 0.2, 2.5, 2.0, 5.0], paired=True)
     assert np.isnan(detectable_difference([1.0], [2.0, 3.0]))
     assert np.isnan(detectable_difference([1.0, 1.0], [2.0, 2.0]))
+
+
+def test_the_paired_test_uses_the_seeds_both_rows_have(tmp_path):
+    """A method that follows ew's seed-to-seed swings 0.5 points higher: Welch's test, taking
+    the seeds as independent, sees nothing; the paired test finds it (scipy ttest_rel)."""
+    _write(tmp_path, "stl", STL)
+    swings = [(50.0, 1.0), (56.0, 1.0), (44.0, 1.0), (53.0, 1.0)]          # Δp 0, +6, −6, +3
+    follows = [(a + 0.5 + 0.1 * i, e) for i, (a, e) in enumerate(swings)]
+    _write(tmp_path, "ew", swings)
+    _write(tmp_path, "follows", follows + [(90.0, 1.0)])  # a fifth seed ew does not have
+    (table,) = comparisons(tmp_path)[0]
+    welch = against_reference(table, "ew").frame.set_index("a").loc["follows"]
+    paired = against_reference(table, "ew", test="paired").frame.set_index("a").loc["follows"]
+    assert not welch.significant and paired.significant
+    expected = stats.ttest_rel(_dp(follows), _dp(swings)).pvalue
+    assert paired.p == pytest.approx(expected) and paired.seeds_a == paired.seeds_b == 4
+    assert "paired t-test" in against_reference(table, "ew", test="paired").caption()
+    with pytest.raises(ValueError, match="expected one of welch, paired"):
+        against_reference(table, "ew", test="wilcoxon")

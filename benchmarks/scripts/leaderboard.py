@@ -62,7 +62,9 @@ def benchmark_section(root: Path, bench: str, correction: str) -> str:
     lines += ["", f"* significant against ew: {vs_ew.caption() if vs_ew else 'no ew runs'}",
               "", f"Discrimination: the methods' mean Δp_task spread {disc['spread']:.2f} points "
               f"(std across methods) against a pooled seed std of {disc['seed_std']:.2f} "
-              f"(ratio {disc['ratio']:.2f}); {n_sig} of {n_pairs} method pairs differ "
+              f"(ratio {disc['ratio']:.2f}; without any true difference between the "
+              f"methods, 95% of such tables stay below {disc['null_95']:.2f}); "
+              f"{n_sig} of {n_pairs} method pairs differ "
               f"significantly ({pairs.caption() if pairs else ''})",
               "", ("Methods that differ significantly from ew: " + ", ".join(sig_vs_ew) + "."
                    if sig_vs_ew else "No method differs significantly from ew on this benchmark."),
