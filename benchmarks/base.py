@@ -177,6 +177,16 @@ class Benchmark:
         """Anything the benchmark wants recorded with the run (e.g. a generated split)."""
         return {}
 
+    trajectory_every: int = 0
+    """Record ``trajectory_point`` every N training steps in trajectory.jsonl (0 = never;
+    toy2d sets it from its data options)."""
+
+    def trajectory_point(self, model: nn.Module) -> Tensor:
+        """The model's state as a point to draw (toy2d: x ∈ ℝ²); only called when
+        ``trajectory_every`` is set."""
+        raise NotImplementedError(f"{self.name}: trajectory_every is set but "
+                                  f"trajectory_point is not implemented")
+
     @classmethod
     def reads_data_file(cls, config, path: PurePosixPath) -> bool:
         """Whether the benchmark, with data options ``config``, may read the file ``path``

@@ -27,7 +27,7 @@ class MeanAggregator(Aggregator):
 
 
 class MeanRepAggregator(MeanAggregator):
-    space = "rep"
+    needs = Needs(rep_grads=True, shared_representation=True)  # so its space is "rep"
 
 
 class JacobianWeighting(Weighting):
@@ -42,6 +42,7 @@ class JacobianWeighting(Weighting):
 class LastLayerWeighting(Weighting):
     """Fixed weights that asks for the last shared layer's task gradients, as GradNorm."""
     description = "fixed weights that asks for last-layer task gradients (test)"
+    needs = Needs(task_grads=True)
     seen = None
 
     def weigh(self, ctx):

@@ -140,7 +140,7 @@ class Trainer:
             self.notes.append("gradient conflict not recorded: the model has no shared "
                               "parameters (one encoder per task)")
         self.traces = Traces(self.task_names, engine_cfg.curve_every, conflict_every,
-                             engine_cfg.conflict_space, getattr(benchmark, "trajectory_every", 0))
+                             engine_cfg.conflict_space, benchmark.trajectory_every)
         self.saliency_log = SaliencyLog.for_run(engine_cfg.saliency_every, self.task_names,
                                                 not self.model.separate, self.notes)
         self.step = 0
@@ -225,7 +225,8 @@ class Trainer:
         if self.after_step:
             for m in self.methods.values():
                 if m.needs.after_step:
-                    m.after_step(ctx)
+                    with ctx.asked_by(m):
+                        m.after_step(ctx)
         return values, weights, penalty, finite
 
     def _scaled_step(self, finite: Tensor) -> bool:

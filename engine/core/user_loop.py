@@ -226,7 +226,8 @@ class MethodStep:
             raise UserError("after_optimizer_step() before any backward()")
         for m in self.methods.values():
             if m.needs.after_step:
-                m.after_step(self._ctx)
+                with self._ctx.asked_by(m):
+                    m.after_step(self._ctx)
         self._ctx = None  # the step's graph is no longer needed
 
     def end_epoch(self) -> dict[str, Any]:

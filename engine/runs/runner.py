@@ -425,9 +425,9 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
 def _method_summaries(trainer: Trainer) -> dict:
     out = {}
     for name, method in trainer.methods.items():
-        report = getattr(method, "run_report", None)
-        if callable(report):
-            out[name] = report()
+        report = method.run_report()
+        if report:
+            out[name] = report
     return out
 
 

@@ -4,6 +4,7 @@ the first request and cached; per-task backward passes also give each head its o
 gradient on the way, so that the update needs no further pass through the heads."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -12,6 +13,7 @@ from torch import Tensor
 
 from engine.core.gradients.passes import GradientEngine
 from engine.core.gradients.stats import EpochStats
+from engine.errors import UserError
 
 
 def _flat_row(grads, params: list[Tensor]) -> Tensor:
@@ -49,9 +51,28 @@ class TrainStepContext:
     reps_override: list[Tensor] | None = field(default=None, init=False)
     """Data parallel: the representation of the whole global batch (detached), shown to a
     representation-level aggregator while it aggregates the gathered gradients."""
+    asking: Any = field(default=None, init=False, repr=False)
+    """The method whose hook is running (None while the engine itself asks): its requests
+    must be among its declared ``needs``."""
     _jacobian: Tensor | None = field(default=None, init=False, repr=False)
     _rep_grads: dict[tuple[bool, bool], list[Tensor]] = field(default_factory=dict, init=False,
                                                               repr=False)
+
+    @contextlib.contextmanager
+    def asked_by(self, method):
+        """Run a method's hook: what it requests is checked against its declared needs."""
+        self.asking = method
+        try:
+            yield
+        finally:
+            self.asking = None
+
+    def _check(self, need: str, request: str) -> None:
+        method = self.asking
+        if method is not None and not getattr(method.needs, need):
+            raise UserError(f"method {method.name or type(method).__name__!r} called {request} "
+                            f"without declaring it: "
+                            f"add {need}=True to its needs (methods/base.py, Needs)")
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -76,6 +97,7 @@ class TrainStepContext:
 
     # ------------------------------------------------------------------ Jacobian
     def jacobian(self) -> Tensor:
+        self._check("jacobian", "ctx.jacobian()")
         if self._jacobian is None:
             self._jacobian = self.engine.jacobian(self.losses, parts=self.parts)
         return self._jacobian
@@ -92,6 +114,9 @@ class TrainStepContext:
 
     # ------------------------------------------------------------------ representation passes
     def rep_grads(self, create_graph: bool = False, raw: bool = False) -> list[Tensor]:
+        self._check("rep_grads", "ctx.rep_grads()")
+        if create_graph:
+            self._check("second_order", "ctx.rep_grads(create_graph=True)")
         key = (create_graph, raw)
         if key not in self._rep_grads:
             losses = self.loss_parts(raw)
@@ -164,9 +189,11 @@ class TrainStepContext:
 
     # ------------------------------------------------------------------ task gradients
     def last_shared_params(self) -> list[Tensor]:
+        self._check("task_grads", "ctx.last_shared_params()")
         return [p for p in self.engine.model.last_shared.parameters() if p.requires_grad]
 
     def task_grads(self, params: list[Tensor], create_graph: bool = False) -> Tensor:
+        self._check("task_grads", "ctx.task_grads()")
         engine = self.engine
         shared = {id(p) for p in engine.shared}
         if not create_graph and self._rep_pass_pending and all(id(p) in shared for p in params):
@@ -200,4 +227,5 @@ class TrainStepContext:
         self.stats.log(name, value)
 
     def recompute_losses(self) -> Tensor:
+        self._check("after_step", "ctx.recompute_losses()")
         return self.engine.parallel.average(self.loss_fn(self.batch))

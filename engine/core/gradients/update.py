@@ -34,7 +34,8 @@ def _penalty(regularizers: list[Regularizer], ctx: TrainStepContext) -> Tensor |
     """The sum of the regularizers' penalties (None when none applies this step)."""
     penalty = None
     for reg in regularizers:
-        term = check_penalty(reg, reg.penalty(ctx))
+        with ctx.asked_by(reg):
+            term = check_penalty(reg, reg.penalty(ctx))
         if term is None:  # e.g. a regularizer still in its warm-up
             continue
         penalty = term if penalty is None else penalty + term
@@ -54,7 +55,8 @@ def _weighting(primary: Weighting, ctx: TrainStepContext, penalty: Tensor | None
     """Backpropagate the weighted objective: once through the network, or, where per-task
     passes already exist, as Σ_t w_t ∇L_t formed from them (w = ∂objective/∂L)."""
     engine = ctx.engine
-    out = check_weighted(primary, primary.weigh(ctx))
+    with ctx.asked_by(primary):
+        out = check_weighted(primary, primary.weigh(ctx))
     weights = out.weights
     objective = out.objective if out.objective is not None else (weights * ctx.losses).sum()
     if not (ctx.jacobian_computed or ctx.heads_received):
@@ -78,7 +80,8 @@ def _weighting(primary: Weighting, ctx: TrainStepContext, penalty: Tensor | None
 def _param_aggregator(primary: Aggregator, ctx: TrainStepContext) -> Aggregated:
     """The aggregated Jacobian is the shared parameters' gradient."""
     jacobian = ctx.jacobian_with_heads()
-    agg = check_aggregated(primary, primary.aggregate(jacobian, ctx), jacobian.shape[1])
+    with ctx.asked_by(primary):
+        agg = check_aggregated(primary, primary.aggregate(jacobian, ctx), jacobian.shape[1])
     ctx.engine.set_shared_grads(agg.direction)
     return agg
 
@@ -88,7 +91,8 @@ def _rep_aggregator(primary: Aggregator, ctx: TrainStepContext) -> Aggregated:
     engine = ctx.engine
     reps = ctx.reps()
     grads = torch.stack([g.reshape(-1) for g in ctx.rep_grads_with_heads()])
-    agg, local = engine.parallel.aggregate_reps(primary, grads, reps, ctx)
+    with ctx.asked_by(primary):
+        agg, local = engine.parallel.aggregate_reps(primary, grads, reps, ctx)
     torch.autograd.backward(reps[0], engine.precision.scaled(local).view_as(reps[0]),
                             inputs=engine.shared, retain_graph=True)
     return agg
