@@ -86,7 +86,6 @@ class AlignedMTLConfig(MethodConfig):
 class AlignedMTL(Aggregator):
     description = "Aligned-MTL: sum of the task gradients aligned to condition number one"
     needs = Needs(jacobian=True)
-    space = "param"
     Config = AlignedMTLConfig
 
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:

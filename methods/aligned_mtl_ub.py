@@ -36,5 +36,4 @@ class AlignedMTLUBConfig(AlignedMTLConfig):
 class AlignedMTLUB(AlignedMTL):
     description = "Aligned-MTL-UB: Aligned-MTL on the gradients w.r.t. the shared representation"
     needs = Needs(rep_grads=True, shared_representation=True)
-    space = "rep"
     Config = AlignedMTLUBConfig

@@ -156,9 +156,22 @@ class Method(nn.Module):
     def __init__(self, config: MethodConfig, task_names: tuple[str, ...]):
         super().__init__()
         config.validate()
+        self.needs = type(self).needs_for(config)
         self.config = config
         self.task_names = tuple(task_names)
         self.num_tasks = len(self.task_names)
+
+    @classmethod
+    def needs_for(cls, config: MethodConfig) -> Needs:
+        """What the method asks of the engine under ``config`` (default: the class's
+        ``needs``). Override where an option changes it (GradNorm's ``layer``); the step
+        context refuses any request outside it."""
+        return cls.needs
+
+    def run_report(self) -> dict:
+        """What the run's summary.json records about the method after training, under its
+        name (e.g. how often a solver fell back); nothing by default."""
+        return {}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters that the run's optimizer trains beside the model's."""
@@ -211,6 +224,18 @@ class Aggregator(Method):
 
     kind = "aggregator"
     space: ClassVar[str] = "param"
+    """Derived from ``needs`` when the class is defined: "rep" when the aggregator declares
+    ``rep_grads`` (its gradients are taken w.r.t. Z), else "param"."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        derived = "rep" if cls.needs.rep_grads else "param"
+        declared = cls.__dict__.get("space")
+        if declared is not None and declared != derived:
+            raise TypeError(f"{cls.__name__}: space={declared!r} contradicts its needs "
+                            f"(rep_grads={cls.needs.rep_grads}); the space follows from the "
+                            f"needs, leave it out")
+        cls.space = derived
 
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
         raise NotImplementedError

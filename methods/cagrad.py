@@ -211,7 +211,6 @@ class CAGrad(SolverAccounting, Aggregator):
     description = ("CAGrad (Liu et al. 2021): the average gradient corrected towards the worst "
                    "task within a ball of radius c·||g_0||")
     needs = Needs(jacobian=True)
-    space = "param"
 
     @dataclass
     class Config(MethodConfig):

@@ -66,7 +66,6 @@ class DBMTLConfig(MethodConfig):
 class DBMTL(Aggregator):
     description = "DB-MTL: log losses, EMA task gradients rescaled to the largest EMA norm"
     needs = Needs(jacobian=True)
-    space = "param"
     Config = DBMTLConfig
 
     def __init__(self, config: DBMTLConfig, task_names: tuple[str, ...]):

@@ -188,7 +188,6 @@ class FairGradConfig(MethodConfig):
 class FairGrad(SolverAccounting, Aggregator):
     description = "FairGrad: alpha-fair weights, (G w)_i = w_i^(-1/alpha), update x T, clipped"
     needs = Needs(jacobian=True)
-    space = "param"
     Config = FairGradConfig
 
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:

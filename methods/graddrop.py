@@ -47,7 +47,6 @@ class GradDrop(Aggregator):
     description = ("GradDrop (Chen et al. 2020): per coordinate of the representation, keep "
                    "the positive or negative task gradients at random by sign purity")
     needs = Needs(rep_grads=True, shared_representation=True)
-    space = "rep"
 
     @dataclass
     class Config(MethodConfig):

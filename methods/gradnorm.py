@@ -77,10 +77,12 @@ class GradNorm(Weighting):
     Config = GradNormConfig
     needs = Needs(task_grads=True)  # layer="all" takes the Jacobian instead
 
+    @classmethod
+    def needs_for(cls, config: GradNormConfig) -> Needs:
+        return Needs(jacobian=True) if config.layer == "all" else cls.needs
+
     def __init__(self, config: GradNormConfig, task_names: tuple[str, ...]):
         super().__init__(config, task_names)
-        if config.layer == "all":
-            self.needs = Needs(jacobian=True)
         self.weights = nn.Parameter(torch.ones(self.num_tasks))
         self.register_buffer("initial_losses", torch.ones(self.num_tasks))
         self.has_initial = False

@@ -82,7 +82,6 @@ class GradVac(Aggregator):
     description = ("GradVac (Wang et al. 2021): raise each pair's gradient cosine to an EMA "
                    "target where it falls below it, and sum")
     needs = Needs(jacobian=True)
-    space = "param"
     # The random order of the pairs is drawn per task position (as PCGrad's): equivariant in
     # distribution only.
     permutation_equivariant = False

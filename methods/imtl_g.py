@@ -42,7 +42,6 @@ class IMTLG(Aggregator):
     description = ("IMTL-G (Liu et al. 2021): weights summing to 1 so that the update has equal "
                    "projections on every unit task gradient")
     needs = Needs(jacobian=True)
-    space = "param"
 
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
         alpha = imtl_g_weights(grads @ grads.T).to(grads.dtype)

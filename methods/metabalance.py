@@ -74,7 +74,6 @@ def metabalance_direction(grads: Tensor, sizes: Sequence[int], avg_norms: Tensor
 class MetaBalance(Aggregator):
     description = "MetaBalance: per-layer moving-average magnitudes of task gradients relaxed to the target task's"
     needs = Needs(jacobian=True)
-    space = "param"
     Config = MetaBalanceConfig
     # The target task is one task (the first, unless main_task names another): the others
     # are relaxed towards it.

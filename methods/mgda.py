@@ -108,4 +108,3 @@ class MGDA(_MinNormAggregator):
     description = ("MGDA (Sener & Koltun 2018): min-norm point of the convex hull of the "
                    "task gradients of the shared parameters (weights sum to 1)")
     needs = Needs(jacobian=True)
-    space = "param"

@@ -30,7 +30,6 @@ class MGDAUB(_MinNormAggregator):
     description = ("MGDA-UB (Sener & Koltun 2018): MGDA on the gradients w.r.t. the shared "
                    "representation (weights sum to 1)")
     needs = Needs(rep_grads=True, shared_representation=True)
-    space = "rep"
 
     @dataclass
     class Config(_MinNormAggregator.Config):

@@ -100,7 +100,6 @@ def moco_update(y: Tensor, lambd: Tensor, grads: Tensor, step: int,
 class MoCo(Aggregator):
     description = "MoCo: tracked task gradients, simplex weights by projected gradient steps"
     needs = Needs(jacobian=True)
-    space = "param"
     Config = MoCoConfig
 
     def __init__(self, config: MoCoConfig, task_names: tuple[str, ...]):

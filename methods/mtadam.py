@@ -116,7 +116,6 @@ def mtadam_step(grads: Tensor, sizes: Sequence[int], state: MTAdamState | None, 
 class MTAdam(Aggregator):
     description = "MTAdam: per-layer magnitude balancing with per-task Adam moments (use with plain SGD)"
     needs = Needs(jacobian=True)
-    space = "param"
     Config = MTAdamConfig
     # Each layer is balanced to an anchor, the first task (in order) whose gradient there is
     # not negligible, as in the authors' code.

@@ -72,7 +72,6 @@ class NashMTLConfig(MethodConfig):
 class NashMTL(SolverAccounting, Aggregator):
     description = "Nash-MTL: bargaining weights (G a)_i = 1/a_i (unnormalised), clipped update"
     needs = Needs(jacobian=True)
-    space = "param"
     Config = NashMTLConfig
 
     def __init__(self, config: NashMTLConfig, task_names: tuple[str, ...]):

@@ -62,7 +62,6 @@ class PCGrad(Aggregator):
     description = ("PCGrad (Yu et al. 2020): project each task gradient off the gradients it "
                    "conflicts with, in random order, and sum")
     needs = Needs(jacobian=True)
-    space = "param"
     # The random projection order is drawn per task position: relabelling the tasks changes
     # the order drawn, so the output is equivariant in distribution only.
     permutation_equivariant = False

@@ -88,7 +88,6 @@ class UPGrad(SolverAccounting, Aggregator):
     description = ("UPGrad (Quinton & Rey 2024): average of the task gradients projected onto "
                    "the dual cone of all task gradients (never conflicting)")
     needs = Needs(jacobian=True)
-    space = "param"
 
     @dataclass
     class Config(MethodConfig):
