@@ -29,7 +29,8 @@ from analysis.reference import (
     reproduced_vs_published,
 )
 from analysis.select import describe
-from analysis.table import Comparison, _tex, cells, comparisons
+from analysis.table import Comparison, _tex, cells, comparisons, marks_note
+from analysis.table import caption as comparison_caption
 
 from analysis.names import FORMATS, SECTIONS  # re-exported
 
@@ -43,8 +44,8 @@ def _comparison_section(doc: Document, table: Comparison) -> None:
     title = table.benchmark + (f" (protocol {table.protocol})" if table.protocol else "")
     doc.heading(1, f"Comparison: {title}")
     doc.styled_table(name, cells(table, "md"), cells(table, "html"), cells(table, "tex"),
-                     table.frame(), f"{title}: {table.selection}; best in bold, second underlined")
-    doc.para(table.note())
+                     table.frame(), comparison_caption(table, title))
+    doc.para(table.note() + "\n" + marks_note(table))
 
 
 def _published_section(doc: Document, table: Comparison, shown: Comparison | None,

@@ -13,6 +13,7 @@ stored in ``Comparison.compared``) on the mean of every metric.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,14 @@ import pandas as pd
 from analysis.collect import LIBMTL_PROTOCOL, load_metrics, load_runs, read_json
 from analysis.labels import config_labels
 from analysis.markup import escape
-from analysis.measures import delta_m, delta_p_metric, delta_p_task, mean_rank
+from analysis.measures import (
+    adjust_p_values,
+    delta_m,
+    delta_p_metric,
+    delta_p_task,
+    mean_rank,
+    welch_t_test,
+)
 from analysis.reference import SOURCE, canonical_task, load_published, unit_factor
 from analysis.select import describe, is_test_selected, select
 
@@ -306,41 +314,153 @@ def _decimals(values: pd.Series) -> int:
     return 2 if top >= 1 else 4
 
 
-def _best_two(values: pd.Series, higher: bool, compared: list[str]) -> tuple[set, set]:
+TIE_ALPHA = 0.05
+TIE_MARK = "†"
+"""Marks a compared row whose column is not significantly different from the best row's."""
+TIE_TEST = (f"Welch's t-test on the per-seed values of the column, two-sided, Holm-corrected "
+            f"over the compared rows tested in that column, α = {TIE_ALPHA:g}")
+
+
+def _best(values: pd.Series, higher: bool, compared: list[str]) -> set:
+    """The rows of the compared set with the best mean (several on a tie); none with fewer
+    than two compared rows."""
     vals = values.loc[[c for c in compared if c in values.index]].dropna()
     if len(vals) < 2:
-        return set(), set()
-    ordered = sorted(set(vals), reverse=higher)
-    best = set(vals.index[vals == ordered[0]])
-    second = set(vals.index[vals == ordered[1]]) if len(ordered) > 1 else set()
-    return best, second
+        return set()
+    top = vals.max() if higher else vals.min()
+    return set(vals.index[vals == top])
+
+
+def column_seed_values(table: Comparison, key) -> dict[str, np.ndarray] | None:
+    """The per-seed values behind a displayed column: a metric column (``(task, metric)``)
+    or a Δ column (``"delta_p_task"``, ...; computed per seed as the table's mean is); None
+    for a column with no per-seed values (the mean rank, computed on the means)."""
+    if isinstance(key, tuple):
+        return {r: table.per_seed.xs(r, level="row")[key].dropna().to_numpy(dtype=float)
+                for r in table.mean.index}
+    if key in {k for k, _, _ in DELTA_COLUMNS} and table.bases:
+        higher = dict(zip(table.columns, table.higher))
+        return {r: np.asarray(seed_deltas(table.per_seed, table.bases[r], table.base_factors,
+                                          higher, r)[key], dtype=float)
+                for r in table.mean.index}
+    return None
+
+
+@dataclass
+class Ties:
+    """The marks of one column: ``best`` (best mean among the compared set), ``ties``
+    (compared rows not significantly different from the best one, ``TIE_TEST``), and the
+    test of every other compared row (``frame``: row, seeds, t, p, p_adjusted); ``reason``
+    says why no row was tested (empty when some were)."""
+    best: set
+    ties: set
+    frame: pd.DataFrame
+    reason: str = ""
+
+
+def ties_with_best(values: dict[str, np.ndarray] | None, means: pd.Series, higher: bool,
+                   compared: list[str], alpha: float = TIE_ALPHA) -> Ties:
+    """Which compared rows are not significantly different from the best one: Welch's
+    t-test (``analysis.measures.welch_t_test``, as ``analysis.significance`` uses) of every
+    other compared row's per-seed values against those of the best row (the one with most
+    seeds on a tie), Holm-corrected over the rows tested; a row is marked when its adjusted
+    p ≥ ``alpha``. A row with fewer than two seeds (on either side) or no spread on both
+    sides is not tested and not marked."""
+    best = _best(means, higher, compared)
+    cols = ["row", "seeds", "t", "p", "p_adjusted"]
+    if not best:
+        return Ties(best, set(), pd.DataFrame(columns=cols), "fewer than 2 compared rows")
+    if values is None:
+        return Ties(best, set(), pd.DataFrame(columns=cols), "no per-seed values")
+    ref = max(sorted(best), key=lambda r: len(values.get(r, ())))
+    others = [r for r in compared if r != ref and r in values and pd.notna(means.get(r))]
+    rows = []
+    for r in others:
+        t, p = welch_t_test(values[r], values[ref])
+        rows.append({"row": r, "seeds": len(values[r]), "t": t, "p": p})
+    frame = pd.DataFrame(rows, columns=cols[:4])
+    frame["p_adjusted"] = adjust_p_values(frame.p.to_numpy(), "holm") if len(frame) else []
+    ties = set(frame.row[frame.p_adjusted >= alpha]) - best
+    reason = ""
+    if len(values[ref]) < 2:
+        reason = f"the best row ({ref}) has fewer than 2 seeds"
+    elif not frame.p.notna().any():
+        reason = "no other compared row has 2 or more seeds (and any spread)"
+    return Ties(best, ties, frame, reason)
 
 
 def display_columns(table: Comparison) -> list[tuple[str, pd.Series, pd.Series | None, bool]]:
     """(header, means, stds, higher_is_better) of every displayed numeric column."""
+    return [c[:4] for c in _columns(table)]
+
+
+def _columns(table: Comparison) -> list[tuple[str, pd.Series, pd.Series | None, bool, object]]:
+    """``display_columns`` with the key of each column's per-seed values
+    (``column_seed_values``)."""
     cols = []
     for c, hib in zip(table.columns, table.higher):
         unit = table.units.get(c)
         head = f"{c[0]} {c[1]}" + (f" ({unit})" if unit else "") + (" ↑" if hib else " ↓")
-        cols.append((head, table.mean[c], table.std[c], hib))
+        cols.append((head, table.mean[c], table.std[c], hib, c))
     if table.deltas is not None:
         for key, head, hib in DELTA_COLUMNS:
-            cols.append((head, table.deltas[key], table.deltas[f"{key}_std"], hib))
-    cols.append(("mean rank ↓", table.ranks, None, False))
+            cols.append((head, table.deltas[key], table.deltas[f"{key}_std"], hib, key))
+    cols.append(("mean rank ↓", table.ranks, None, False, "mean_rank"))
     return cols
 
 
+def column_ties(table: Comparison, alpha: float = TIE_ALPHA) -> dict[str, Ties]:
+    """The marks of every displayed column, by header."""
+    return {head: ties_with_best(column_seed_values(table, key), mean, hib, table.compared,
+                                 alpha)
+            for head, mean, _std, hib, key in _columns(table)}
+
+
+def marks_note(table: Comparison, alpha: float = TIE_ALPHA) -> str:
+    """What the marks of the table mean and where the test could not be made."""
+    tested = {h: t for h, t in column_ties(table, alpha).items()}
+    untested = sorted({t.reason for h, t in tested.items()
+                       if t.reason and h != "mean rank ↓" and t.best})
+    text = (f"Bold (* in text): the best mean of the column among the compared set. "
+            f"{TIE_MARK}: not significantly different from it ({TIE_TEST}); unmarked rows of "
+            "the compared set are significantly worse, or were not tested: a row with fewer "
+            "than 2 seeds is never tested or marked. The mean rank has no per-seed values "
+            "and no test.")
+    if untested:
+        text += " Not tested in some columns: " + "; ".join(untested) + "."
+    return text
+
+
+def caption(table: Comparison, title: str | None = None) -> str:
+    """The caption of a comparison table: the selection, the seeds, the statistic, the
+    baseline, the compared set and the marks."""
+    title = title or table.benchmark + (f" (protocol {table.protocol})" if table.protocol else "")
+    seeds = sorted({int(s) for s in table.per_seed.index.get_level_values("seed")})
+    counts = sorted({int(n) for n in table.seeds})
+    per_row = (f"{counts[0]} per row" if len(counts) == 1
+               else f"{counts[0]}–{counts[-1]} per row, column 'seeds'")
+    base = (f"Δ measures relative to {table.baseline}" if table.deltas is not None
+            else "no baseline: no Δ measures")
+    return (f"{title}: {table.selection}; mean ± std over seeds (seeds "
+            f"{', '.join(map(str, seeds))}: {per_row}; no std for one seed); {base}; compared "
+            f"set (marks and mean rank): {', '.join(table.compared)}. Bold: best mean of the "
+            f"column among the compared set; {TIE_MARK}: not significantly different from it "
+            f"({TIE_TEST}); fewer than 2 seeds: not tested, no mark.")
+
+
 def cells(table: Comparison, style: str) -> tuple[list[str], list[list[str]]]:
-    """Header and body of the table as strings; ``style`` is text, md, html or tex (best in
-    bold, second underlined; in text the best is marked with *)."""
+    """Header and body of the table as strings; ``style`` is text, md, html or tex (the best
+    mean of each column among the compared set in bold, * in text; rows not significantly
+    different from it marked with ``TIE_MARK``, see ``ties_with_best``)."""
     header = ["method"]
     # Names come from the runs' files: escaped wherever they reach markup.
     body = [[_tex(r) if style == "tex" else escape(r, style) if style in ("html", "md")
              else r] for r in table.mean.index]
-    for head, mean, std, hib in display_columns(table):
+    ties = column_ties(table)
+    for head, mean, std, hib, _key in _columns(table):
         header.append(head if style != "tex" else _tex_header(head))
         dec = _decimals(mean)
-        best, second = _best_two(mean, hib, table.compared)
+        marks = ties[head]
         for i, row in enumerate(table.mean.index):
             m = mean.get(row, np.nan)
             if pd.isna(m):
@@ -351,35 +471,55 @@ def cells(table: Comparison, style: str) -> tuple[list[str], list[list[str]]]:
             if std is not None and not pd.isna(std[row]):
                 text += f" ± {std[row]:.{dec}f}"
             if style == "tex":
-                text = _tex(text)
-            body[i].append(_mark(text, style, row in best, row in second))
+                text = _tex(text.replace("-", "−"))  # a minus sign, not a hyphen
+            body[i].append(_mark(text, style, row in marks.best, row in marks.ties))
     header.append("seeds")
     for i, row in enumerate(table.mean.index):
         body[i].append(str(int(table.seeds[row])))
     return header, body
 
 
-def _mark(text: str, style: str, best: bool, second: bool) -> str:
+def _mark(text: str, style: str, best: bool, tie: bool) -> str:
     if style == "tex":
-        return rf"\textbf{{{text}}}" if best else (rf"\underline{{{text}}}" if second else text)
+        return rf"\textbf{{{text}}}" if best else (text + r"$^\dagger$" if tie else text)
     if style == "md":
-        return f"**{text}**" if best else (f"<u>{text}</u>" if second else text)
+        return f"**{text}**" if best else (f"{text} {TIE_MARK}" if tie else text)
     if style == "html":
-        return f"<b>{text}</b>" if best else (f"<u>{text}</u>" if second else text)
-    return f"{text} *" if best else text
+        return f"<b>{text}</b>" if best else (f"{text} {TIE_MARK}" if tie else text)
+    return f"{text} *" if best else (f"{text} {TIE_MARK}" if tie else text)
 
 
 TEX_CHARS = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#",
              "$": r"\$", "{": r"\{", "}": r"\}", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}",
+             # in LaTeX's default (OT1) fonts "<", ">" and "|" print as ¡, ¿ and —
+             "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
              "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "α": r"$\alpha$",
+             "β": r"$\beta$", "γ": r"$\gamma$", "ε": r"$\epsilon$", "η": r"$\eta$",
+             "θ": r"$\theta$", "μ": r"$\mu$", "π": r"$\pi$", "ρ": r"$\rho$", "τ": r"$\tau$",
              "λ": r"$\lambda$", "σ": r"$\sigma$", "±": r"$\pm$", "·": r"$\cdot$", "−": r"$-$",
-             "≤": r"$\le$", "≥": r"$\ge$", "×": r"$\times$", "→": r"$\to$", "²": r"$^2$",
-             "°": r"$^\circ$", "–": "--", "ᵀ": r"$^\top$"}
+             "≤": r"$\le$", "≥": r"$\ge$", "≈": r"$\approx$", "≠": r"$\ne$", "∞": r"$\infty$",
+             "√": r"$\surd$", "×": r"$\times$", "→": r"$\to$", "²": r"$^2$", "³": r"$^3$",
+             "⁻": r"$^-$", "¹": r"$^1$", "°": r"$^\circ$", "†": r"$^\dagger$", "ᵀ": r"$^\top$",
+             "–": "--", "—": "---", "…": r"\ldots{}", "’": "'", "‘": "`", "“": "``", "”": "''"}
+
+
+def _tex_char(ch: str) -> str:
+    if ch in TEX_CHARS:
+        return TEX_CHARS[ch]
+    if ch.isascii():
+        return ch
+    # any other symbol: its ASCII decomposition (é -> e; a combining accent -> nothing),
+    # else "?": the .tex files stay ASCII, so pdflatex never stops on an unknown character
+    plain = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+    return "".join(TEX_CHARS.get(c, c) for c in plain) if plain or unicodedata.combining(ch) \
+        else "?"
 
 
 def _tex(text: str) -> str:
-    """Text for LaTeX: special characters escaped, the Unicode symbols used here in math."""
-    out = "".join(TEX_CHARS.get(ch, ch) for ch in str(text))
+    """Text for LaTeX: special characters escaped (``<``, ``>`` and ``|`` as the text
+    commands that print them in any font encoding), the Unicode symbols used here in math,
+    the result ASCII."""
+    out = "".join(_tex_char(ch) for ch in str(text))
     return re.sub(r"(?<!\\)\$\$", "", out)  # join adjacent formulas: "$-$$\alpha$" -> "$-\alpha$"
 
 
@@ -409,7 +549,7 @@ def to_text(table: Comparison) -> str:
     fmt = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                 for i, (c, w) in enumerate(zip(row, widths)))
     return "\n".join([fmt(header)] + [fmt(r) for r in body]
-                     + ["(* best among the compared set)", table.note()])
+                     + [marks_note(table), table.note()])
 
 
 def comparison_table(root: Path, benchmark: str, methods: list[str] | None = None,
