@@ -82,13 +82,26 @@ class Document:
         self.blocks.append(("table", Table(name, md[0], [], caption, md[1], html_[1])))
 
     def frame_table(self, name: str, frame: pd.DataFrame, caption: str, index: bool = False,
-                    digits: int = 4) -> None:
-        """A plain DataFrame as a table (numbers with ``digits`` significant digits)."""
+                    digits: int = 4, headers: dict[str, str] | None = None,
+                    formats: dict[str, str] | None = None) -> None:
+        """A plain DataFrame as a table (numbers with ``digits`` significant digits, or the
+        format spec of ``formats[column]``, e.g. ".1f", so that a column has one number
+        format). ``headers`` renames columns in the shown table (words and units); the CSV
+        keeps the frame's column names."""
         df = frame.reset_index() if index else frame
-        header = [str(c) for c in df.columns]
-        body = [[_cell(v, digits) for v in row] for row in df.itertuples(index=False)]
-        tex = ([_tex_header(h) for h in header], [[_tex(c) for c in row] for row in body])
-        self._files(name, df, to_latex(*tex, caption))
+        headers, formats = headers or {}, formats or {}
+        header = [headers.get(str(c), str(c)) for c in df.columns]
+        body = [[_cell(v, digits, formats.get(str(c))) for c, v in zip(df.columns, row)]
+                for row in df.itertuples(index=False)]
+        keys = _key_columns(df)
+        # a naming column with one value in every row (the benchmark) is said in the LaTeX
+        # caption instead of taking a column of every part of a split table
+        same = [j for j in range(keys) if len(df) > 1 and keys > 1 and df.iloc[:, j].nunique() == 1]
+        kept = [j for j in range(len(header)) if j not in same]
+        tex_caption = caption + "".join(f"; {header[j]}: {body[0][j]} in every row" for j in same)
+        tex = ([_tex_header(header[j]) for j in kept],
+               [[_tex(row[j]) for j in kept] for row in body])
+        self._files(name, df, to_latex(*tex, tex_caption, keys=keys - len(same)))
         self.blocks.append(("table", Table(name, header, body, caption)))
 
     def _files(self, name: str, frame: pd.DataFrame, tex: str) -> None:
@@ -169,11 +182,24 @@ class Document:
         return self.written
 
 
-def _cell(value, digits: int) -> str:
+def _key_columns(frame: pd.DataFrame) -> int:
+    """The leading text columns (at most 4) that name a row: repeated in every part of a
+    LaTeX table split by columns."""
+    keys = 0
+    for column in frame.columns[:4]:
+        if pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
+            break
+        keys += 1
+    return max(keys, 1)
+
+
+def _cell(value, digits: int, fmt: str | None = None) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, (float, np.floating)):
         if not np.isfinite(value):
             return "–"
-        return f"{value:.{digits}g}"
+        return format(value, fmt) if fmt else f"{value:.{digits}g}"
+    if fmt and isinstance(value, (int, np.integer)):
+        return format(value, fmt)
     return str(value)

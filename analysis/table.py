@@ -533,14 +533,118 @@ def to_markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def to_latex(header: list[str], body: list[list[str]], caption: str) -> str:
-    spec = "l" + "c" * (len(header) - 1)
-    lines = [r"\begin{table}[t]", r"\centering", r"\resizebox{\linewidth}{!}{%",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(header) + r" \\",
-             r"\midrule"]
-    lines += [" & ".join(row) + r" \\" for row in body]
-    lines += [r"\bottomrule", r"\end{tabular}}", rf"\caption{{{_tex(caption)}}}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+TEX_LINE_CHARS = 74
+"""The characters of one table line (cells and the space between columns) that fit the text
+width of a standard 10pt article (345pt) in \\small type: wider tables are split."""
+TEX_TEXT_CHARS = 26
+"""A text column whose cells are longer wraps in a paragraph column this many characters wide."""
+TEX_LONG_ROWS = 40
+"""More rows than this: a longtable, which breaks across pages, instead of a float."""
+_FORMATTING = {"textbf", "underline", "textit", "emph", "allowbreak", "raggedright",
+               "textsuperscript", "small", "tabularnewline"}
+
+
+def tex_width(cell: str) -> int:
+    """The printed width of a LaTeX cell in characters (approximate): formatting commands
+    count nothing, a symbol command (``\\pm``, ``\\textless``) one character."""
+    text = re.sub(r"\\([A-Za-z]+)\*?", lambda m: "" if m.group(1) in _FORMATTING else "x", cell)
+    text = re.sub(r"\\(.)", r"\1", text)
+    return len(re.sub(r"[{}$^]", "", text))
+
+
+def _header_lines(head: str, width: int) -> list[str]:
+    """``head`` broken at spaces outside formulas into lines of about ``width`` characters
+    (three at most), so that a long header does not widen its column."""
+    words, cur, math = [], "", False
+    for ch in head:
+        if ch == "$" and not cur.endswith("\\"):
+            math = not math
+        if ch == " " and not math:
+            words.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    words.append(cur)
+    lines: list[str] = []
+    for word in words:
+        if lines and tex_width(lines[-1]) + 1 + tex_width(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    if len(lines) > 3:
+        return _header_lines(head, width + 4)
+    return lines
+
+
+def _header_cell(lines: list[str]) -> str:
+    if len(lines) == 1:
+        return lines[0]
+    return r"\begin{tabular}[b]{@{}c@{}}" + r"\\".join(lines) + r"\end{tabular}"
+
+
+def _breakable(cell: str) -> str:
+    """A long cell of a paragraph column, left-aligned, breakable after / and _ (paths,
+    names)."""
+    return r"\raggedright " + cell.replace("/", r"/\allowbreak{}").replace(r"\_", r"\_\allowbreak{}")
+
+
+def _parts(widths: list[int], budget: int, keys: int = 1) -> list[list[int]]:
+    """Column indices of each part of a table split to fit ``budget`` characters a line: the
+    first ``keys`` columns (those that name the row) in every part, the others in order, at
+    least one a part."""
+    keys = max(1, min(keys, len(widths) - 1)) if len(widths) > 1 else 1
+    base = sum(w + 2 for w in widths[:keys])
+    parts, cur, used = [], [], base
+    for j in range(keys, len(widths)):
+        if cur and used + widths[j] + 2 > budget:
+            parts.append(cur)
+            cur, used = [], base
+        cur.append(j)
+        used += widths[j] + 2
+    parts.append(cur)
+    return [list(range(keys)) + p for p in parts]
+
+
+def to_latex(header: list[str], body: list[list[str]], caption: str,
+             line_chars: int = TEX_LINE_CHARS, keys: int = 1) -> str:
+    """A booktabs table in \\small type at its natural size (never scaled): long headers
+    break into lines, long text cells wrap in paragraph columns, and a table still wider
+    than ``line_chars`` characters is split into several tables of consecutive columns, the
+    first ``keys`` columns (those naming the row) repeated in each and the caption saying
+    "part i of n". More than
+    ``TEX_LONG_ROWS`` rows make a longtable, which breaks across pages. Needs
+    ``\\usepackage{booktabs}`` and ``\\usepackage{longtable}``."""
+    ncol = len(header)
+    cell_w = [max([tex_width(r[j]) for r in body] or [0]) for j in range(ncol)]
+    text_col = [cell_w[j] > TEX_TEXT_CHARS for j in range(ncol)]
+    widths, heads = [], []
+    for j, head in enumerate(header):
+        shown = min(cell_w[j], TEX_TEXT_CHARS) if text_col[j] else cell_w[j]
+        lines = _header_lines(head, max(shown, 8))
+        heads.append(_header_cell(lines))
+        widths.append(max([shown] + [tex_width(x) for x in lines]))
+    parts = _parts(widths, line_chars, keys)
+    out = []
+    for i, cols in enumerate(parts):
+        spec = "".join(rf"p{{{0.5 * TEX_TEXT_CHARS:g}em}}" if text_col[j]
+                       else ("l" if j < keys else "c") for j in cols)
+        cap = _tex(caption + (f" (part {i + 1} of {len(parts)}: the table is split by columns)"
+                              if len(parts) > 1 else ""))
+        head = " & ".join(heads[j] for j in cols) + r" \tabularnewline"
+        rows = [" & ".join(_breakable(r[j]) if text_col[j] else r[j] for j in cols)
+                + r" \tabularnewline" for r in body]
+        if len(body) > TEX_LONG_ROWS:
+            out += [r"\begin{small}", r"\setlength{\tabcolsep}{4pt}",
+                    rf"\begin{{longtable}}{{{spec}}}", rf"\caption{{{cap}}} \tabularnewline",
+                    r"\toprule", head, r"\midrule", r"\endfirsthead", r"\toprule", head,
+                    r"\midrule", r"\endhead", r"\bottomrule", r"\endlastfoot", *rows,
+                    r"\end{longtable}", r"\end{small}"]
+        else:
+            out += [r"\begin{table}[htbp]", r"\centering", r"\small",
+                    r"\setlength{\tabcolsep}{4pt}", rf"\caption{{{cap}}}",
+                    rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head, r"\midrule", *rows,
+                    r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(out) + "\n"
 
 
 def to_text(table: Comparison) -> str:

@@ -138,6 +138,7 @@ def test_report_files(results, tmp_path):
         100 * ((78.5 - 80.5) / 80.5 - (2.2 - 2.0) / 2.0) / 2)
     tex = (out / "tables" / "comparison_bench.tex").read_text()
     assert r"\textbf{" in tex and r"\underline{" not in tex  # best bold; no untested "second"
+    assert r"\resizebox" not in tex
     for path in (out / "tables").glob("*.tex"):  # pdflatex-safe: symbols become LaTeX
         assert path.read_text().isascii(), path.name
     left = pd.read_csv(out / "tables" / "left_out.csv")
