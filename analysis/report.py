@@ -200,14 +200,8 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
         costs = load_costs(usable)
         for bench, part in _per_benchmark(costs):
             doc.heading(1, f"Cost: {bench}")
-            table = (part.groupby(["method", "device"], sort=True)
-                     .agg(seeds=("seed", "nunique"), step_time_s=("step_time_s", "mean"),
-                          wall_time_s=("wall_time_s", "mean"),
-                          peak_memory_mib=("peak_memory_mib", "max")).reset_index())
-            doc.frame_table(_slug("cost", bench), table,
-                            "Mean training step time (s), mean wall time per run (s) and the "
-                            "largest peak memory (MiB: the CUDA allocator's peak on a GPU, the "
-                            "process's peak RSS on a CPU)")
+            doc.frame_table(_slug("cost", bench), cost_table(part), COST_CAPTION.format(bench=bench),
+                            headers=COST_HEADERS, formats=COST_FORMATS)
     if "weights" not in skip:
         w = weights.load_weights(usable)
         for bench, part in _per_benchmark(w):
@@ -301,6 +295,42 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
                         "(written as null) or infinite, with the epochs where they occur")
     _left_out(doc, excluded, problems)
     return doc.write()
+
+
+COST_HEADERS = {"method": "method", "device": "device", "seeds": "seeds",
+                "step_time_ms": "training step time (ms)", "wall_time_s": "wall time per run (s)",
+                "peak_memory_mib": "peak memory (MiB)", "memory_measured": "peak memory measured"}
+COST_FORMATS = {"seeds": "d", "step_time_ms": ".2f", "wall_time_s": ".1f",
+                "peak_memory_mib": ".1f"}
+CUDA_PEAK = "CUDA allocator peak over the run (training and evaluation)"
+PROCESS_PEAK = "process peak RSS since the process started (earlier runs included)"
+COST_CAPTION = (
+    "Costs measured during training, under whatever load the machine had at the time (other "
+    "processes, runs in parallel): not comparable across machines, sessions or loads. For "
+    "comparable costs, run python run_bench.py perf -b {bench} -m METHOD ..., which measures "
+    "the step time and each step's peak memory of methods side by side on the same batches "
+    "(docs/performance.md). Training step time: each epoch's training loop (data loading "
+    "included, and the gradient-conflict statistics when engine.conflict_every > 0) divided by "
+    "its steps, mean over epochs and seeds. Wall time: a whole run (training, evaluation, "
+    "checkpoints), mean over seeds. Peak memory: runs record no per-step peak, only what "
+    "'peak memory measured' names (largest over seeds): on a GPU the CUDA allocator's peak "
+    "over the run; on a CPU the peak resident memory of the process, which covers everything "
+    "the process did before the run ended (earlier runs of the same command included), so it "
+    "reflects the order of the runs more than the method.")
+
+
+def cost_table(costs: pd.DataFrame) -> pd.DataFrame:
+    """Per method and device: seeds, the mean training step time (ms), the mean wall time per
+    run (s), the largest recorded peak memory (MiB) and what that peak is (``CUDA_PEAK`` or
+    ``PROCESS_PEAK``, see ``engine.core.results.peak_memory_bytes``)."""
+    table = (costs.groupby(["method", "device"], sort=True)
+             .agg(seeds=("seed", "nunique"), step_time_s=("step_time_s", "mean"),
+                  wall_time_s=("wall_time_s", "mean"),
+                  peak_memory_mib=("peak_memory_mib", "max")).reset_index())
+    table.insert(3, "step_time_ms", 1000.0 * table.pop("step_time_s"))
+    table["memory_measured"] = [CUDA_PEAK if str(d).startswith("cuda") else PROCESS_PEAK
+                                for d in table.device]
+    return table
 
 
 def _add_problems(problems: dict[str, str], found: dict[str, str]) -> None:

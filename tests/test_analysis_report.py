@@ -148,7 +148,7 @@ def test_report_files(results, tmp_path):
     problems = pd.read_csv(out / "tables" / "unreadable_files.csv")
     assert any("checkpoint.pt" in p for p in problems.problem)
     cost = pd.read_csv(out / "tables" / "cost_bench.csv").set_index("method")
-    assert cost.loc["ew", "step_time_s"] == pytest.approx(0.01) and cost.loc["ew", "seeds"] == 2
+    assert cost.loc["ew", "step_time_ms"] == pytest.approx(10.0) and cost.loc["ew", "seeds"] == 2
     assert cost.loc["ew", "peak_memory_mib"] == pytest.approx(1 / 2 ** 20)
     fits = pd.read_csv(out / "tables" / "curve_fits_bench.csv").set_index(["method", "task"])
     assert fits.loc[("ew", "a"), "alpha"] == pytest.approx(0.5, rel=0.03)
