@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.collect import load_optional_jsonl
-from analysis.plots import grid, save
+from analysis.plots import grid, log_ticks, save
 
 STEP_COLUMNS = ["benchmark", "method", "seed", "space", "step", "epoch", "mean_cosine",
                 "conflict_fraction", "norm_ratio"]
@@ -70,15 +70,17 @@ def plot_overview(steps: pd.DataFrame, stem: Path, title: str) -> Path:
             ax.axhline(0.0, color="k", lw=0.6)
         if col == "norm_ratio":
             ax.set_yscale("log")
+            log_ticks(ax, "y")
     axes[0].legend()
     fig.suptitle(title)
     return save(fig, stem)
 
 
 def plot_pairs(pairs: pd.DataFrame, stem: Path, title: str) -> Path:
-    """One panel per method: the cosine of every task pair over training (mean over seeds)."""
+    """One panel per method: the cosine of every task pair over training (mean over seeds),
+    on one y scale shared by the panels."""
     methods = sorted(pairs.method.unique())
-    fig, axes = grid(len(methods), 4.0, 3.0)
+    fig, axes = grid(len(methods), 4.0, 3.0, sharey=True)  # panels compare at a glance
     for ax, method in zip(axes, methods):
         part = pairs[pairs.method == method]
         for pair, p in part.groupby("pair", sort=True):

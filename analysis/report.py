@@ -208,7 +208,9 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
             doc.heading(1, f"Task weights: {bench}")
             png = weights.plot_weights(part, doc.figures_dir / _slug("weights", bench),
                                        f"{bench}: task weights over training")
-            doc.figure(png, f"{bench}: mean applied task weight per epoch (band: range over seeds)")
+            doc.figure(png, f"{bench}: mean applied task weight per epoch, mean over seeds (band: "
+                       "range over seeds), on one y scale shared by the panels, logarithmic when "
+                       "every weight is positive (the figure's title names the scale)")
     if "conflict" not in skip:
         steps, pairs, bad = conflict.load_conflicts(usable)
         _add_problems(problems, bad)
@@ -242,7 +244,9 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
                                           f"{bench}: training curves", fits),
                        f"{bench}: training loss per task (log-log, points at the midpoint of "
                        "their interval of steps); legend: the table's α (mean of the seed fits) "
-                       "and the α of the fit of the mean curve (dashed)")
+                       "and the α of the fit of the mean curve, drawn dashed only where that "
+                       "fit is identified (the legend says so otherwise, and then no line is "
+                       "drawn)")
     if "spectra" not in skip:
         table, bad, eigs = spectra.load_spectra(usable)
         _add_problems(problems, bad)
@@ -257,23 +261,34 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
                                 "Mean power-law exponent α over the fitted layers of each group "
                                 "(2 ≤ α ≤ 6 well trained, > 6 under-trained, < 2 over-trained)")
                 doc.frame_table(_slug("spectra_layers", bench), summary,
-                                "α per layer (mean and std over seeds) with the fit's σ, x_min, "
-                                "KS distance, n_tail and tail fraction, the eigenvalue count, the "
-                                "Marchenko–Pastur edge of a random matrix of the same shape and "
-                                "entry variance (mp_edge) and the eigenvalues above it (above_mp: "
-                                "a few are spikes, not a heavy tail); marks: too few eigenvalues "
-                                f"(< {spectra.MIN_EIGS}, not fitted), tail is most of the spectrum "
-                                f"(tail fraction > {spectra.MAX_TAIL_FRACTION:g}), α > 8")
+                                "α per layer (mean, std, min and max over seeds) with the fit's "
+                                "σ, x_min, KS distance, n_tail and tail fraction (means over "
+                                "seeds), the eigenvalue count, the Marchenko–Pastur edge of a "
+                                "random matrix of the same shape and entry variance (mp_edge) "
+                                "and the eigenvalues above it (above_mp: a few are spikes, not a "
+                                "heavy tail); marks: too few eigenvalues "
+                                f"(< {spectra.MIN_EIGS}, not fitted); tail is most of the "
+                                f"spectrum (tail fraction > {spectra.MAX_TAIL_FRACTION:g}) and "
+                                f"α > {spectra.MAX_ALPHA:g}, each with the number of seeds whose "
+                                "own fit has it: the numbers beside them are means over seeds, "
+                                "so a mark in 1 of 3 seeds can sit beside a mean below its "
+                                "threshold (see alpha_max)")
                 doc.figure(spectra.plot_alpha_bars(summary, doc.figures_dir / _slug("alpha", bench),
                                                    f"{bench}: α per layer"),
-                           f"{bench}: power-law exponent α of every layer, per method")
+                           f"{bench}: power-law exponent α of every fitted layer, per method: "
+                           "bar = mean over seeds (the table's α), whiskers = range over seeds, "
+                           "hatched = some seed's fit is marked in the table")
                 chosen = _chosen_layers(summary)
-                by_method = {m: e for (b, m), e in eigs.items() if b == bench}
+                by_method = {m: e for (b, m, _s), e in eigs.items() if b == bench}
+                shown = {m: s for (b, m, s) in eigs if b == bench}
                 doc.figure(spectra.plot_esd(by_method, chosen, doc.figures_dir / _slug("esd", bench),
-                                            f"{bench}: empirical spectral densities"),
-                           f"{bench}: ESD of chosen layers ({', '.join(chosen)}; first seed): "
-                           "non-empty log bins as points, power-law tail fit dashed, "
-                           "Marchenko–Pastur edge dotted")
+                                            f"{bench}: empirical spectral densities", shown,
+                                            summary),
+                           f"{bench}: ESD of chosen layers ({', '.join(chosen)}) of one seed per "
+                           f"method (the lowest: {', '.join(f'{m} {s}' for m, s in shown.items())}): "
+                           "non-empty log bins as points, that seed's power-law tail fit "
+                           "dashed, Marchenko–Pastur edge dotted; the legend gives that seed's "
+                           "α and the table's mean α over seeds")
     if "toy" not in skip:
         for bench, part in _per_benchmark(usable):
             sub, bad = toy.load_trajectories(part)

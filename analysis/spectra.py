@@ -31,12 +31,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.patches import Patch
 
-from analysis.plots import grid, plt, save
+from analysis.plots import grid, log_ticks, plt, save
 
 EIG_FLOOR = 1e-5
 MIN_EIGS = 50
 MAX_TAIL_FRACTION = 0.5
+MAX_ALPHA = 8.0
+TAIL_MARK = "tail is most of the spectrum"
+ALPHA_MARK = f"untrustworthy (α > {MAX_ALPHA:g})"
 
 
 @dataclass
@@ -135,10 +139,10 @@ def checkpoint_spectra(path: Path, min_eigs: int = MIN_EIGS, keep_eigs: bool = F
             continue
         fit = fit_spectrum(eigs)
         marks = []
-        if fit.alpha > 8:
-            marks.append("untrustworthy (α > 8)")
+        if fit.alpha > MAX_ALPHA:
+            marks.append(ALPHA_MARK)
         if fit.n_tail / eigs.size > MAX_TAIL_FRACTION:
-            marks.append("tail is most of the spectrum")
+            marks.append(TAIL_MARK)
         rows.append({**row, "alpha": fit.alpha, "sigma": fit.sigma, "xmin": fit.xmin,
                      "ks": fit.ks, "n_tail": fit.n_tail, "tail_fraction": fit.n_tail / eigs.size,
                      "trust": "; ".join(marks)})
@@ -151,14 +155,15 @@ def load_spectra(runs: pd.DataFrame, min_eigs: int = MIN_EIGS
                  ) -> tuple[pd.DataFrame, dict[str, str], dict[tuple[str, str], dict]]:
     """α per layer for every usable run with a checkpoint (plus benchmark, method, seed),
     problems by run folder (a missing or unreadable checkpoint), and the eigenvalues of the
-    first seed of each (benchmark, method)."""
+    lowest readable seed of each (benchmark, method), keyed ``(benchmark, method, seed)``."""
     frames, problems, eigs = [], {}, {}
-    for run in runs[runs.usable].itertuples():
+    shown: set[tuple[str, str]] = set()
+    for run in runs[runs.usable].sort_values("seed", kind="stable").itertuples():
         path = Path(run.run_dir) / "checkpoint.pt"
         if not path.exists():
             problems[run.run_dir] = "no checkpoint.pt: left out of the weight spectra"
             continue
-        first = (run.benchmark, run.method) not in eigs
+        first = (run.benchmark, run.method) not in shown
         try:
             table, kept = checkpoint_spectra(path, min_eigs, keep_eigs=first)
         except (OSError, EOFError, RuntimeError, ValueError, KeyError, AttributeError,
@@ -166,50 +171,96 @@ def load_spectra(runs: pd.DataFrame, min_eigs: int = MIN_EIGS
             problems[run.run_dir] = f"checkpoint.pt unreadable ({type(exc).__name__}: {exc})"
             continue
         if first:
-            eigs[(run.benchmark, run.method)] = kept
+            shown.add((run.benchmark, run.method))
+            eigs[(run.benchmark, run.method, run.seed)] = kept
         frames.append(table.assign(benchmark=run.benchmark, method=run.method, seed=run.seed))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), problems, eigs
 
 
 def spectra_summary(spectra: pd.DataFrame) -> pd.DataFrame:
-    """Per benchmark, method, group and layer: α (mean and std over seeds), the fit's σ,
-    x_min, KS distance, n_tail and tail fraction (means over seeds), the eigenvalue count,
-    the Marchenko–Pastur edge and the eigenvalues above it, and the marks of any seed."""
-    return (spectra.groupby(["benchmark", "method", "group", "layer"], sort=False)
-            .agg(alpha=("alpha", "mean"), alpha_std=("alpha", "std"), seeds=("seed", "nunique"),
-                 sigma=("sigma", "mean"), xmin=("xmin", "mean"), ks=("ks", "mean"),
-                 n_tail=("n_tail", "mean"), tail_fraction=("tail_fraction", "mean"),
-                 eigenvalues=("eigenvalues", "first"), mp_edge=("mp_edge", "mean"),
-                 above_mp=("above_mp", "mean"),
-                 marks=("trust", lambda v: "; ".join(sorted({m for x in v for m in
-                                                              str(x).split("; ") if m}))))
-            .reset_index())
+    """Per benchmark, method, group and layer: α (mean, std, min and max over seeds), the
+    fit's σ, x_min, KS distance, n_tail and tail fraction (means over seeds), the eigenvalue
+    count, the Marchenko–Pastur edge and the eigenvalues above it, and the marks with the
+    number of seeds whose own fit carries each (``seed_marks``): the numbers beside a mark
+    are means, so a mark says how many seeds it holds for, never more."""
+    out = (spectra.groupby(["benchmark", "method", "group", "layer"], sort=False)
+           .agg(alpha=("alpha", "mean"), alpha_std=("alpha", "std"),
+                alpha_min=("alpha", "min"), alpha_max=("alpha", "max"),
+                seeds=("seed", "nunique"),
+                sigma=("sigma", "mean"), xmin=("xmin", "mean"), ks=("ks", "mean"),
+                n_tail=("n_tail", "mean"), tail_fraction=("tail_fraction", "mean"),
+                eigenvalues=("eigenvalues", "first"), mp_edge=("mp_edge", "mean"),
+                above_mp=("above_mp", "mean"), marks=("trust", seed_marks))
+           .reset_index())
+    return out
+
+
+def seed_marks(trust: pd.Series) -> str:
+    """The marks of the seeds of one layer (``trust``: one "; "-joined string per seed),
+    each with the number of seeds that carry it: "tail is most of the spectrum (tail
+    fraction > 0.5) in 1/3 seeds"; "too few eigenvalues" as it is (the same for every
+    seed)."""
+    per_seed = [{m for m in str(x).split("; ") if m and m != "nan"} for x in trust]
+    n = len(per_seed)
+    out = []
+    for mark in sorted(set().union(*per_seed)) if per_seed else []:
+        k = sum(mark in marks for marks in per_seed)
+        if mark.startswith("too few eigenvalues"):
+            out.append(mark)
+            continue
+        text = (f"{TAIL_MARK} (tail fraction > {MAX_TAIL_FRACTION:g})" if mark == TAIL_MARK
+                else mark)
+        out.append(f"{text} in {k}/{n} seeds")
+    return "; ".join(out)
 
 
 def plot_alpha_bars(summary: pd.DataFrame, stem: Path, title: str) -> Path:
-    """One panel per group (encoder, each head): α per layer, one bar per method (the
-    legend lists the methods of that panel; layers without a fit have no bar)."""
+    """One panel per group (encoder, each head): α per fitted layer, one bar per method
+    (the mean over seeds, as in the table), whiskers from the smallest to the largest seed's
+    α (the range: never below the data, unlike mean ± std), hatched where some seed's fit is
+    marked (``seed_marks``). Layers without a fit (too few eigenvalues) get no slot; the
+    panel names them. The legend lists the methods of that panel."""
     groups = list(dict.fromkeys(summary.group))
     methods = sorted(summary.method.unique())
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = grid(len(groups), 6.5, 3.6, cols=2)
     for ax, group in zip(axes, groups):
         part = summary[summary.group == group]
-        layers = list(dict.fromkeys(part.layer))
-        here = [m for m in methods if part[part.method == m].alpha.notna().any()]
+        fitted = part[part.alpha.notna()]
+        layers = list(dict.fromkeys(fitted.layer))
+        unfitted = [lay for lay in dict.fromkeys(part.layer) if lay not in set(layers)]
+        here = [m for m in methods if fitted[fitted.method == m].alpha.notna().any()]
         width = 0.8 / max(len(here), 1)
+        handles = []
         for i, method in enumerate(here):
-            m = part[part.method == method].set_index("layer").reindex(layers)
-            ax.bar(np.arange(len(layers)) + i * width, m.alpha.to_numpy(), width,
-                   yerr=m.alpha_std.fillna(0).to_numpy(), label=method,
-                   color=colors[methods.index(method) % len(colors)])
-        ax.axhspan(2, 6, color="green", alpha=0.07, label="2 ≤ α ≤ 6")
+            m = fitted[fitted.method == method].set_index("layer").reindex(layers)
+            lo = (m.alpha - m.alpha_min.fillna(m.alpha)).clip(lower=0).to_numpy()
+            hi = (m.alpha_max.fillna(m.alpha) - m.alpha).clip(lower=0).to_numpy()
+            marked = m.marks.fillna("").str.contains(" seeds").to_numpy()
+            color = colors[methods.index(method) % len(colors)]
+            bars = ax.bar(np.arange(len(layers)) + i * width, m.alpha.to_numpy(), width,
+                          yerr=np.vstack([lo, hi]), capsize=2, color=color,
+                          error_kw={"lw": 0.8})
+            for bar, flag in zip(bars, marked):
+                if flag:
+                    bar.set_hatch("///")
+                    bar.set_edgecolor("black")
+            handles.append(Patch(color=color, label=method))
+        ax.axhspan(2, 6, color="green", alpha=0.07)
+        handles.append(Patch(color="green", alpha=0.07, label="2 ≤ α ≤ 6"))
+        if fitted.marks.fillna("").str.contains(" seeds").any():
+            handles.append(Patch(facecolor="white", edgecolor="black", hatch="///",
+                                 label="marked in the table"))
         ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2,
                       [_short(lay) for lay in layers], rotation=45, ha="right", fontsize=7)
+        ax.set_ylim(bottom=0)
         ax.set_ylabel("power-law exponent α")
         ax.set_title(group)
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
+        if unfitted:
+            ax.set_xlabel(f"not fitted (< {MIN_EIGS} eigenvalues): "
+                          + ", ".join(_short(lay) for lay in unfitted), fontsize=7)
+        ax.legend(handles=handles, fontsize=7)
+    fig.suptitle(title + " (bar: mean over seeds; whiskers: range over seeds)")
     return save(fig, stem)
 
 
@@ -230,14 +281,20 @@ def esd_points(eigs: np.ndarray, bins: int = 40) -> tuple[np.ndarray, np.ndarray
 
 
 def plot_esd(eigs_by_method: dict[str, dict[str, tuple[np.ndarray, float]]], layers: list[str],
-             stem: Path, title: str) -> Path:
+             stem: Path, title: str, seeds: dict[str, object] | None = None,
+             summary: pd.DataFrame | None = None) -> Path:
     """Empirical spectral densities of the chosen layers on log-log axes: the non-empty
     log bins as points (one colour per method; the legend lists the methods of the panel),
-    the fitted power law over its tail (dashed, with α and n_tail) and the
-    Marchenko–Pastur edge of a random matrix of the same shape (dotted)."""
-    fig, axes = grid(len(layers), 4.6, 3.4)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    the fitted power law over its tail (dashed) and the Marchenko–Pastur edge of a random
+    matrix of the same shape (dotted). The spectra are those of one seed per method
+    (``seeds``, named in the legend with that seed's α and n_tail, the numbers of the dashed
+    line); with ``summary`` the legend also gives the table's α, the mean over seeds."""
     methods = sorted(eigs_by_method)
+    # the legend (one line per method) goes below each panel, never over the points
+    fig, axes = grid(len(layers), 4.6, 3.2 + 0.16 * (len(methods) + 1))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    table = ({} if summary is None else
+             {(r.method, r.layer): r for r in summary.itertuples()})
     for ax, layer in zip(axes, layers):
         for method in methods:
             if layer not in eigs_by_method[method]:
@@ -249,15 +306,25 @@ def plot_esd(eigs_by_method: dict[str, dict[str, tuple[np.ndarray, float]]], lay
             fit = fit_spectrum(x)
             frac = fit.n_tail / x.size
             t = np.geomspace(fit.xmin, x.max(), 50)
+            who = method if seeds is None else f"{method} seed {seeds[method]}"
+            label = f"{who}: α={fit.alpha:.2f}, tail {fit.n_tail}/{x.size}"
+            if frac > MAX_TAIL_FRACTION:
+                label += " (most of it)"
+            row = table.get((method, layer))
+            if row is not None and row.seeds > 1 and np.isfinite(row.alpha):
+                label += f"; mean α {row.alpha:.2f} ({row.seeds} seeds)"
             ax.plot(t, frac * (fit.alpha - 1) / fit.xmin * (t / fit.xmin) ** (-fit.alpha), "--",
-                    color=color, label=f"{method}: α={fit.alpha:.2f}, n_tail={fit.n_tail}/{x.size}")
+                    color=color, label=label)
             ax.axvline(edge, color=color, ls=":", lw=1)
         ax.plot([], [], "k:", lw=1, label="MP edge (random matrix)")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        log_ticks(ax, "x")
+        log_ticks(ax, "y")
         ax.set_xlabel("eigenvalue λ of WᵀW")
         ax.set_ylabel("density")
         ax.set_title(layer, fontsize=8)
-        ax.legend(fontsize=6)
-    fig.suptitle(title + " (points: non-empty log bins; dashed: power-law tail fit)")
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    fig.suptitle(title + " (one seed per method; points: non-empty log bins; dashed: "
+                 "power-law tail fit of that seed)")
     return save(fig, stem)

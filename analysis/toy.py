@@ -63,9 +63,13 @@ def plot_parameter_space(traj: dict, stem: Path, title: str) -> Path:
         ax.contourf(xy[..., 0].numpy(), xy[..., 1].numpy(), mean, levels=30, cmap="Greys", alpha=0.6)
         ax.plot([-PARETO_X1, PARETO_X1], [PARETO_X2, PARETO_X2], color="k", lw=2, label="Pareto set")
         for label, pts in paths:
-            for e in range(pts.shape[1] // 2):
-                line, = ax.plot(pts[:, 2 * e], pts[:, 2 * e + 1], lw=1.5,
-                                label=label if e == 0 else None)
+            encoders = pts.shape[1] // 2
+            for e in range(encoders):
+                # one path per encoder (stl): each named, with its own start
+                name = label if encoders == 1 else (
+                    f"encoder {e + 1} (L{e + 1}): start ({pts[0, 2 * e]:.1f}, "
+                    f"{pts[0, 2 * e + 1]:.1f}) seed {label.rsplit(' seed ', 1)[-1]}")
+                line, = ax.plot(pts[:, 2 * e], pts[:, 2 * e + 1], lw=1.5, label=name)
                 ax.plot(pts[0, 2 * e], pts[0, 2 * e + 1], "o", color=line.get_color(), ms=4)
                 ax.plot(pts[-1, 2 * e], pts[-1, 2 * e + 1], "*", color=line.get_color(), ms=8)
         ax.set_xlim(-10, 10)

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.measures import adjust_p_values, relative_changes, welch_t_test
-from analysis.plots import plt, save
+from analysis.plots import plt, save, wrap
 from analysis.table import Comparison
 
 COLUMNS = ["method", "task", "change_pct", "std_pct", "seeds", "test", "t", "p", "p_adjusted",
@@ -120,8 +120,10 @@ def heatmap(report: pd.DataFrame, stem: Path, title: str) -> Path:
     grid_ = report.pivot(index="method", columns="task", values="change_pct")
     grid_ = grid_.loc[list(dict.fromkeys(report.method)), list(dict.fromkeys(report.task))]
     sig = report.set_index(["method", "task"]).significant_negative
-    lim = max(float(np.nanmax(np.abs(grid_.to_numpy()))), 1e-9)
-    fig, ax = plt.subplots(figsize=(1.2 * grid_.shape[1] + 3, 0.45 * grid_.shape[0] + 1.8))
+    top = float(np.nanmax(np.abs(grid_.to_numpy()))) if np.isfinite(grid_.to_numpy()).any() else 0.0
+    lim = top if top > 0 else 1.0  # all zero: a ±1 scale, not a colour bar of ±1e-9
+    width = max(1.2 * grid_.shape[1] + 3, 6.0)  # wide enough for the title's test line
+    fig, ax = plt.subplots(figsize=(width, 0.45 * grid_.shape[0] + 2.2))
     im = ax.imshow(grid_.to_numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     ax.set_xticks(range(grid_.shape[1]), grid_.columns, rotation=30, ha="right")
     ax.set_yticks(range(grid_.shape[0]), grid_.index)
@@ -134,6 +136,7 @@ def heatmap(report: pd.DataFrame, stem: Path, title: str) -> Path:
                         ha="center", va="center", fontsize=8,
                         color="white" if abs(v) > 0.6 * lim else "black")
     fig.colorbar(im, ax=ax, label="change vs STL (%)")
-    ax.set_title(title + "\n* significant negative transfer: " + tests_description(report),
-                 fontsize=8)
+    # wrapped to the figure's width: a long test description is never clipped
+    fig.suptitle(wrap(title + "\n* significant negative transfer: " + tests_description(report),
+                      width * 0.9, 8), fontsize=8)
     return save(fig, stem)
