@@ -54,13 +54,14 @@ def wrap(text: str, width_in: float, fontsize: float) -> str:
 
 def log_ticks(ax, axis: str = "y") -> None:
     """Readable labels on a log axis (call after plotting): plain numbers at 1, 2, 5 × 10^k
-    when the axis spans less than two decades (the default labels there are overlapping
+    when the axis spans less than two decades (more within one decade) (the default labels there are overlapping
     minor labels such as 2×10⁻¹ 3×10⁻¹ ...), powers of ten otherwise; minor ticks are never
     labelled."""
     target = ax.yaxis if axis == "y" else ax.xaxis
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
     if lo > 0 and hi / lo < 100:
-        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=15))
+        subs = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0) if hi / lo < 10 else (1.0, 2.0, 5.0)
+        target.set_major_locator(LogLocator(base=10, subs=subs, numticks=15))
         target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     else:
         target.set_major_locator(LogLocator(base=10))
