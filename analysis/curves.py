@@ -242,7 +242,7 @@ def fit_curves(curves: pd.DataFrame) -> pd.DataFrame:
     """Per benchmark, method and task: ``status`` ("identified" or the reasons it is not, with
     how many seeds each), α (mean over seeds) with its t-interval (``interval`` says which)
     only when every seed's fit is identified, mean a, c, R², extrapolation error;
-    ``c_at_bound`` when any seed's c is at a bound."""
+    ``c_at_bound`` when any seed's c is at its upper bound."""
     rows = []
     for (bench, method, task), part in curves.groupby(["benchmark", "method", "task"], sort=True):
         fits, extrap, notes = [], [], []

@@ -237,8 +237,10 @@ def build_report(root: Path, out: Path | None = None, formats: tuple[str, ...] =
                             "L(t) = a·t^(−α) + c per method and task, fit per seed: α (mean over "
                             "seeds) with the interval named in 'interval' (95% t-interval; none "
                             "with fewer than 3 seeds), only when every seed's fit is identified; "
-                            f"'status' gives the reasons otherwise (c at a bound, R² < "
-                            f"{curves.R2_MIN:g}, α at a bound); R² of log L, c_at_bound, relative "
+                            f"'status' gives the reasons otherwise (c at its upper bound min L, "
+                            f"R² < {curves.R2_MIN:g}, α at a bound, or a plateau-then-drop curve "
+                            f"fitting better by AIC); c = 0 is the pure power law; R² of log L, "
+                            f"c_at_bound, relative "
                             "error of the extrapolation from the first 70% of the window")
             doc.figure(curves.plot_curves(part, doc.figures_dir / _slug("curves", bench),
                                           f"{bench}: training curves", fits),
