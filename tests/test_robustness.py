@@ -432,7 +432,10 @@ def test_a_data_root_for_a_benchmark_that_reads_none_is_refused(tmp_path, capsys
 
 
 def test_a_run_failing_for_its_data_exits_2(tmp_path, capsys):
-    (tmp_path / "data").mkdir()
+    # One file the benchmark reads, so that the run is built (an empty folder is refused
+    # before any run) and fails when it loads its data.
+    (tmp_path / "data" / "train" / "image").mkdir(parents=True)
+    (tmp_path / "data" / "train" / "image" / "0.npy").write_bytes(b"")
     code = main(["run", "-b", "nyuv2", "-m", "ew", "--data-root", str(tmp_path / "data"),
                  "--device", "cpu", "--no-progress", "--out", str(tmp_path / "out")])
     captured = capsys.readouterr()
