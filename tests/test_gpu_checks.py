@@ -20,7 +20,8 @@ SECTIONS = ("environment", "bf16 autocast", "fp16 with loss scaling", "channels_
 @pytest.mark.timeout(180)
 def test_cpu_mode_writes_every_section(tmp_path):
     out = tmp_path / "checks.txt"
-    env = {**os.environ, "BUDGET_S": "110", "TMPDIR": str(tmp_path)}
+    # A small budget: the later steps say their budget is spent, which is what is checked.
+    env = {**os.environ, "BUDGET_S": "40", "TMPDIR": str(tmp_path)}
     proc = subprocess.run(["bash", str(SCRIPT), "--cpu", str(out)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=170)
     text = out.read_text()
