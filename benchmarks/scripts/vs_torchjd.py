@@ -300,8 +300,11 @@ def _peak_bytes(step, device: torch.device) -> int | None:
 
 def measure_model(spec: ModelSpec, methods: list[str], rounds: int, steps: int, warmup: int,
                   memory: bool = True, batches: int = 4, log=print,
-                  device: torch.device = torch.device("cpu"), harness_only: bool = False) -> dict:
-    """All loops of one model, timed in the same interleaved, shuffled rounds."""
+                  device: torch.device = torch.device("cpu"), harness_only: bool = False,
+                  budget_s: float | None = None) -> dict:
+    """All loops of one model, timed in the same interleaved, shuffled rounds; with
+    ``budget_s``, no round starts that the last round's duration says would end past it
+    (at least one round is always taken)."""
     gen = torch.Generator().manual_seed(0)
     data = [_to(spec.batch(gen), device) for _ in range(batches)]
     loops: dict[tuple[str, str], Loop] = {}
@@ -359,11 +362,18 @@ def measure_model(spec: ModelSpec, methods: list[str], rounds: int, steps: int, 
     times: dict[tuple[str, str], list[float]] = {key: [] for key in loops}
     order = list(loops)
     started = time.perf_counter()
+    done = 0
     for r in range(rounds):
+        round_start = time.perf_counter()
         random.shuffle(order)
         for key in order:
             times[key].append(run(key, steps))
-        log(f"[{spec.name}] round {r + 1}/{rounds} ({time.perf_counter() - started:.0f} s)")
+        done += 1
+        now = time.perf_counter()
+        log(f"[{spec.name}] round {r + 1}/{rounds} ({now - started:.0f} s)")
+        if budget_s is not None and done < rounds and (now - started) + (now - round_start) > budget_s:
+            log(f"[{spec.name}] stopping after {done} rounds: the time budget of {budget_s:.0f} s")
+            break
 
     peaks: dict[tuple[str, str], int | None] = {}
     if memory:
@@ -391,16 +401,18 @@ def measure_model(spec: ModelSpec, methods: list[str], rounds: int, steps: int, 
     floors = [{"method": label, "harness": side_of((label, side))}
               for label, side in ((FLOOR_SUM, "floor:sum"), (FLOOR_PASSES, "floor:passes"))]
     return {"model": spec.name, "describe": spec.describe, "rows": rows, "floors": floors,
-            "rounds": rounds, "steps_per_round": steps, "warmup": warmup}
+            "rounds": done, "rounds_asked": rounds, "steps_per_round": steps, "warmup": warmup,
+            "budget_s": budget_s}
 
 
 def measure(models: list[str], methods: list[str], rounds: int, steps: int, warmup: int,
             memory: bool = True, log=print, device: str = "cpu",
-            harness_only: bool = False) -> dict:
+            harness_only: bool = False, budget_s: float | None = None) -> dict:
     from importlib.metadata import PackageNotFoundError, version
     dev = torch.device(device)
     results = [measure_model(MODELS[m], methods, rounds, steps, warmup, memory, log=log,
-                             device=dev, harness_only=harness_only) for m in models]
+                             device=dev, harness_only=harness_only, budget_s=budget_s)
+               for m in models]
     try:
         torchjd_version = None if harness_only else version("torchjd")
     except PackageNotFoundError:
@@ -459,7 +471,9 @@ def _agreement(row: dict) -> str:
 def format_tables(result: dict) -> str:
     out = []
     for model in result["models"]:
-        out.append(f"**{model['model']}**: {model['describe']}; {model['rounds']} rounds of "
+        cut = (f" (of {model['rounds_asked']} asked: the time budget of "
+               f"{model['budget_s']:.0f} s)" if model["rounds"] < model["rounds_asked"] else "")
+        out.append(f"**{model['model']}**: {model['describe']}; {model['rounds']} rounds{cut} of "
                    f"{model['steps_per_round']} steps per loop after {model['warmup']} warm-up "
                    f"steps.\n")
         out.append("| method | harness ms | IQR | TorchJD ms | IQR | harness / TorchJD | "
@@ -497,6 +511,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="steps per loop per round")
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps per loop")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--budget-s", type=float,
+                   help="per model: start no round that would end past this many seconds of "
+                        "timed rounds (the table says how many rounds were taken)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     p.add_argument("--json", type=Path, help="write the raw numbers here")
     p.add_argument("--seed", type=int, default=0, help="seeds the order of the rounds")
@@ -525,7 +542,8 @@ def main(argv=None) -> int:
     result = measure(models, methods, args.rounds, args.steps, args.warmup,
                      memory=not args.no_memory,
                      log=lambda line: print(line, file=sys.stderr, flush=True),
-                     device=args.device, harness_only=args.harness_only)
+                     device=args.device, harness_only=args.harness_only,
+                     budget_s=args.budget_s)
     result["command"] = " ".join(["python", "benchmarks/scripts/vs_torchjd.py",
                                   *(argv if argv is not None else sys.argv[1:])])
     print(format_tables(result))
