@@ -363,7 +363,9 @@ def measure_model(spec: ModelSpec, methods: list[str], rounds: int, steps: int, 
     order = list(loops)
     started = time.perf_counter()
     done = 0
+    round_clock: list[float] = []  # wall-clock start of each round, to match a machine log
     for r in range(rounds):
+        round_clock.append(time.time())
         round_start = time.perf_counter()
         random.shuffle(order)
         for key in order:
@@ -401,25 +403,36 @@ def measure_model(spec: ModelSpec, methods: list[str], rounds: int, steps: int, 
     floors = [{"method": label, "harness": side_of((label, side))}
               for label, side in ((FLOOR_SUM, "floor:sum"), (FLOOR_PASSES, "floor:passes"))]
     return {"model": spec.name, "describe": spec.describe, "rows": rows, "floors": floors,
-            "rounds": done, "rounds_asked": rounds, "steps_per_round": steps, "warmup": warmup,
+            "rounds": done, "rounds_asked": rounds, "round_started_unix": round_clock, "steps_per_round": steps, "warmup": warmup,
             "budget_s": budget_s}
 
 
 def measure(models: list[str], methods: list[str], rounds: int, steps: int, warmup: int,
             memory: bool = True, log=print, device: str = "cpu",
-            harness_only: bool = False, budget_s: float | None = None) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+            harness_only: bool = False, budget_s: float | None = None,
+            on_model=None) -> dict:
+    """Every model in turn; ``on_model(result so far)`` after each (the script prints and
+    saves each model's table as soon as it is measured)."""
     dev = torch.device(device)
-    results = [measure_model(MODELS[m], methods, rounds, steps, warmup, memory, log=log,
-                             device=dev, harness_only=harness_only, budget_s=budget_s)
-               for m in models]
+    result = _header(dev, harness_only)
+    for m in models:
+        result["models"].append(measure_model(MODELS[m], methods, rounds, steps, warmup,
+                                              memory, log=log, device=dev,
+                                              harness_only=harness_only, budget_s=budget_s))
+        if on_model is not None:
+            on_model(result)
+    return result
+
+
+def _header(dev: torch.device, harness_only: bool) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
     try:
         torchjd_version = None if harness_only else version("torchjd")
     except PackageNotFoundError:
         torchjd_version = None
     return {"torchjd": torchjd_version, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": str(dev),
-            "machine": machine_state(dev), "models": results}
+            "machine": machine_state(dev), "models": []}
 
 
 def machine_state(device: torch.device = torch.device("cpu")) -> dict:
@@ -539,17 +552,20 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
-    result = measure(models, methods, args.rounds, args.steps, args.warmup,
-                     memory=not args.no_memory,
-                     log=lambda line: print(line, file=sys.stderr, flush=True),
-                     device=args.device, harness_only=args.harness_only,
-                     budget_s=args.budget_s)
-    result["command"] = " ".join(["python", "benchmarks/scripts/vs_torchjd.py",
-                                  *(argv if argv is not None else sys.argv[1:])])
-    print(format_tables(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+    command = " ".join(["python", "benchmarks/scripts/vs_torchjd.py",
+                        *(argv if argv is not None else sys.argv[1:])])
+
+    def publish(result: dict) -> None:
+        """The newest model's table on stdout, everything so far in the JSON file."""
+        print(format_tables({**result, "models": result["models"][-1:]}), flush=True)
+        print(flush=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({**result, "command": command}, indent=1))
+
+    measure(models, methods, args.rounds, args.steps, args.warmup, memory=not args.no_memory,
+            log=lambda line: print(line, file=sys.stderr, flush=True), device=args.device,
+            harness_only=args.harness_only, budget_s=args.budget_s, on_model=publish)
     return 0
 
 
