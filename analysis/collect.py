@@ -314,24 +314,31 @@ def load_optional_jsonl(run_dir: Path, name: str) -> tuple[list[dict], str]:
 
 
 COST_COLUMNS = ["benchmark", "method", "seed", "device", "step_time_s", "wall_time_s",
-                "peak_memory_mib"]
+                "step_peak_memory_mib", "peak_memory_mib"]
+
+
+def _mib(value) -> float:
+    return value / 2 ** 20 if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else float("nan")
 
 
 def load_costs(runs: pd.DataFrame) -> pd.DataFrame:
     """Per usable run: the mean training step time (train records of metrics.jsonl), the
-    wall time and the peak memory (summary.json) and the device it ran on."""
+    wall time, the peak tensor memory of one training step and the run's peak memory
+    (summary.json) and the device it ran on."""
     rows = []
     for run in runs[runs.usable].itertuples():
         summary = read_json(Path(run.run_dir) / "summary.json") or {}
         times = [r["step_time_s"] for r in load_train_records(Path(run.run_dir))
                  if isinstance(r.get("step_time_s"), (int, float))]
         memory = summary.get("peak_memory_bytes")
+        step_memory = summary.get("step_peak_memory_bytes")  # absent in older runs
         wall = summary.get("wall_time_s")  # None: a resumed run whose total is unknown
         rows.append({"benchmark": run.benchmark, "method": run.method, "seed": run.seed,
                      "device": summary.get("device", ""),
                      "step_time_s": sum(times) / len(times) if times else float("nan"),
                      "wall_time_s": float(wall) if isinstance(wall, (int, float))
                      and not isinstance(wall, bool) else float("nan"),
-                     "peak_memory_mib": memory / 2 ** 20 if isinstance(memory, (int, float))
-                     else float("nan")})
+                     "step_peak_memory_mib": _mib(step_memory),
+                     "peak_memory_mib": _mib(memory)})
     return pd.DataFrame(rows, columns=COST_COLUMNS)

@@ -319,6 +319,7 @@ COST_HEADERS = {"method": "method", "device": "device", "seeds": "seeds",
                 "peak_memory_mib": "peak memory (MiB)", "memory_measured": "peak memory measured"}
 COST_FORMATS = {"seeds": "d", "step_time_ms": ".2f", "wall_time_s": ".1f",
                 "peak_memory_mib": ".1f"}
+STEP_PEAK = "one training step's tensor memory (model, gradients, optimizer state, the step's peak)"
 CUDA_PEAK = "CUDA allocator peak over the run (training and evaluation)"
 PROCESS_PEAK = "process peak RSS since the process started (earlier runs included)"
 COST_CAPTION = (
@@ -329,24 +330,34 @@ COST_CAPTION = (
     "(docs/performance.md). Training step time: each epoch's training loop (data loading "
     "included, and the gradient-conflict statistics when engine.conflict_every > 0) divided by "
     "its steps, mean over epochs and seeds. Wall time: a whole run (training, evaluation, "
-    "checkpoints), mean over seeds. Peak memory: runs record no per-step peak, only what "
-    "'peak memory measured' names (largest over seeds): on a GPU the CUDA allocator's peak "
-    "over the run; on a CPU the peak resident memory of the process, which covers everything "
-    "the process did before the run ended (earlier runs of the same command included), so it "
-    "reflects the order of the runs more than the method.")
+    "checkpoints), mean over seeds. Peak memory: what 'peak memory measured' names, largest "
+    "over seeds. Runs record the tensor memory of one training step (their second): the "
+    "parameters, gradients and optimizer state plus the peak the step allocates on top "
+    "(the CUDA allocator's peak on a GPU, the torch profiler's allocation events on a CPU). "
+    "Runs older than that record only the CUDA allocator's peak over the run or, on a CPU, the "
+    "process's peak resident memory, which covers everything the process did before (earlier "
+    "runs of the same command included) and reflects the order of the runs more than the "
+    "method.")
 
 
 def cost_table(costs: pd.DataFrame) -> pd.DataFrame:
     """Per method and device: seeds, the mean training step time (ms), the mean wall time per
-    run (s), the largest recorded peak memory (MiB) and what that peak is (``CUDA_PEAK`` or
-    ``PROCESS_PEAK``, see ``engine.core.results.peak_memory_bytes``)."""
+    run (s), the largest recorded peak memory (MiB) and what that peak is: ``STEP_PEAK``
+    where the runs recorded a training step's peak, else (older runs) ``CUDA_PEAK`` or
+    ``PROCESS_PEAK`` (``engine.core.results.peak_memory_bytes``)."""
+    if "step_peak_memory_mib" not in costs:
+        costs = costs.assign(step_peak_memory_mib=float("nan"))
     table = (costs.groupby(["method", "device"], sort=True)
              .agg(seeds=("seed", "nunique"), step_time_s=("step_time_s", "mean"),
                   wall_time_s=("wall_time_s", "mean"),
-                  peak_memory_mib=("peak_memory_mib", "max")).reset_index())
+                  step_peak=("step_peak_memory_mib", "max"),
+                  run_peak=("peak_memory_mib", "max")).reset_index())
     table.insert(3, "step_time_ms", 1000.0 * table.pop("step_time_s"))
-    table["memory_measured"] = [CUDA_PEAK if str(d).startswith("cuda") else PROCESS_PEAK
-                                for d in table.device]
+    step_peak, run_peak = table.pop("step_peak"), table.pop("run_peak")
+    table["peak_memory_mib"] = step_peak.fillna(run_peak)
+    table["memory_measured"] = [
+        STEP_PEAK if pd.notna(step) else CUDA_PEAK if str(d).startswith("cuda") else PROCESS_PEAK
+        for step, d in zip(step_peak, table.device)]
     return table
 
 

@@ -297,7 +297,7 @@ def test_perf_memory_and_scaling(tmp_path):
 
 
 def test_cpu_peak_counts_the_tensors_alive_together():
-    from engine.runs.perf import cpu_peak_bytes
+    from engine.core.step_memory import cpu_peak_bytes
 
     def step():
         a = torch.empty(1_000_000)          # 4 MB

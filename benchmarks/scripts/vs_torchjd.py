@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.core.user_loop import MethodStep  # noqa: E402
-from engine.runs.perf import cpu_peak_bytes  # noqa: E402
+from engine.core.step_memory import cpu_peak_bytes  # noqa: E402
 
 AGREEMENT = 0.999
 """Cosine at or above which a deterministic method's two updates count as the same."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from engine.core.models import MultiTaskModel
 from engine.core.results import METRICS, write_jsonl
 from engine.core.saliency_log import SaliencyLog
 from engine.core.second_order import convert_convolutions
+from engine.core.step_memory import measure_step, resident_bytes
 from engine.core.traces import Traces
 from methods.base import Method, Regularizer
 from methods.registry import METHODS, Composition
@@ -144,6 +146,13 @@ class Trainer:
         self.saliency_log = SaliencyLog.for_run(engine_cfg.saliency_every, self.task_names,
                                                 not self.model.separate, self.notes)
         self.step = 0
+        self.steps_here = 0
+        """Training steps taken by this process (a resumed run starts again at 0)."""
+        self.step_peak_bytes: int | None = None
+        """The peak tensor memory of one training step (engine.core.step_memory), measured
+        on this process's second step, when the optimizer state exists."""
+        self.peak_before_measure = 0
+        """The CUDA allocator's peak before that measurement reset it (for the run's peak)."""
         # Called as hook(epoch, records) once an epoch is on disk (run.log, TensorBoard).
         self.epoch_hooks: list = []
         self.train_batch = config.train.batch_size
@@ -264,7 +273,11 @@ class Trainer:
         for batch in self.benchmark.batches("train", self.train_batch, self.data_generator):
             if limit and steps >= limit:
                 break
-            values, weights, penalty, finite = self.train_step(batch, epoch, stats)
+            if self.steps_here == 1 and self.step_peak_bytes is None:
+                values, weights, penalty, finite = self._measured_step(batch, epoch, stats)
+            else:
+                values, weights, penalty, finite = self.train_step(batch, epoch, stats)
+            self.steps_here += 1
             first_bad = (bad_step < 0) & ~finite.all()
             bad_step = torch.where(first_bad, self.step, bad_step)
             bad_tasks = torch.where(first_bad, ~finite, bad_tasks)
@@ -301,6 +314,15 @@ class Trainer:
             record["method"] = means["logged"]
         record["step_time_s"] = elapsed / max(steps, 1)
         return record
+
+    def _measured_step(self, batch: Batch, epoch: int, stats: EpochStats):
+        """One training step whose peak tensor memory is recorded (``step_peak_bytes``)."""
+        if self.device.type == "cuda":
+            self.peak_before_measure = int(torch.cuda.max_memory_allocated(self.device))
+        resident = partial(resident_bytes, [self.model, self.methods], [self.optimizer])
+        out, self.step_peak_bytes = measure_step(lambda: self.train_step(batch, epoch, stats),
+                                                 self.device, resident)
+        return out
 
     def _conflict_grads(self, ctx: TrainStepContext) -> Tensor:
         """Per-task gradients of the raw losses for the conflict statistics. Computed

@@ -36,6 +36,7 @@ from torch import Tensor
 from engine.core.gradients.stats import EpochStats
 from engine.runs.runner import RunRequest, build_requests, make_benchmark, resolve_device
 from engine.core.second_order import second_order_convolutions
+from engine.core.step_memory import cpu_peak_bytes
 from engine.core.trainer import Trainer
 
 REFERENCE = "ew"
@@ -201,24 +202,6 @@ def measure_times(steppers: dict, benchmark, batch_size: int, batches: list, ste
             data_timing.times.append(time.perf_counter() - start)
     timings["data"] = data_timing
     return timings
-
-
-def cpu_peak_bytes(step, steps: int) -> int:
-    """The peak, over ``steps`` calls of ``step()``, of the CPU tensor memory allocated
-    above the level at the start: the running sum of the profiler's allocation (+) and
-    release (−) events, in time order."""
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
-        for _ in range(steps):
-            step()
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    events.sort(key=lambda e: e.start_ns())
-    level = peak = 0
-    for event in events:
-        level += event.nbytes()
-        peak = max(peak, level)
-    return peak
 
 
 def measure_memory(steppers: dict, batches: list, steps: int,

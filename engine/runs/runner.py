@@ -407,9 +407,13 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
     # checkpoint recorded (a run resumed at its end would otherwise cost seconds); unknown
     # (None) when an older checkpoint recorded none.
     total = trainer.wall_time_s() if trainer is not None and hasattr(trainer, "started") else wall
-    summary.update(wall_time_s=total, session_wall_time_s=wall,
-                   peak_memory_bytes=R.peak_memory_bytes(device), device=str(device))
+    peak = R.peak_memory_bytes(device)
     if trainer is not None:
+        peak = max(peak, trainer.peak_before_measure)
+    summary.update(wall_time_s=total, session_wall_time_s=wall, peak_memory_bytes=peak,
+                   device=str(device))
+    if trainer is not None:
+        summary.update(step_peak_memory_bytes=trainer.step_peak_bytes)
         summary.update(jacobian_path=trainer.engine.jacobian_path,
                        jacobian_fallback=trainer.engine.fallback_reason,
                        multi_input_forward=(config.engine.multi_input_forward
