@@ -340,8 +340,11 @@ def plot_training(curves: pd.DataFrame, stem: Path, title: str) -> Path:
             ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title}\nsolid: engine.saliency_every; dashed: the method's own log",
-                 fontsize=10)
+    # Name only the line styles the figure draws.
+    styles = {"engine.saliency_every": "solid: engine.saliency_every",
+              "method's own log": "dashed: the method's own log"}
+    legend = "; ".join(text for source, text in styles.items() if source in set(curves.source))
+    fig.suptitle(f"{title}\n{legend}", fontsize=10)
     return _save(fig, stem)
 
 
