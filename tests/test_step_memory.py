@@ -39,3 +39,16 @@ def test_runs_record_the_step_peak_and_a_jacobian_method_holds_more(tmp_path):
         peaks[method] = summary["step_peak_memory_bytes"]
     # PCGrad keeps the T×P Jacobian of the shared parameters besides what EW's step holds.
     assert 0 < peaks["ew"] < peaks["pcgrad"]
+
+
+def test_the_profilers_log_lines_are_dropped_and_the_steps_own_output_kept(capfd):
+    import os
+
+    def step():
+        os.write(2, b"the step's own message\n")
+        return torch.ones(100).sum()
+
+    measure_step(step, torch.device("cpu"), lambda: 0)
+    err = capfd.readouterr().err
+    assert "the step's own message" in err
+    assert "profiler_start" not in err and ".cpp:" not in err

@@ -14,6 +14,11 @@ the backward passes, the method's own buffers).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import tempfile
 from typing import Callable, Iterable, TypeVar
 
 import torch
@@ -29,12 +34,40 @@ def cpu_peak_bytes(step: Callable[[], object], steps: int) -> int:
     return peak
 
 
+# The profiler's C++ side logs its stages to the process's stderr ("USDT:... profiler_start",
+# "ERROR:... gpuGetDeviceCount failed" on a machine without a GPU): noise in every run's log.
+KINETO_LINE = re.compile(r"^[A-Z]+:\d{4}-\d\d-\d\d [\d:]+ \d+:\d+ \w+\.cpp:\d+\]")
+
+
+@contextlib.contextmanager
+def _without_profiler_log():
+    """Capture file descriptor 2 and give back everything but the profiler's own lines
+    (warnings of the measured step itself still reach stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
+                    if not KINETO_LINE.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def _profile_cpu(fn: Callable[[], T]) -> tuple[T, int]:
     activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
-        result = fn()
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    with _without_profiler_log():
+        with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+            result = fn()
+        events = [e for e in prof.profiler.kineto_results.events()
+                  if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
     events.sort(key=lambda e: e.start_ns())
     level = peak = 0
     for event in events:
