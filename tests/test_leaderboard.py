@@ -299,9 +299,60 @@ def test_the_repmtl_protocols_name_valid_settings(folder):
     lambdas = {o for knob in protocol.knobs["repmtl"] for o in knob
                if o.startswith("method.repmtl.lambda_tsr")}
     assert len(lambdas) == 7  # the paper's grid besides the default 0.9, and 0.01, 0.1, 0.3
+    assert set(protocol.knob_from) == {"repmtl_tsr", "repmtl_csa"} and not protocol.untuned_seeds
+    for label, (source, keys) in protocol.knob_from.items():  # the ablations at repmtl's λ
+        (request,) = build_requests("scenes", [label], [0], protocol.profile,
+                                    [f"{own}=1.3" for own in keys.values()], "cpu", None,
+                                    check_data=False)
+        own = request.config.methods[label]
+        assert source == "repmtl" and getattr(own, "lambda_tsr", 1.3) == getattr(own, "lambda_csa", 1.3) == 1.3
     for entry in entries:
-        for knob in entry.knob:
+        for knob in (entry.knob if entry.label not in protocol.knob_from else ()):
             (request,) = build_requests("scenes", [entry.method], [0], protocol.profile,
                                         list(entry.with_(knob)), "cpu", None, check_data=False)
             expected = "scratch" if folder == "repmtl_scratch" else "mobilenet_v2"
             assert request.config.data.encoder == expected
+
+
+INHERITING = TINY_PROTOCOL.replace('default_knob', 'untuned_seeds = false\ndefault_knob') \
+    .replace('synthetic = ["stl", "ew", "cagrad", "fixed"]', 'synthetic = ["stl", "cagrad", "ew"]') \
+    + '[knob_from.ew]\nentry = "cagrad"\nkeys = { "method.cagrad.c" = "train.weight_decay" }\n'
+
+
+def test_an_entry_takes_its_knob_from_another_entrys_selection(tmp_path):
+    """knob_from: the entry's knob is the source's selected value under its own key; it waits
+    until the source has selected; untuned_seeds = false plans no untuned seeds."""
+    path = tmp_path / "protocol.toml"
+    path.write_text(INHERITING)
+    protocol = L.load_protocol(path)
+    assert protocol.hash() == tiny_protocol(tmp_path).hash()  # the runs are the same runs
+    board = L.Board(protocol, "synthetic", 1e-3)
+    lr = lambda v: tuple(sorted(protocol.fixed + (f"train.lr={v}",)))  # noqa: E731
+    (ew,) = protocol.entries("synthetic", ["ew"])
+    (cagrad,) = protocol.entries("synthetic", ["cagrad"])
+    board.known = {("stl", lr(0.001), 0): record("stl", 0, lr(0.001), (90.0, 1.0))}
+    for method in ("ew", "cagrad"):
+        for v, score in ((0.001, 80.0), (0.003, 70.0)):
+            board.known[(method, lr(v), 0)] = record(method, 0, lr(v), (score, 1.0))
+    waiting = board.state(ew)
+    assert waiting.needed == [] and waiting.waits_for == "cagrad" and not waiting.final
+    c_knob = tuple(sorted(lr(0.001) + ("method.cagrad.c=0.2",)))
+    board.known[("cagrad", c_knob, 0)] = record("cagrad", 0, c_knob, (85.0, 1.0))
+    assert board.state(cagrad).selected == c_knob
+    assert [p.stage for p in board.state(cagrad).needed] == ["final"]  # no untuned seed
+    inherited = tuple(sorted(lr(0.001) + ("train.weight_decay=0.2",)))
+    assert [(p.stage, p.overrides) for p in board.state(ew).needed] == [("knob", inherited)]
+    assert "ew (waits for cagrad)" in L._unfinished([waiting])
+
+
+def test_knob_from_refuses_a_malformed_table(tmp_path):
+    path = tmp_path / "protocol.toml"
+    path.write_text(TINY_PROTOCOL + '[knob_from.ew]\nentry = "cagrad"\n')
+    with pytest.raises(L.ConfigError, match=r"needs entry = "):
+        L.load_protocol(path)
+    path.write_text(TINY_PROTOCOL + '[knob_from.cagrad]\nentry = "ew"\nkeys = { "a" = "b" }\n')
+    with pytest.raises(L.ConfigError, match="both a knob list"):
+        L.load_protocol(path)
+    path.write_text(TINY_PROTOCOL.replace("default_knob", "untuned_seeds = 1\ndefault_knob"))
+    with pytest.raises(L.ConfigError, match="untuned_seeds must be true or false"):
+        L.load_protocol(path)

@@ -79,6 +79,12 @@ class Protocol:
     """Overrides of every run (the protocol's ``set`` table)."""
     first: tuple[str, ...] = ()
     """Methods run before the others (``fixed`` places the front)."""
+    untuned_seeds: bool = True
+    """Whether the untuned configuration is trained for every seed (else only the tuning
+    seed's run of the learning-rate stage exists, and the table shows no untuned column)."""
+    knob_from: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    """Entries whose knob is another entry's selected setting, renamed: ``{label: (source,
+    {source key: own key})}`` (e.g. an ablation at the full method's selected λ)."""
 
     def hash(self) -> str:
         """What the records depend on: the shared settings (not the method lists)."""
@@ -161,12 +167,35 @@ def load_protocol(path: Path = PROTOCOL) -> Protocol:
     if missing:
         raise ConfigError(f"{path}: missing {', '.join(missing)}")
     knob = lambda sets: tuple(override_set(t) for t in sets)  # noqa: E731
+    untuned_seeds = raw.get("untuned_seeds", True)
+    if not isinstance(untuned_seeds, bool):
+        raise ConfigError(f"{path}: untuned_seeds must be true or false, got {untuned_seeds!r}")
     return Protocol(path, raw, raw["profile"], [float(v) for v in raw["lr_grid"]],
                     int(raw["tuning_seed"]), [int(s) for s in raw["seeds"]],
                     knob(raw["default_knob"]), [float(w) for w in raw.get("front_weights", [])],
                     {m: knob(v) for m, v in raw.get("knobs", {}).items()},
                     dict(raw.get("exclude", {})), dict(raw["benchmarks"]),
-                    override_set(raw.get("set", {})), tuple(raw.get("first", ())))
+                    override_set(raw.get("set", {})), tuple(raw.get("first", ())),
+                    untuned_seeds, _knob_from(path, raw.get("knob_from", {}), raw))
+
+
+def _knob_from(path: Path, table: dict, raw: dict) -> dict[str, tuple[str, dict[str, str]]]:
+    """``[knob_from.<label>]`` tables: ``entry`` (the source entry) and ``keys`` (its
+    override keys mapped to the label's own)."""
+    out = {}
+    for label, spec in table.items():
+        entry, keys = (spec.get("entry"), spec.get("keys")) if isinstance(spec, dict) else (None, None)
+        if not isinstance(entry, str) or not isinstance(keys, dict) or not keys \
+                or not all(isinstance(v, str) for v in keys.values()):
+            raise ConfigError(f"{path}: [knob_from.{label}] needs entry = \"<method>\" and "
+                              f"keys = {{ \"<its key>\" = \"<{label}'s key>\", ... }}")
+        if entry == label or entry in table:
+            raise ConfigError(f"{path}: [knob_from.{label}] takes its knob from {entry!r}, "
+                              f"which must tune its own knob")
+        if label in raw.get("knobs", {}):
+            raise ConfigError(f"{path}: {label} has both a knob list and [knob_from.{label}]")
+        out[label] = (entry, dict(keys))
+    return out
 
 
 # --------------------------------------------------------------------------- planning
@@ -192,6 +221,8 @@ class EntryState:
     tuning: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
     selected: tuple[str, ...] | None = None
     untuned: tuple[str, ...] = ()
+    waits_for: str = ""
+    """The entry whose selection this one's knob needs (``knob_from``), while it has none."""
 
     @property
     def final(self) -> bool:
@@ -234,7 +265,7 @@ class Board:
                                      for s in p.seeds if (st.entry.method, overrides, s) in self.known]
         return [Row(st.entry.label, tuple(o for o in st.selected if o not in st.entry.base),
                     get(st, st.selected),
-                    [] if st.entry.method == FRONT else get(st, st.untuned))
+                    [] if st.entry.method == FRONT or not p.untuned_seeds else get(st, st.untuned))
                 for st in states if st.final]
 
     def state(self, entry: Entry) -> EntryState:
@@ -253,8 +284,14 @@ class Board:
         scores = [(r.overrides, self.score(self.known[r.key], reference)) for r in lr_runs]
         best_lr = max(scores, key=lambda s: s[1])[0]
         lr_part = tuple(o for o in best_lr if o.startswith("train.lr="))
+        knobs = entry.knob
+        if entry.label in p.knob_from:
+            knobs = self.inherited_knob(entry)
+            if knobs is None:
+                st.waits_for = p.knob_from[entry.label][0]
+                return st
         knob_runs = [Planned(entry, "knob", entry.with_(lr_part, k), p.tuning_seed)
-                     for k in entry.knob]
+                     for k in knobs]
         st.needed = [r for r in knob_runs if r.key not in self.known]
         if st.needed:
             st.tuning = scores
@@ -263,10 +300,23 @@ class Board:
                               for r in knob_runs]
         st.selected = max(st.tuning, key=lambda s: s[1])[0]
         finals = [Planned(entry, "final", st.selected, s) for s in p.seeds]
-        if not entry.label.startswith(FRONT):
+        if not entry.label.startswith(FRONT) and p.untuned_seeds:
             finals += [Planned(entry, "untuned", st.untuned, s) for s in p.seeds]
         st.needed = [r for r in finals if r.key not in self.known]
         return st
+
+
+    def inherited_knob(self, entry: Entry) -> tuple[tuple[str, ...], ...] | None:
+        """The knob of a ``knob_from`` entry: its source's selected values under the
+        entry's own keys (one setting; empty when the source kept its defaults), or None
+        while the source has selected nothing."""
+        source, keys = self.protocol.knob_from[entry.label]
+        found = [e for e in self.protocol.entries(self.benchmark, [source])]
+        selected = self.state(found[0]).selected
+        if selected is None:
+            return None
+        mapped = [f"{keys[k]}={v}" for k, v in (o.split("=", 1) for o in selected) if k in keys]
+        return (tuple(sorted(mapped)),)
 
 
 def validation_score(record: RunRecord, reference: RunRecord) -> float:
@@ -436,14 +486,17 @@ def plan_text(outcome: Outcome) -> str:
               f"-> {run_dir}" for p, run_dir in outcome.pending]
     finished = sum(st.final for st in outcome.states)
     protocol = outcome.board.protocol
-    tuning = max((len(protocol.lr_grid) + len(st.entry.knob) for st in outcome.states), default=0)
+    tuning = max((len(protocol.lr_grid) + (1 if st.entry.label in protocol.knob_from
+                                           else len(st.entry.knob))
+                  for st in outcome.states), default=0)
+    finals = (2 if protocol.untuned_seeds else 1) * len(protocol.seeds)
     lines.append(f"{finished} of {len(outcome.states)} entries finished; an unfinished entry "
-                 f"needs at most {tuning} tuning runs and {2 * len(protocol.seeds)} final runs")
+                 f"needs at most {tuning} tuning runs and {finals} final runs")
     return "\n".join(lines)
 
 
 def _unfinished(states: list[EntryState]) -> str:
-    waiting = [f"{st.entry.label} ({st.needed[0].stage if st.needed else 'waits for stl'})"
+    waiting = [f"{st.entry.label} ({st.needed[0].stage if st.needed else 'waits for ' + (st.waits_for or 'stl')})"
                for st in states if not st.final]
     return ("Not finished (stage reached): " + ", ".join(waiting) + ".") if waiting else ""
 
