@@ -101,6 +101,12 @@ def toy_task_loss(pred: Tensor, target: Tensor, index: int, scale: float, offset
     return (scale * toy_losses(pred)[..., index] - offset).mean()
 
 
+def toy_task_losses(preds: Tensor, index: int, scale: float, offset: float) -> Tensor:
+    """``toy_task_loss`` of many runs at once: [R, B, 2] predictions -> [R] losses, each the
+    same operations on the same values as that run's own loss (the mean over its batch only)."""
+    return (scale * toy_losses(preds)[..., index] - offset).mean(dim=-1)
+
+
 class ToyMeter:
     """The raw toy loss at the evaluated point (and, for the first task, the distance to
     the Pareto set)."""
@@ -147,6 +153,15 @@ class Toy2d(Benchmark):
 
     def make_head(self, task: TaskSpec) -> nn.Module:
         return nn.Identity()
+
+    def point_losses(self, points: Tensor) -> list[Tensor]:
+        """The task losses at R points [R, 2] (one per independent run, e.g. every start
+        of a protocol), as T tensors [R], each with its own graph: the arithmetic of the
+        tasks' losses at each run's encoder output (engine/runs/toy_batch.py)."""
+        offsets = self.config.l_star or (0.0, 0.0)
+        preds = points.unsqueeze(1).expand(points.shape[0], 1, 2)  # ToyPoint's batch of one
+        return [toy_task_losses(preds, i, self.config.loss_scale[i], offsets[i])
+                for i in range(len(TASKS))]
 
     def trajectory_point(self, model: nn.Module) -> Tensor:
         """The current point x (a detached copy on the device; [2], or [2·T] with one

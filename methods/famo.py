@@ -57,20 +57,22 @@ class FAMOConfig(MethodConfig):
 
 
 def famo_weights(losses: Tensor, logits: Tensor, min_losses: Tensor) -> Tensor:
-    """[T] gradient weights z_t / (c·D_t) of the FAMO objective, D = L − b + ε (sum to 1)."""
-    z = torch.softmax(logits, dim=0)
+    """[T] gradient weights z_t / (c·D_t) of the FAMO objective, D = L − b + ε (sum to 1).
+    Leading dimensions are independent runs ([R, T] losses and logits give [R, T])."""
+    z = torch.softmax(logits, dim=-1)
     gap = losses - min_losses + EPS
-    c = (z / gap).sum()
+    c = (z / gap).sum(dim=-1, keepdim=True)
     return z / (c * gap)
 
 
 def famo_logit_grad(logits: Tensor, prev_losses: Tensor, new_losses: Tensor,
                     min_losses: Tensor) -> Tensor:
     """Gradient fed to the logits' optimizer: Jᵀ_softmax(ξ)·δ, where δ_t is the decrease of
-    log(L_t − b_t) over the step; Jᵀ_softmax·δ = z ⊙ (δ − ⟨z, δ⟩)."""
+    log(L_t − b_t) over the step; Jᵀ_softmax·δ = z ⊙ (δ − ⟨z, δ⟩). Batched like
+    ``famo_weights``."""
     delta = torch.log(prev_losses - min_losses + EPS) - torch.log(new_losses - min_losses + EPS)
-    z = torch.softmax(logits, dim=0)
-    return z * (delta - (z * delta).sum())
+    z = torch.softmax(logits, dim=-1)
+    return z * (delta - (z * delta).sum(dim=-1, keepdim=True))
 
 
 @register_method("famo")
