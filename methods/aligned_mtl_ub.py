@@ -8,7 +8,12 @@ the shared parameters; the sum of the aligned representation gradients is backpr
 through the encoder. The paper optimises an upper bound of the aligned objective this way,
 at the cost of T backward passes through the heads only.
 
-Hyperparameters: ``scale_mode`` = "min" (as ``aligned_mtl``).
+Hyperparameters: ``scale_mode`` = "min" (as ``aligned_mtl``); ``rep_reduce``:
+- ``flatten`` (default): the weights are solved on the Gramian of the gradients w.r.t. the
+  whole batch's Z, flattened, as above;
+- ``batch_sum``: on the Gramian of the per-sample gradients summed over the batch, as
+  LibMTL's representation-gradient mode does (methods/_rep_reduce.py). The weights differ;
+  the update of Z is Σ_t w_t ∂L_t/∂Z of the full gradients either way.
 
 Weight scale: the weights w (Σ_t w_t ∂L_t/∂Z is the update of Z) are recorded as applied.
 
@@ -19,17 +24,26 @@ default ``scale_decoder_grad=False``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
 
 from engine.errors import check_choice
-from methods.aligned_mtl import SCALE_MODES, AlignedMTL, AlignedMTLConfig
-from methods.base import Needs
+from methods._rep_reduce import REP_REDUCTIONS, solver_rows
+from methods.aligned_mtl import SCALE_MODES, AlignedMTL, AlignedMTLConfig, aligned_weights
+from methods.base import Aggregated, Needs, StepContext
 from methods.registry import register_method
 
 
 @dataclass
 class AlignedMTLUBConfig(AlignedMTLConfig):
+    late_fields: ClassVar[tuple[str, ...]] = ("rep_reduce",)
+    rep_reduce: str = "flatten"
+    """Rows the weights are solved on: flatten (Z of the whole batch) or batch_sum (LibMTL)."""
+
     def validate(self) -> None:
         check_choice("method.aligned_mtl_ub.scale_mode", self.scale_mode, SCALE_MODES)
+        check_choice("method.aligned_mtl_ub.rep_reduce", self.rep_reduce, REP_REDUCTIONS)
 
 
 @register_method("aligned_mtl_ub")
@@ -37,3 +51,9 @@ class AlignedMTLUB(AlignedMTL):
     description = "Aligned-MTL-UB: Aligned-MTL on the gradients w.r.t. the shared representation"
     needs = Needs(rep_grads=True, shared_representation=True)
     Config = AlignedMTLUBConfig
+
+    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
+        rows = solver_rows(grads, ctx, self.config.rep_reduce)
+        weights, condition = aligned_weights(rows @ rows.T, self.config.scale_mode)
+        ctx.log("condition_number", condition)
+        return Aggregated(direction=grads.T @ weights, weights=weights)

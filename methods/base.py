@@ -70,8 +70,18 @@ class MethodConfig:
     defaults and override ``validate`` to refuse values outside their domain (raise
     ``engine.errors.ConfigError`` via ``check_range``/``check_choice``)."""
 
+    late_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields added after runs were recorded: each is left out of the run's config hash while
+    it holds its default, so that the folders (and resumption) of earlier runs stay valid."""
+
     def validate(self) -> None:
         """Raise ConfigError for a value outside its domain."""
+
+    def check_training(self, train) -> None:
+        """Raise ConfigError, in one line with the reason, where the run's training settings
+        (``train``: optimizer, learning-rate schedule, ...) are ones the method does not
+        support; called when a run is built, after ``validate``. Accepts everything by
+        default."""
 
 
 class StepContext(Protocol):

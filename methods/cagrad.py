@@ -17,6 +17,17 @@ Weight scale: d = Σ_t w'_t g_t with w'_t = (1/T + λ w_t) / rescale, λ = c||g_
 w' is recorded (it sums to 1 when c = 0: the mean-gradient convention).
 
 - ``solver`` = "active_set": see below; "slsqp" is the authors' SciPy call.
+- ``scale`` = "mean" | "sum": the update as above, or multiplied by T. The authors'
+  NYUv2/Cityscapes code multiplies the shared parameters' update by the number of tasks
+  (×3 on NYUv2, ×2 on Cityscapes, "to match the sum loss"), the heads keeping the
+  gradient of their own loss; LibMTL does not. ``sum`` does the same (the recorded w' are
+  multiplied by T too). What the factor changes depends on the run's optimizer: under SGD
+  (with or without momentum) and no weight decay it is the same as a learning rate T times
+  larger on the shared parameters only (the heads' unchanged), so not the same as a larger
+  ``train.lr``; under SGD with weight decay λ, that learning rate with decay λ/T. Under
+  Adam the step does not depend on the gradient's scale except through ε and the L2 weight
+  decay (×T is Adam with ε/T and decay λ/T); under AdamW, whose decay is decoupled, only
+  through ε.
 
 Solver: the dual is convex, so its minimum is certified by a Frank-Wolfe gap. By default it
 is found by a primal active-set Newton method (``_dual_active_set``: Newton steps on the
@@ -34,12 +45,15 @@ gap exceeds ``tol`` is counted and logged (``solver_failures``) and reported in
 summary.json, and its point (always in the simplex) is used.
 
 Deviations: the default solver (above) is not the authors' SLSQP; both reach the same
-minimum (a test compares them). The authors add 1e-4 to ||g_w|| in λ (LibMTL 1e-8), a constant whose effect
-depends on the gradient scale; we divide exactly and take λ g_w = 0 when g_w = 0.
+minimum (a test compares them). The authors' NYUv2/Cityscapes code and LibMTL add 1e-8 to
+||g_w|| in λ (their MT10 code, for Meta-World, adds 1e-4), a constant whose effect depends
+on the gradient scale; we divide exactly and take λ g_w = 0 when g_w = 0. The default
+``scale = "mean"`` leaves out the authors' factor T (above).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -65,6 +79,7 @@ class CAGradSolution:
 
 
 SOLVERS = ("active_set", "slsqp")
+SCALES = ("mean", "sum")
 DELTA = 1e-8
 """Added under the square root of ||g_w||², as in the authors' code (keeps f smooth)."""
 
@@ -222,9 +237,14 @@ class CAGrad(SolverAccounting, Aggregator):
         solver: str = "active_set"
         """How the dual is solved: active_set (exact, with SLSQP as fallback) or slsqp (the
         authors' SciPy call)."""
+        scale: str = "mean"
+        """mean (the update as above) or sum (multiplied by T, the authors' NYUv2/Cityscapes
+        code)."""
+        late_fields: ClassVar[tuple[str, ...]] = ("scale",)
 
         def validate(self) -> None:
             check_range("method.cagrad.c", self.c, 0)
+            check_choice("method.cagrad.scale", self.scale, SCALES)
             check_choice("method.cagrad.solver", self.solver, SOLVERS)
             check_choice("method.cagrad.rescale", str(self.rescale), [str(r) for r in RESCALES])
             check_range("method.cagrad.tol", self.tol, 0, low_open=True)
@@ -235,4 +255,6 @@ class CAGrad(SolverAccounting, Aggregator):
         if self.config.c > 0:
             self.record_solve(ctx, sol.ok, f"{sol.message}; optimality gap {sol.gap:.2e}")
         w = sol.weights.to(device=grads.device, dtype=grads.dtype)
+        if cfg.scale == "sum":
+            w = w * grads.shape[0]
         return Aggregated(direction=w @ grads, weights=w)

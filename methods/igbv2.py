@@ -44,7 +44,10 @@ resumed run continues the same agent.
 Deviations: (i) the authors scale the reward by lr₀ / lr (the initial over the current
 learning rate of the network, re-read every epoch); the method contract gives no access to
 the learning rate, so the scale is 1 — identical with a constant learning rate, different
-after a learning-rate decay. (ii) The agent's randomness (random weights, actions, replay
+after a learning-rate decay. A run whose schedule changes the learning rate between epochs
+(``train.scheduler`` cosine, or step with ``step_size`` < ``epochs``) is therefore refused
+when it is built (``IGBv2Config.check_training``); in a loop of one's own
+(``mtl_harness.MethodStep``) nothing checks it. (ii) The agent's randomness (random weights, actions, replay
 sampling) comes from the run's method generator instead of the global generator. (iii) If the
 agent is due to train while its replay buffer is still empty (possible only when
 ``update_after`` ≤ ``base_epoch``), the authors' code fails; here the update is skipped.
@@ -61,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.errors import check_range
+from engine.errors import ConfigError, check_range
 from methods._weighting_utils import log_per_task
 from methods.base import MethodConfig, StepContext, Weighted, Weighting
 from methods.registry import register_method
@@ -98,6 +101,25 @@ class IGBv2Config(MethodConfig):
         check_range("method.igbv2.update_after", self.update_after, 0)
         check_range("method.igbv2.update_every", self.update_every, 1)
         check_range("method.igbv2.sac_batch_size", self.sac_batch_size, 1)
+
+    def check_training(self, train) -> None:
+        changes = learning_rate_changes(train)
+        if changes:
+            raise ConfigError(f"igbv2 cannot follow a learning rate that changes during the run "
+                              f"({changes}): its authors scale the reward by lr0/lr, which a "
+                              f"method cannot see here; use train.scheduler=none, or a step "
+                              f"schedule whose step_size is at least train.epochs")
+
+
+def learning_rate_changes(train) -> str:
+    """How the run's schedule changes the learning rate between epochs ("" if it does not):
+    the scheduler steps at the end of every epoch."""
+    if train.scheduler == "step" and train.step_size < train.epochs and train.gamma != 1.0:
+        return (f"train.scheduler=step multiplies it by {train.gamma} after epoch "
+                f"{train.step_size} of {train.epochs}")
+    if train.scheduler == "cosine" and train.epochs > 1:
+        return f"train.scheduler=cosine anneals it over {train.epochs} epochs"
+    return ""
 
 
 # --------------------------------------------------------------------------- pure maths

@@ -93,8 +93,13 @@ class _MinNormAggregator(SolverAccounting, Aggregator):
             check_range(f"{self.key}.max_iter", self.max_iter, 1)
             check_range(f"{self.key}.tol", self.tol, 0, low_open=True)
 
+    def solver_rows(self, grads: Tensor, ctx: StepContext) -> Tensor:
+        """The rows whose Gramian α is solved on (the gradients themselves here)."""
+        return grads
+
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
-        gramian = grads @ grads.T
+        rows = self.solver_rows(grads, ctx)
+        gramian = rows @ rows.T
         result = mgda_weights(gramian, ctx.losses, self.config.normalization,
                               self.config.max_iter, self.config.tol)
         self.record_solve(ctx, result.converged,

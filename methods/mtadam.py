@@ -17,8 +17,11 @@ Kind and how to run it: MTAdam is an optimizer, so here it is an aggregator in p
 space whose direction is MTAdam's step per unit learning rate,
 d = Σ_t m_t / (1 − β1^k) / max_t(√(v_t / (1 − β2^k)) + ε). The run's optimizer then applies
 d: with ``train.optimizer=sgd``, ``train.momentum=0`` and ``train.weight_decay=0`` the shared
-parameters move by exactly MTAdam's step with lr = ``train.lr``. With Adam as the run's
-optimizer, Adam would normalise d a second time: that is not MTAdam.
+parameters move by exactly MTAdam's step with lr = ``train.lr``. Any other optimizer,
+momentum or weight decay would transform d again (Adam would normalise it a second time):
+that is not MTAdam, so a run under other settings is refused when it is built
+(``MTAdamConfig.check_training``). In a loop of one's own (``mtl_harness.MethodStep``)
+nothing checks the optimizer.
 Layer boundaries are the shared parameter tensors (``ctx.shared_sizes``), as in the code,
 which iterates over each ``p`` of the parameter groups.
 
@@ -45,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.errors import check_range
+from engine.errors import ConfigError, check_range
 from methods._weighting_utils import expand_layers, layer_norms, log_per_task, per_task_vector
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
@@ -67,6 +70,21 @@ class MTAdamConfig(MethodConfig):
         for name in ("beta1", "beta2", "beta3"):
             check_range(f"method.mtadam.{name}", getattr(self, name), 0.0, 1.0, high_open=True)
         check_range("method.mtadam.eps", self.eps, 0.0, low_open=True)
+
+    def check_training(self, train) -> None:
+        wrong = []
+        if train.optimizer != "sgd":
+            wrong.append(f"train.optimizer={train.optimizer}")
+        elif train.momentum != 0:  # momentum is SGD's only
+            wrong.append(f"train.momentum={train.momentum}")
+        if train.weight_decay != 0:
+            wrong.append(f"train.weight_decay={train.weight_decay}")
+        if wrong:
+            raise ConfigError(f"mtadam returns MTAdam's own step, which the run's optimizer must "
+                              f"apply unchanged: it needs train.optimizer=sgd, "
+                              f"train.momentum=0 and train.weight_decay=0 (got "
+                              f"{', '.join(wrong)}; any other setting would transform the step "
+                              f"again)")
 
 
 @dataclass

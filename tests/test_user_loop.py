@@ -24,8 +24,14 @@ EVERY_METHOD = sorted(n for n in METHODS.names()  # the built-in ones (tests reg
                       if n != "stl" and METHODS.get(n).__module__.startswith("methods."))
 
 
+# MTAdam's step is applied by the run's optimizer unchanged: any optimizer but plain SGD is
+# refused for it when the run is built.
+PLAIN_SGD = ["train.optimizer=sgd", "train.momentum=0.0", "train.weight_decay=0.0"]
+
+
 def _trainer(spec: str, tmp_path, benchmark: str = "digits_tasks") -> Trainer:
-    request = build_requests(benchmark, [spec], [0], "quick", TINY, "cpu", None)[0]
+    overrides = TINY + (PLAIN_SGD if "mtadam" in spec.split("+") else [])
+    request = build_requests(benchmark, [spec], [0], "quick", overrides, "cpu", None)[0]
     bench = make_benchmark(request.config, CPU)
     return Trainer(request.config, bench, request.composition, CPU, tmp_path, progress=False)
 

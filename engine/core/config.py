@@ -180,12 +180,29 @@ class RunConfig:
         for key, default in LATE_ENGINE_KEYS.items():
             if payload["engine"].get(key) == default:
                 payload["engine"].pop(key)
+        # The same for the fields a method's config lists in its ``late_fields``.
+        for component, cfg in self.methods.items():
+            for key, default in late_field_defaults(cfg).items():
+                if payload["methods"][component].get(key) == default:
+                    payload["methods"][component].pop(key)
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 LATE_ENGINE_KEYS = {"cpu_malloc": "reuse", "head_convs": "second_order", "saliency_every": 0,
                     "cpu_threads": 1}
+
+
+def late_field_defaults(method_config: Any) -> dict[str, Any]:
+    """The defaults of the fields that a method's config added after runs were on disk
+    (its ``late_fields``): they enter the hash only when set away from these."""
+    late = getattr(type(method_config), "late_fields", ())
+    defaults = {}
+    for f in dataclasses.fields(method_config):
+        if f.name in late:
+            defaults[f.name] = (f.default_factory() if f.default is dataclasses.MISSING
+                                else f.default)
+    return defaults
 
 
 # --------------------------------------------------------------------------- values
@@ -419,6 +436,9 @@ def resolve(benchmark: str, method: str, seed: int, profile: str, overrides: lis
         sections.data.validate()
     for cfg in sections.methods.values():
         cfg.validate()
+        check_training = getattr(cfg, "check_training", None)  # a method's own limits
+        if check_training is not None:
+            check_training(sections.train)
     return RunConfig(benchmark=benchmark, method=method, seed=seed, profile=profile,
                      train=sections.train, engine=sections.engine, data=sections.data,
                      methods=sections.methods, device=device, data_root=data_root)
