@@ -13,8 +13,11 @@ rescaled EMAs are summed:
 The log-loss gradients come from the chain rule on the task Jacobian (∇L_t / (L_t + ε)),
 not from another backward pass.
 
-Hyperparameters (the paper's, LibMTL's ``DB_beta`` and ``DB_beta_sigma``): ``beta`` = 0.9,
-``beta_sigma`` = 0.5.
+Hyperparameters (LibMTL's ``DB_beta`` and ``DB_beta_sigma``): ``beta`` = 0.9 (LibMTL's
+default too) and ``beta_sigma`` = 0.5. LibMTL's default ``DB_beta_sigma`` is 0 (its
+LibMTL/config.py), a constant β_k = β; with each side's defaults the updates differ by up
+to 250% within the first 6 steps. The value the paper's experiments used was not found in
+its text; ``method.dbmtl.beta_sigma=0`` reproduces LibMTL's default runs.
 
 Weight scale: the direction combines the EMAs, not the current gradients, so no per-step
 weights of the task gradients are recorded; the scale factors max_s‖ĝ_s‖/‖ĝ_t‖ (≥ 1, the
@@ -25,7 +28,7 @@ State (``state_dict``): the EMAs ĝ [T, P] and the step count k.
 
 Task heads are trained on the log losses too, as in the paper and LibMTL: head t receives
 ∇log(L_t + ε) = ∇L_t / (L_t + ε) (``head_scales``). The losses must be positive (the
-logarithm). No deviation from LibMTL's DB_MTL is known.
+logarithm). With ``beta_sigma = 0`` no deviation from LibMTL's DB_MTL is known.
 """
 from __future__ import annotations
 

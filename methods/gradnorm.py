@@ -26,6 +26,11 @@ Deviations from the paper: none known. L_t(0) is the loss of the first training 
 weights through the first epoch and takes L_t(0) as that epoch's mean loss; (iii) it uses the
 gradient over all shared parameters (offered as ``layer = "all"``). The paper puts no sign
 constraint on w; neither does this implementation.
+
+Task heads: head t gets the gradient of the weighted loss, w_t ∇L_t, as in the paper
+(which backpropagates Σ w_t L_t through the whole network). LibMTL gives the heads ∇L_t:
+its per-task backward passes leave the unweighted gradients in the heads, and only the
+shared parameters' gradient is replaced by the weighted combination.
 """
 from __future__ import annotations
 

@@ -25,9 +25,11 @@ Weight scale: with one group the update is Σ_t w_t g_t of the raw gradients, w 
 group, so none is recorded.
 
 Implementation: on the T×T Gramian of each group (coefficients of g_i' in the raw
-gradients), the Jacobian used once for the final product. Where LibMTL deviates from the
-paper we follow the paper: LibMTL's default β is 0.5, and it updates φ̂_ij only when it
-corrects g_i' (so φ̂ can only decrease), while Algorithm 1 updates it at every step.
+gradients), the Jacobian used once for the final product. LibMTL's default β is 0.5 (here
+the paper's 0.01). Since its commit d2d84fa (February 2024) LibMTL updates φ̂_ij at every
+step, as Algorithm 1 and this module do; with the same β, granularity and pair order the
+updates here are identical to LibMTL's (checked against its commit 4336804). Earlier
+LibMTL versions updated φ̂_ij only when they corrected g_i' (so φ̂ could only decrease).
 """
 from __future__ import annotations
 

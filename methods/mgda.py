@@ -16,7 +16,8 @@ Weight scale: α sums to 1 (the paper's convention); the recorded weights are α
 update is Σ_t α_t g_t on the raw gradients.
 
 Solver: methods/_min_norm.py (analytic for two tasks; Frank-Wolfe from the best pair, with
-away steps, for more), on the T×T Gramian only. A solve that does not reach its tolerance
+away steps, for more), on the T×T Gramian only. For T = 2 the minimiser is exact; for
+T ≥ 3 it is exact only to ``tol`` (the solve stops once the duality gap is below it). A solve that does not reach its tolerance
 is counted and logged (``solver_failures``) and reported in summary.json; its iterate,
 a point of the simplex, is still used.
 
@@ -25,7 +26,7 @@ Deviations and choices:
   normalisation only steers the solver; LibMTL, with parameter gradients, instead applies
   α to the normalised gradients (Σ α_t g_t / n_t). We follow the authors' code.
 - The authors' two-task solver returns 0.999 / 0.001 instead of 1 / 0 when one gradient
-  dominates; we return the exact minimiser.
+  dominates; we return the exact minimiser (T = 2).
 - Task-specific heads receive the gradient of their own loss (this engine's rule); in the
   authors' code they receive α_t times it.
 - A zero-norm gradient is left at zero by the l2 / loss+ normalisations (the authors'

@@ -163,3 +163,32 @@ def test_igbv2_refuses_a_learning_rate_that_changes(overrides):
 ])
 def test_igbv2_builds_with_a_constant_learning_rate(overrides):
     assert _request("igbv2", overrides).config.method == "igbv2"
+
+
+# --------------------------------------------------------------------------- DB-MTL, MGDA
+
+def test_dbmtl_beta_sigma_zero_is_libmtls_constant_rate():
+    from methods.dbmtl import dbmtl_update
+
+    steps = [random_jacobian(10 + k) for k in range(6)]
+    ema_libmtl = ema_default = torch.zeros_like(steps[0])
+    expected = torch.zeros_like(steps[0])
+    for k, grads in enumerate(steps, start=1):
+        ema_libmtl, _, _ = dbmtl_update(ema_libmtl, grads, k, 0.9, 0.0)
+        ema_default, _, _ = dbmtl_update(ema_default, grads, k, 0.9, 0.5)
+        expected = 0.9 * expected + 0.1 * grads  # β_k = β at every step
+        torch.testing.assert_close(ema_libmtl, expected)
+    assert (ema_default - ema_libmtl).abs().max() > 0.1
+
+
+def test_mgda_is_exact_for_two_tasks_and_exact_to_its_tolerance_for_more():
+    g = random_jacobian(20, tasks=2, dim=6)
+    result = mgda_weights(g @ g.T)
+    diff = g[0] - g[1]
+    a = float(((g[1] - g[0]) @ g[1]) / (diff @ diff))  # argmin ||a g1 + (1-a) g2||
+    torch.testing.assert_close(result.weights[0].item(), min(max(a, 0.0), 1.0), rtol=0,
+                               atol=1e-12)
+    for seed in range(5):
+        J = random_jacobian(30 + seed, tasks=4, dim=5)
+        result = mgda_weights(J @ J.T, tol=1e-5)
+        assert result.converged and result.gap <= 1e-5
