@@ -17,6 +17,7 @@ COMMANDS = (
     "engine.cli.cmd_sweep",
     "engine.cli.cmd_leaderboard",
     "engine.cli.cmd_saliency",
+    "engine.cli.cmd_toy",
     "analysis.cmd_report",
 )
 
