@@ -521,7 +521,8 @@ def _summary(run: RunRows, batch: ToyBatch, wall: float, started: str) -> dict:
     return summary
 
 
-def write_run(run: RunRows, batch: ToyBatch, wall: float, started: str) -> None:
+def write_run(run: RunRows, batch: ToyBatch, wall: float, started: str,
+              env: dict | None = None) -> None:
     """The run's folder as the trainer leaves it (without a checkpoint)."""
     d = run.run_dir
     d.mkdir(parents=True, exist_ok=True)
@@ -531,7 +532,8 @@ def write_run(run: RunRows, batch: ToyBatch, wall: float, started: str) -> None:
     cfg = run.request.config
     identity = run.request.identity.record()
     R.atomic_write_json(d / R.CONFIG, {**cfg.to_dict(), **identity})
-    R.atomic_write_json(d / R.ENV, {**R.environment(batch.device), "world_size": 1})
+    env = env if env is not None else R.environment(batch.device)
+    R.atomic_write_json(d / R.ENV, {**env, "world_size": 1})
     extra = batch.bench.extra_record()
     if extra:
         R.atomic_write_json(d / R.BENCHMARK_RECORD, {**extra,
@@ -580,8 +582,9 @@ def run_batches(requests: list[RunRequest], out: Path, force: bool = False,
                 wall = time.perf_counter() - clock
             finally:
                 torch.set_num_threads(before)
+            env = R.environment(batch.device)  # one git call for the batch
             for run in batch.runs:
-                write_run(run, batch, wall, started)
+                write_run(run, batch, wall, started, env)
                 status = R.STATUS_DIVERGED if run.diverged else R.STATUS_COMPLETE
                 outcomes.append(RunOutcome(run.request, run.run_dir, status, run.diverged,
                                            wall / batch.R))
