@@ -44,6 +44,20 @@ def test_measure_tiny_model_two_methods():
     assert f"TorchJD {result['torchjd']}" in table
 
 
+@pytest.mark.skipif(not HAS_TORCHJD, reason="torchjd is not installed (the `compare` extra: "
+                                            "pip install -e \".[compare]\")")
+def test_dualproj_config_krum_trimmed_mean_and_mean_agree_with_torchjd():
+    vs = load_script()
+    methods = ["dualproj", "config", "krum", "trimmed_mean", "mean"]
+    assert all(vs.PAIRS[m].harness == m for m in methods)
+    result = vs.measure(["tiny"], methods, rounds=1, steps=1, warmup=0, memory=False,
+                        log=lambda _line: None)
+    for row in result["models"][0]["rows"]:
+        assert row["agreement"]["agrees"], row
+        assert row["agreement"]["cos_shared"] >= 1 - 1e-9, row
+        assert row["harness"]["median_ms"] > 0 and row["torchjd"]["median_ms"] > 0
+
+
 def test_without_torchjd_exits_2_in_one_line(tmp_path):
     # A process where `import torchjd` fails, whether or not it is installed here.
     blocker = tmp_path / "torchjd.py"

@@ -103,7 +103,16 @@ PAIRS: dict[str, Pair] = {p.label: p for p in (
          note="β = 0.01 on both"),
     Pair("fairgrad", "fairgrad", _tj("FairGrad", alpha=2.0),
          note="α = 2 on both; the harness scales by T and clips to norm 1 (the authors')"),
-    Pair("dualproj", None, _tj("DualProj"), note="not in the harness"),
+    Pair("dualproj", "dualproj", _tj("DualProj")),
+    Pair("config", "config", _tj("ConFIG")),
+    Pair("krum", "krum", _tj("Krum", n_byzantine=0), settings={"krum.distance": "euclidean"},
+         note="f = 0 on both; the harness with distance=euclidean (TorchJD's; the paper's "
+              "default, squared distances, can choose another gradient)"),
+    Pair("trimmed_mean", "trimmed_mean", _tj("TrimmedMean", trim_number=1),
+         note="k = 1 on both"),
+    Pair("mean", "mean", _tj("Mean"),
+         note="harness: one backward of (1/T) Σ L_t (heads get ∇L_t / T); TorchJD: Mean "
+              "through mtl_backward"),
 )}
 DEFAULT_METHODS = tuple(PAIRS)
 FLOOR_SUM = "floor: sum(losses).backward()"
