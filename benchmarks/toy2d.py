@@ -101,11 +101,6 @@ def toy_task_loss(pred: Tensor, target: Tensor, index: int, scale: float, offset
     return (scale * toy_losses(pred)[..., index] - offset).mean()
 
 
-def toy_task_losses(preds: Tensor, index: int, scale: float, offset: float) -> Tensor:
-    """``toy_task_loss`` of many runs at once: [R, B, 2] predictions -> [R] losses, each the
-    same operations on the same values as that run's own loss (the mean over its batch only)."""
-    return (scale * toy_losses(preds)[..., index] - offset).mean(dim=-1)
-
 
 class ToyMeter:
     """The raw toy loss at the evaluated point (and, for the first task, the distance to
@@ -154,14 +149,19 @@ class Toy2d(Benchmark):
     def make_head(self, task: TaskSpec) -> nn.Module:
         return nn.Identity()
 
-    def point_losses(self, points: Tensor) -> list[Tensor]:
-        """The task losses at R points [R, 2] (one per independent run, e.g. every start
-        of a protocol), as T tensors [R], each with its own graph: the arithmetic of the
-        tasks' losses at each run's encoder output (engine/runs/toy_batch.py)."""
+    def point_losses(self, points: Tensor) -> Tensor:
+        """Task losses of many independent runs at once: ``points`` [R, T, 2] holds run r's
+        point once per task, and [R, T] losses come back, loss (r, t) computed from row
+        (r, t) alone. Each is the arithmetic of task t's own loss (``toy_task_loss``: its own
+        evaluation of both toy losses at the encoder's batch of one, task t's taken, scaled,
+        shifted, averaged over the batch), so gradients w.r.t. ``points`` are the per-task
+        gradients of each run (engine/runs/toy_batch.py)."""
         offsets = self.config.l_star or (0.0, 0.0)
-        preds = points.unsqueeze(1).expand(points.shape[0], 1, 2)  # ToyPoint's batch of one
-        return [toy_task_losses(preds, i, self.config.loss_scale[i], offsets[i])
-                for i in range(len(TASKS))]
+        preds = points.unsqueeze(2)                             # [R, T, 1, 2]: batch of one
+        own = toy_losses(preds).diagonal(dim1=1, dim2=3)        # [R, 1, T]: task t of copy t
+        scale = torch.tensor(self.config.loss_scale, dtype=points.dtype, device=points.device)
+        offset = torch.tensor(offsets, dtype=points.dtype, device=points.device)
+        return (scale * own - offset).mean(dim=1)
 
     def trajectory_point(self, model: nn.Module) -> Tensor:
         """The current point x (a detached copy on the device; [2], or [2·T] with one

@@ -9,14 +9,16 @@ the losses, the per-task gradients, every method's update and the optimizer step
 runs at once, so the overhead is paid once per step instead of once per run.
 
 Identical results: each row goes through the operations that its own run would, on the same
-values, in the same order: the task losses are ``Toy2d.point_losses`` (the tasks' own
-arithmetic, batched over runs); weightings backpropagate Σ_t w_t L_t through both tasks'
-graphs as the engine does; aggregators get their per-task gradients from one backward pass
-per task, as the engine's Jacobian loop does; the optimizer is the run's own (built by the
+values, in the same order. The task losses are ``Toy2d.point_losses`` on an [R, T, 2]
+tensor holding each run's point once per task: loss (r, t) is task t's own loss graph of
+run r (in the engine, too, each task evaluates the toy on its own), so one backward pass
+gives every per-task gradient: aggregator rows start it from 1 (the engine's Jacobian loop,
+one pass per task), weighting rows from w_t (the engine's backward of Σ_t w_t L_t, whose two
+task contributions meet at x: added here). The optimizer is the run's own (built by the
 trainer's ``build_optimizer``) over the [R, 2] tensor. Elementwise operations do not mix
 rows, so a row's numbers are those of its run alone: float32 trajectories, curves and
-metrics equal the per-run engine's bit for bit (tests/test_toy_batch.py), except
-``cagrad``, whose two-task dual is solved in closed form here (below).
+metrics equal the per-run engine's bit for bit (tests/test_toy_batch.py; cagrad, whose
+two-task dual is solved in closed form here, to float tolerance in general).
 
 Methods (two tasks; the methods' own mathematics, batched over rows):
 
@@ -320,6 +322,9 @@ class ToyBatch:
 
     def __init__(self, requests: list[RunRequest], out: Path | None = None,
                  exact_cagrad: bool = False):
+        # every run of one method contiguous: one kernel call per method and step
+        order = {name: i for i, name in enumerate(SUPPORTED)}
+        requests = sorted(requests, key=lambda r: order[r.composition.primary])
         self.requests = requests
         first = requests[0].config
         self.config = first
@@ -332,6 +337,8 @@ class ToyBatch:
         self.x = torch.nn.Parameter(torch.tensor(starts, dtype=torch.float32))
         self.grad = torch.zeros_like(self.x)
         self.x.grad = self.grad
+        self.T = len(self.tasks)
+        self.rows = torch.zeros(self.R, self.T, 2, requires_grad=True)
         self.optimizer = build_optimizer([self.x], first.train)
         self.scheduler = build_scheduler(self.optimizer, first.train)
         self.kernels: list[_Rows] = []
@@ -360,37 +367,48 @@ class ToyBatch:
         self.step = 0
         self.step_time_s = 0.0
 
-    def losses(self, grad: bool = True) -> tuple[list[Tensor], Tensor]:
-        with contextlib.nullcontext() if grad else torch.inference_mode():
-            parts = [part.float() for part in self.bench.point_losses(self.x)]
-            return parts, torch.stack(parts, dim=-1)
+    def losses(self, grad: bool = True) -> Tensor:
+        """[R, T] task losses at the current points; with ``grad``, differentiable w.r.t.
+        ``self.rows``, which holds each run's point once per task (so one backward pass
+        gives every run's per-task gradients)."""
+        if not grad:
+            with torch.inference_mode():
+                return self.bench.point_losses(self.x.detach().unsqueeze(1).expand(
+                    self.R, self.T, 2)).float()
+        with torch.no_grad():
+            self.rows.copy_(self.x.unsqueeze(1).expand(self.R, self.T, 2))
+        return self.bench.point_losses(self.rows).float()
 
-    def train_step(self, ones: Tensor, jac: Tensor, W: Tensor) -> tuple[Tensor, Tensor]:
-        """One step of every run; returns the raw losses [R, T] and the applied weights."""
-        parts, losses = self.losses()
+    def train_step(self, W: Tensor) -> tuple[Tensor, Tensor]:
+        """One step of every run; returns the raw losses [R, T] and the applied weights.
+
+        One backward pass from the [R, T] losses: aggregator rows start from 1 (the
+        engine's Jacobian loop: one pass per task), weighting rows from w_t (the engine's
+        backward of Σ_t w_t L_t, whose two task contributions meet at x, summed here)."""
+        losses = self.losses()
         values = losses.detach()
-        grad = self.grad
-        grad.zero_()
-        if self.aggregators:  # the engine's Jacobian loop, every row at once
-            for t, part in enumerate(parts):
-                grad.zero_()
-                torch.autograd.backward(part, ones, inputs=[self.x], retain_graph=True)
-                jac[:, t].copy_(grad)
-            grad.zero_()
         for k in self.weightings:
             W[k.begin:k.end] = k.weights(values[k.begin:k.end])
-        if self.weightings:
-            torch.autograd.backward((W * losses).sum(), inputs=[self.x])
+        self.rows.grad = None
+        torch.autograd.backward(losses, W, inputs=[self.rows])
+        per_task = self.rows.grad
+        grad = self.grad
+        for k in self.weightings:
+            torch.add(per_task[k.begin:k.end, 0], per_task[k.begin:k.end, 1],
+                      out=grad[k.begin:k.end])
         for k in self.aggregators:
-            w, direction = k.aggregate(jac[k.begin:k.end], values[k.begin:k.end])
+            w, direction = k.aggregate(per_task[k.begin:k.end], values[k.begin:k.end])
             W[k.begin:k.end] = w
             grad[k.begin:k.end] = direction
+        weights = W.clone()
+        for k in self.aggregators:
+            W[k.begin:k.end] = 1.0  # their rows start the next backward pass from 1
         self.optimizer.step()
         if self.after:
-            _, new = self.losses(grad=False)
+            new = self.losses(grad=False)
             for k in self.after:
                 k.after_step(values[k.begin:k.end], new[k.begin:k.end])
-        return values, W.clone()
+        return values, weights
 
     def evaluate(self, epoch: int) -> list[list[dict]]:
         """Per run, its val and test records (the trainer's ``evaluate`` on each run's point)."""
@@ -417,14 +435,11 @@ class ToyBatch:
             steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
         curve_every = cfg.engine.curve_every
         every = self.bench.trajectory_every
-        T = len(self.tasks)
-        ones = torch.ones(self.R)
-        jac = torch.zeros(self.R, T, 2)
-        W = torch.zeros(self.R, T)
+        W = torch.ones(self.R, self.T)
         solving = [k for k in self.aggregators if k.solves]
         pending_traj: list[tuple[int, Tensor, Tensor]] = []
         if every:
-            _, first = self.losses(grad=False)
+            first = self.losses(grad=False)
             pending_traj.append((0, self.x.detach().clone(), first.clone()))
         bar = tqdm(total=epochs * steps_per_epoch, leave=False, unit="step",
                    desc=f"toy2d batch of {self.R} runs", disable=None if progress else True)
@@ -435,7 +450,7 @@ class ToyBatch:
                 pending_curve: list[tuple[int, Tensor]] = []
                 start = time.perf_counter()
                 for _ in range(steps_per_epoch):
-                    values, weights = self.train_step(ones, jac, W)
+                    values, weights = self.train_step(W)
                     loss_sum = values if loss_sum is None else loss_sum + values
                     weight_sum = weights if weight_sum is None else weight_sum + weights
                     if curve_every:
@@ -446,7 +461,7 @@ class ToyBatch:
                             curve_sum, curve_count = None, 0
                     self.step += 1
                     if every and self.step % every == 0:
-                        _, now = self.losses(grad=False)
+                        now = self.losses(grad=False)
                         pending_traj.append((self.step, self.x.detach().clone(), now.clone()))
                     if bar is not None and self.step % 100 == 0:
                         bar.update(100)
