@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.core.results import STATUS_ABSENT, STATUS_COMPLETE, STATUS_UNREADABLE, run_state
+
 log = logging.getLogger(__name__)
 RUN_COLUMNS = ["benchmark", "method", "seed", "config_hash", "status", "reason", "usable",
                "protocol", "profile", "setting", "setup", "run_dir"]
@@ -230,7 +232,8 @@ def load_runs(root: Path, repair: bool = False) -> pd.DataFrame:
     checkpoint where that is possible (``repair_metrics``)."""
     rows = []
     for run_dir in find_run_dirs(root):
-        summary = read_json(run_dir / "summary.json")
+        state = run_state(run_dir)
+        summary = state.summary if state.status not in (STATUS_ABSENT, STATUS_UNREADABLE) else None
         config = read_json(run_dir / "config.json") or {}
         src = summary if summary is not None else config
         row = {"benchmark": src.get("benchmark", config.get("benchmark")),
@@ -243,11 +246,9 @@ def load_runs(root: Path, repair: bool = False) -> pd.DataFrame:
                "run_dir": str(run_dir)}
         if summary is None:
             row.update(status="corrupt", reason="summary.json missing or unreadable", usable=False)
-        elif summary.get("status") != "complete":
-            status = summary.get("status") or "unknown"
-            reason = summary.get("reason") or ("still running or interrupted" if status == "running"
-                                               else "no reason recorded")
-            row.update(status=status, reason=reason, usable=False)
+        elif state.status != STATUS_COMPLETE:
+            row.update(status=state.status, reason=state.reason or "no reason recorded",
+                       usable=False)
         elif not row["benchmark"] or not row["method"]:
             row.update(status="corrupt", reason="summary.json names no benchmark or method",
                        usable=False)

@@ -69,15 +69,15 @@ class RunRecord:
 def record_from_run(run_dir: Path, overrides: tuple[str, ...]) -> RunRecord | None:
     """The record of a finished run folder: complete (its metrics cover every configured
     epoch of both splits) or diverged (the epochs before it diverged). None otherwise."""
+    state = R.run_state(run_dir)
+    if state.status not in STATUSES:
+        return None
+    summary, status = state.summary, state.status
     try:
         config = R.read_json(run_dir / R.CONFIG)
-        summary = R.read_json(run_dir / R.SUMMARY)
         lines = R.read_jsonl(run_dir / R.METRICS)
         env = R.read_json(run_dir / R.ENV)
     except (OSError, ValueError):
-        return None
-    status = summary.get("status") if isinstance(summary, dict) else None
-    if status not in STATUSES:
         return None
     epochs = config["train"]["epochs"]
     curves: dict[str, list] = {split: [None] * epochs for split in SPLITS}

@@ -381,11 +381,10 @@ def test_an_unwritable_run_folder_fails_that_run_only(tmp_path):
 
 
 def test_a_summary_that_is_not_an_object_and_a_lock_that_is_a_folder(tmp_path):
-    from engine.runs.executors import disk_summary
-
     req, run_dir = trained(tmp_path, overrides=TINY_DIGITS)
     (run_dir / R.SUMMARY).write_text("[1, 2]")
-    assert disk_summary(run_dir) == {}
+    state = R.run_state(run_dir)
+    assert state.status == R.STATUS_UNREADABLE and state.summary == {}
     assert execute(req, tmp_path, progress=False).status == "complete"  # resumed, rewritten
     (run_dir / R.SUMMARY).write_text('"done"')
     (run_dir / "run.lock").unlink()
@@ -440,3 +439,17 @@ def test_a_run_failing_for_its_data_exits_2(tmp_path, capsys):
                  "--device", "cpu", "--no-progress", "--out", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert code == 2 and "failed" in captured.err and "missing folder" in captured.err
+
+
+def test_one_function_says_what_state_a_run_is_in(tmp_path):
+    run_dir = tmp_path / "run"
+    assert R.run_state(run_dir).status == R.STATUS_ABSENT
+    run_dir.mkdir()
+    (run_dir / R.SUMMARY).write_text("{not json")
+    assert R.run_state(run_dir).status == R.STATUS_UNREADABLE
+    (run_dir / R.SUMMARY).write_text('{"status": "running"}')
+    running = R.run_state(run_dir)
+    assert not running.final and "interrupted" in running.reason
+    (run_dir / R.SUMMARY).write_text('{"status": "failed", "reason": "bad data", "user_error": true}')
+    failed = R.run_state(run_dir)
+    assert failed.final and failed.user_error and failed.reason == "bad data"

@@ -170,13 +170,12 @@ def _row(spec) -> str:
 
 def listing(specs) -> str:
     """The runs of a dry run, each with where it stands on disk."""
-    from engine.runs.executors import disk_summary
     from engine.runs.locks import RunLock, RunLocked
 
     lines, states = [], Counter()
     for spec in specs:
         run_dir = Path(spec.run_dir)
-        status = disk_summary(run_dir).get("status")
+        status = R.run_state(run_dir).status
         state = status if status in STATES else "pending"
         note = ""
         if status == R.STATUS_RUNNING:

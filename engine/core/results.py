@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,47 @@ STATUS_RUNNING = "running"
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
 STATUS_DIVERGED = "diverged"
+FINAL_STATUSES = (STATUS_COMPLETE, STATUS_FAILED, STATUS_DIVERGED)
+STATUS_ABSENT = "absent"
+STATUS_UNREADABLE = "unreadable"
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where a run folder stands, as its ``summary.json`` says: ``status`` is one of the
+    STATUS_* values (``absent`` without a summary, ``unreadable`` when it cannot be read),
+    or whatever other status the file records."""
+
+    status: str
+    reason: str = ""
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        """Complete, failed or diverged: nothing will change without a rerun."""
+        return self.status in FINAL_STATUSES
+
+    @property
+    def user_error(self) -> bool:
+        return self.summary.get("user_error") is True
+
+
+def run_state(run_dir: Path) -> RunState:
+    """The one place that reads what state a run is in (the runner, the executors, the
+    sweep's listing, the comparison tables, the analysis and the records all ask here)."""
+    path = run_dir / SUMMARY
+    if not path.exists():
+        return RunState(STATUS_ABSENT, "summary.json missing")
+    try:
+        summary = read_json(path)
+    except (OSError, ValueError) as exc:
+        return RunState(STATUS_UNREADABLE, f"summary.json unreadable ({exc})")
+    if not isinstance(summary, dict):
+        return RunState(STATUS_UNREADABLE, "summary.json holds no object")
+    status = summary.get("status") or "unknown"
+    reason = summary.get("reason") or ("still running or interrupted" if status == STATUS_RUNNING
+                                       else "")
+    return RunState(status, reason, summary)
 
 
 def check_writable(folder: Path, what: str = "output folder") -> None:

@@ -217,7 +217,7 @@ def record_crash(spec: RunSpec, reason: str) -> RunResult:
     try:
         with RunLock(run_dir):
             path = run_dir / R.SUMMARY
-            summary = disk_summary(run_dir)
+            summary = dict(R.run_state(run_dir).summary)
             summary.update(status=R.STATUS_FAILED, reason=reason)
             R.atomic_write_json(path, summary)
     except RunLocked:
@@ -351,16 +351,6 @@ def describe_jobs(jobs: list) -> str:
 
 # --------------------------------------------------------------------------- planning
 
-def disk_summary(run_dir: Path) -> dict:
-    """A run's summary ({} when it has none yet, or it cannot be read)."""
-    path = run_dir / R.SUMMARY
-    try:
-        summary = R.read_json(path) if path.exists() else {}
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
 def plan(specs: list[RunSpec], options: Options) -> tuple[list[RunSpec], list[RunResult]]:
     """Split the runs into those with work to do and those settled on disk (complete, or
     failed/diverged without --retry-failed), so that no process or job starts for nothing.
@@ -369,12 +359,10 @@ def plan(specs: list[RunSpec], options: Options) -> tuple[list[RunSpec], list[Ru
         R.STATUS_COMPLETE, R.STATUS_FAILED, R.STATUS_DIVERGED)
     todo, settled = [], []
     for spec in specs:
-        summary = disk_summary(Path(spec.run_dir))
-        status = summary.get("status")
-        if options.force or status not in settled_statuses:
+        state = R.run_state(Path(spec.run_dir))
+        if options.force or state.status not in settled_statuses:
             todo.append(spec)
         else:
-            settled.append(RunResult(spec.label, spec.run_dir, "skipped", status,
-                                     summary.get("reason", ""),
-                                     summary.get("user_error") is True))
+            settled.append(RunResult(spec.label, spec.run_dir, "skipped", state.status,
+                                     state.reason, state.user_error))
     return todo, settled

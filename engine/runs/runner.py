@@ -32,7 +32,7 @@ from methods.base import Aggregator
 from methods.registry import METHODS, Composition, canonical_name, parse_method
 
 log = logging.getLogger(__name__)
-FINAL_STATUSES = (R.STATUS_COMPLETE, R.STATUS_FAILED, R.STATUS_DIVERGED)
+FINAL_STATUSES = R.FINAL_STATUSES
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -303,24 +303,15 @@ def _skip(request: RunRequest, run_dir: Path, force: bool, retry_failed: bool,
     mismatch = request.mismatch(out)
     if mismatch:
         return RunOutcome(request, run_dir, "refused", mismatch, user_error=True)
-    summary_path = run_dir / R.SUMMARY
-    if not summary_path.exists():
-        return None
-    try:
-        previous = R.read_json(summary_path)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(previous, dict):
-        return None  # rewritten by this run
-    status = previous.get("status")
-    if status == R.STATUS_COMPLETE:
+    state = R.run_state(run_dir)  # absent or unreadable: this run (re)writes it
+    if state.status == R.STATUS_COMPLETE:
         return RunOutcome(request, run_dir, "skipped", "already complete (use --force to rerun)",
-                          previous=status)
-    if status in (R.STATUS_FAILED, R.STATUS_DIVERGED) and not retry_failed:
+                          previous=state.status)
+    if state.status in (R.STATUS_FAILED, R.STATUS_DIVERGED) and not retry_failed:
         return RunOutcome(request, run_dir, "skipped",
-                          f"{status} before: {previous.get('reason', '')} (--retry-failed "
+                          f"{state.status} before: {state.reason} (--retry-failed "
                           f"retries it from its last checkpoint, --force from scratch)",
-                          previous=status, user_error=previous.get("user_error") is True)
+                          previous=state.status, user_error=state.user_error)
     return None
 
 

@@ -51,18 +51,10 @@ def existing_baselines(requests: list[RunRequest], out: Path) -> list[RunRequest
         if run_dir in seen:
             continue
         seen.add(run_dir)
-        summary = _read(run_dir / R.SUMMARY)
-        if (isinstance(summary, dict) and summary.get("status") == R.STATUS_COMPLETE
+        if (R.run_state(run_dir).status == R.STATUS_COMPLETE
                 and not folder_mismatch(run_dir, base.identity)):
             found.append(base)
     return found
-
-
-def _read(path: Path):
-    try:
-        return R.read_json(path)
-    except (OSError, ValueError):
-        return None
 
 
 def requested_comparison(requests: list[RunRequest], out: Path, rule: str = "last",
