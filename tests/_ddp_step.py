@@ -27,7 +27,7 @@ def main(out: str, methods: list[str]) -> None:
     benchmark = make_benchmark(requests[0].config, torch.device(device))
     for request in requests:
         trainer = Trainer(request.config, benchmark, request.composition, torch.device(device),
-                          Path("/nonexistent"), progress=False, world=world)
+                          None, progress=False, world=world)
         batch = next(iter(benchmark.batches("train", 8, torch.Generator().manual_seed(0))))
         trainer.model.train()
         trainer.train_step(batch, 0, EpochStats())

@@ -169,6 +169,7 @@ def state_methods():
 
 def test_numpy_method_state_survives_a_resume(tmp_path, state_methods):
     from benchmarks.registry import BENCHMARKS
+    from engine.core.run_folder import RunFolder
     from engine.core.trainer import Trainer
 
     req = request("robust_arrays", overrides=[*TINY_DIGITS, "train.epochs=1"])
@@ -179,7 +180,7 @@ def test_numpy_method_state_survives_a_resume(tmp_path, state_methods):
     assert not list(outcome.run_dir.glob("*.corrupt"))
     cpu = torch.device("cpu")
     benchmark = BENCHMARKS.get("digits_tasks")(req.config.data, None, cpu)
-    trainer = Trainer(req.config, benchmark, req.composition, cpu, outcome.run_dir, False,
+    trainer = Trainer(req.config, benchmark, req.composition, cpu, RunFolder(outcome.run_dir), False,
                       data_fingerprint=req.data_fingerprint)
     trainer.load_state(state)
     history = trainer.primary.history

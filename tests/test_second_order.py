@@ -1,7 +1,6 @@
 """The heads' convolutions with a fast second-order backward (engine/core/second_order.py) give
 the built-in convolution's first and second derivatives."""
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -86,7 +85,7 @@ def test_trainer_converts_the_heads_only_for_second_order_methods(method, overri
                                  *overrides], "cpu", None)
     device = torch.device("cpu")
     trainer = Trainer(request.config, make_benchmark(request.config, device), request.composition,
-                      device, Path("/nonexistent"), progress=False)
+                      device, None, progress=False)
     head_convs = [m for m in trainer.model.heads.modules() if isinstance(m, nn.Conv2d)]
     encoder_convs = [m for m in trainer.model.encoders.modules() if isinstance(m, nn.Conv2d)]
     assert head_convs and all(isinstance(m, SecondOrderConv2d) == converted for m in head_convs)
@@ -125,5 +124,5 @@ def test_cpu_malloc_option_decides_whether_memory_is_kept(monkeypatch, choice, a
                                  "train.batch_size=8", f"engine.cpu_malloc={choice}"], "cpu", None)
     device = torch.device("cpu")
     Trainer(request.config, make_benchmark(request.config, device), request.composition,
-            device, Path("/nonexistent"), progress=False)
+            device, None, progress=False)
     assert bool(calls) == applied

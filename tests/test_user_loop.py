@@ -33,7 +33,7 @@ def _trainer(spec: str, tmp_path, benchmark: str = "digits_tasks") -> Trainer:
     overrides = TINY + (PLAIN_SGD if "mtadam" in spec.split("+") else [])
     request = build_requests(benchmark, [spec], [0], "quick", overrides, "cpu", None)[0]
     bench = make_benchmark(request.config, CPU)
-    return Trainer(request.config, bench, request.composition, CPU, tmp_path, progress=False)
+    return Trainer(request.config, bench, request.composition, CPU, None, progress=False)
 
 
 def _settings(trainer: Trainer) -> dict:

@@ -34,7 +34,7 @@ def measure(benchmark: str, method: str, steps: int, warmup: int, device: str) -
                                     [f"engine.saliency_every={every}"], device, None)
         bench = bench or make_benchmark(request.config, torch_device)
         trainer = Trainer(request.config, bench, request.composition, torch_device,
-                          Path("/nonexistent"), progress=False)
+                          None, progress=False)
         trainer.model.train()
         trainers[every] = trainer
     batches = _draw_batches(bench, trainers[0].train_batch, min(steps + warmup, 16))

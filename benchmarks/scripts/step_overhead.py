@@ -19,7 +19,6 @@ import pstats
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,33 +51,32 @@ def measure(bench: str, rounds: int) -> dict:
     (request,) = build_requests(bench, ["ew"], [0], "quick", [], "cpu", None)
     device = torch.device("cpu")
     benchmark = make_benchmark(request.config, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(request.config, benchmark, request.composition, device, Path(tmp),
-                          progress=False)
-        model = copy.deepcopy(trainer.model)
-        optimizer = build_optimizer(list(model.parameters()), request.config.train)
-        batch_size = trainer.train_batch
+    trainer = Trainer(request.config, benchmark, request.composition, device, None,
+                      progress=False)
+    model = copy.deepcopy(trainer.model)
+    optimizer = build_optimizer(list(model.parameters()), request.config.train)
+    batch_size = trainer.train_batch
 
-        def harness() -> int:
-            return trainer.train_epoch(0, None)["steps"]
+    def harness() -> int:
+        return trainer.train_epoch(0, None)["steps"]
 
-        def plain() -> int:
-            return plain_epoch(model, optimizer, benchmark, batch_size,
-                               torch.Generator().manual_seed(0))
+    def plain() -> int:
+        return plain_epoch(model, optimizer, benchmark, batch_size,
+                           torch.Generator().manual_seed(0))
 
-        times = {"harness": [], "plain": []}
-        harness(), plain()  # warm-up
-        order = list(times)
-        for _ in range(rounds):
-            random.shuffle(order)
-            for name in order:
-                start = time.thread_time()
-                steps = harness() if name == "harness" else plain()
-                times[name].append((time.thread_time() - start) / steps)
-        profile = cProfile.Profile()
-        profile.enable()
-        harness()
-        profile.disable()
+    times = {"harness": [], "plain": []}
+    harness(), plain()  # warm-up
+    order = list(times)
+    for _ in range(rounds):
+        random.shuffle(order)
+        for name in order:
+            start = time.thread_time()
+            steps = harness() if name == "harness" else plain()
+            times[name].append((time.thread_time() - start) / steps)
+    profile = cProfile.Profile()
+    profile.enable()
+    harness()
+    profile.disable()
     return {"bench": bench, "steps": steps, "times": times, "profile": own_functions(profile)}
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,8 @@ from tqdm.auto import tqdm
 from benchmarks.base import Batch, Benchmark
 from benchmarks.registry import check_metric_names
 from engine.core.amp import GradientOverflow, LossScaler, autocast
-from engine.core.checkpoint import check_loadable, load_checkpoint, portable, restore, save_checkpoint
+from engine.core.architectures import build_model, check_architecture
+from engine.core.checkpoint import check_loadable, portable, restore
 from engine.core.config import RunConfig
 from engine.core.cpu_malloc import reuse_freed_memory
 from engine.core.distributed import World, slice_for
@@ -30,8 +30,7 @@ from engine.core.gradients.passes import GradientEngine
 from engine.core.gradients.stats import EpochStats
 from engine.core.gradients.update import apply_update
 from engine.core.identity import Identity
-from engine.core.models import MultiTaskModel
-from engine.core.results import METRICS, write_jsonl
+from engine.core.run_folder import RunFolder
 from engine.core.saliency_log import SaliencyLog
 from engine.core.second_order import convert_convolutions
 from engine.core.step_memory import measure_step, resident_bytes
@@ -84,7 +83,7 @@ class Trainer:
     writing metrics and a checkpoint after each epoch."""
 
     def __init__(self, config: RunConfig, benchmark: Benchmark, composition: Composition,
-                 device: torch.device, run_dir: Path, progress: bool = True,
+                 device: torch.device, folder: RunFolder | None, progress: bool = True,
                  world: World | None = None, data_fingerprint: str | None = None):
         self.config = config
         self.data_fingerprint = data_fingerprint
@@ -94,7 +93,9 @@ class Trainer:
         """Only one process of a data-parallel run writes files."""
         self.benchmark = benchmark
         self.device = device
-        self.run_dir = run_dir
+        self.folder = folder
+        """Where the run's epochs and checkpoints go, and where it resumes from; None
+        (``perf``, scripts): nothing is written and training starts from scratch."""
         self.progress = progress
         self.task_names = benchmark.task_names
         needs = composition.needs
@@ -104,8 +105,10 @@ class Trainer:
         if device.type == "cpu" and engine_cfg.cpu_malloc == "reuse":
             reuse_freed_memory()
         torch.manual_seed(init_seed)
-        self.model = MultiTaskModel(
-            benchmark, separate_encoders=needs.separate_encoders,
+        check_architecture(config.model, needs, config.method, type(benchmark), config.data,
+                           engine_cfg)
+        self.model = build_model(
+            benchmark, config.model, separate_encoders=needs.separate_encoders,
             stacked_forward=engine_cfg.multi_input_forward == "stacked",
             channels_last=engine_cfg.channels_last).to(device)
         if engine_cfg.channels_last:
@@ -420,9 +423,9 @@ class Trainer:
         start_epoch = 0
         if self.world is not None and not self.writes:
             torch.distributed.barrier()  # rank 0 has checked (and set aside) the checkpoints
-        if resume:
-            state = load_checkpoint(self.run_dir, Identity(self.config.hash(), self.config.seed,
-                                                           self.data_fingerprint))
+        if resume and self.folder is not None:
+            state = self.folder.load_checkpoint(Identity(self.config.hash(), self.config.seed,
+                                                         self.data_fingerprint))
             if state is not None:
                 self.load_state(state)
                 start_epoch = state["epoch"] + 1
@@ -455,11 +458,8 @@ class Trainer:
                     self.scheduler.step()
                 if not self.writes:
                     continue
-                # Files first, checkpoint last: a run killed in between redoes this epoch
-                # and rewrites them, so they never lag behind the checkpoint.
-                write_jsonl(self.run_dir / METRICS, records)
-                self.traces.write(self.run_dir)
-                save_checkpoint(self.run_dir, self.state(epoch, records))
+                if self.folder is not None:
+                    self.folder.end_epoch(records, self.traces, self.state(epoch, records))
                 for hook in self.epoch_hooks:
                     hook(epoch, records)
         finally:

@@ -147,8 +147,8 @@ def floor_for(trainer: Trainer) -> str | None:
 
 
 def build_trainers(requests: list[RunRequest], device: torch.device, benchmark):
-    return {r.method_name: Trainer(r.config, benchmark, r.composition, device,
-                                   Path("/nonexistent"), progress=False) for r in requests}
+    return {r.method_name: Trainer(r.config, benchmark, r.composition, device, None,
+                                   progress=False) for r in requests}
 
 
 def make_steppers(trainers: dict, floors: bool) -> dict:

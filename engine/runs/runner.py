@@ -21,12 +21,14 @@ import methods  # noqa: F401  (registers the built-in methods)
 from benchmarks.base import Benchmark
 from benchmarks.registry import BENCHMARKS, check_built, profile_origin, profile_source
 from engine.core import results as R
+from engine.core.architectures import check_architecture
 from engine.core.config import RunConfig, resolve
 from engine.core.distributed import World
 from engine.errors import UserError
 from engine.core.identity import Identity, data_fingerprint, folder_mismatch
 from engine.runs.locks import RunLock, RunLocked
 from engine.runs.runlog import log_epoch, run_log, tracker_hooks
+from engine.core.run_folder import RunFolder
 from engine.core.trainer import Diverged, Trainer
 from methods.base import Aggregator
 from methods.registry import METHODS, Composition, canonical_name, parse_method
@@ -144,6 +146,8 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
                              unused=unused, profile_origin=profile_origin(bench_cls))
             unused_per_run.append(unused)
             check_batch(composition, spec, bench_cls, config.train.batch_size)
+            check_architecture(config.model, composition.needs, spec, bench_cls, config.data,
+                               config.engine)
             if bench_cls.multi_input and config.engine.conflict_space == "rep":
                 raise UserError(f"engine.conflict_space=rep needs one representation shared by "
                                 f"all tasks, but {benchmark} is multi-input; use param")
@@ -319,35 +323,21 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
            benchmark_cache: dict | None, tensorboard: bool,
            world: World | None = None, wandb: bool = False) -> RunOutcome:
     config = request.config
-    summary_path = run_dir / R.SUMMARY
-    writes = world is None or world.is_main
-
-    def write_json(path: Path, obj) -> None:
-        if writes:
-            R.atomic_write_json(path, obj)
-
+    folder = RunFolder(run_dir, writes=world is None or world.is_main)
     log.info("run %s: %s on %s, seed %d, config %s", run_dir, request.method_name,
              config.benchmark, config.seed, config.hash())
-    if force and run_dir.exists() and writes:
-        for name in (R.CHECKPOINT, "checkpoint.prev.pt", R.METRICS, R.TRACEBACK):
-            (run_dir / name).unlink(missing_ok=True)
     device = resolve_device(config.device)
     if device.type == "cpu" and config.engine.cpu_threads:
         torch.set_num_threads(config.engine.cpu_threads)  # before env.json records it
-    if writes:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # Under the run's lock no other process writes here: any temporary file is what
-        # a killed process left behind.
-        R.remove_temporaries(run_dir)
+    folder.open(force)
     identity = request.identity.record()
-    write_json(run_dir / R.CONFIG, {**config.to_dict(), **identity})
-    write_json(run_dir / R.ENV, {**R.environment(device),
-                                 "world_size": world.size if world is not None else 1})
     summary = {"status": R.STATUS_RUNNING, "benchmark": config.benchmark,
                "method": request.method_name, **identity,
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "world_size": world.size if world is not None else 1}
-    write_json(summary_path, summary)
+    folder.start({**config.to_dict(), **identity},
+                 {**R.environment(device), "world_size": world.size if world is not None else 1},
+                 summary)
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -368,8 +358,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
         summary["setting"] = benchmark.setting
         extra = benchmark.extra_record()  # e.g. a generated split, the validation protocol
         if extra:
-            write_json(run_dir / R.BENCHMARK_RECORD, extra)
-        trainer = Trainer(config, benchmark, request.composition, device, run_dir, progress, world,
+            folder.write_benchmark_record(extra)
+        trainer = Trainer(config, benchmark, request.composition, device, folder, progress, world,
                           data_fingerprint=request.data_fingerprint)
         trainer.epoch_hooks.append(log_epoch)
         trackers = tracker_hooks(run_dir, request.method_name, config.to_dict(), tensorboard, wandb)
@@ -384,8 +374,7 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
         summary.update(status=R.STATUS_FAILED, reason=str(exc), user_error=True)
     except Exception as exc:  # a failed run must not stop the others; its traceback is kept
         tb = traceback.format_exc()
-        if writes:
-            R.atomic_write_bytes(run_dir / R.TRACEBACK, tb.encode())
+        folder.write_traceback(tb)
         log.error("%s", tb)
         summary.update(status=R.STATUS_FAILED, reason=f"{type(exc).__name__}: {exc}",
                        traceback=R.TRACEBACK)
@@ -410,9 +399,8 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
                        multi_input_forward=(config.engine.multi_input_forward
                                             if trainer.benchmark.multi_input else None),
                        methods=_method_summaries(trainer), notes=trainer.notes)
-    write_json(summary_path, summary)
-    if writes:
-        R.remove_temporaries(run_dir)
+    folder.write_summary(summary)
+    folder.close()
     return RunOutcome(request, run_dir, summary["status"], summary.get("reason", ""), wall,
                       user_error=summary.get("user_error") is True)
 
