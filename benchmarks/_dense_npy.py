@@ -190,6 +190,10 @@ class DenseNpyBenchmark(Benchmark):
     def make_encoder(self) -> nn.Module:
         return resnet_trunk(self.config.backbone, dilated=True, state=self.backbone_state)
 
+    def encoder_blocks(self, encoder: nn.Sequential) -> list[nn.Module]:
+        """The ResNet's stem and its four stages."""
+        return list(encoder)
+
     def out_channels(self, task: TaskSpec) -> int:
         return {"seg": self.num_classes, "depth": 1, "normal": 3}[task.name]
 

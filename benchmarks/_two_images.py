@@ -87,6 +87,12 @@ class TwoImagesBenchmark(TensorBenchmark):
     def make_encoder(self) -> nn.Module:
         return MultiLeNetEncoder(self.config.dropout)
 
+    def encoder_blocks(self, encoder: MultiLeNetEncoder) -> list[nn.Module]:
+        """The two conv stages (conv, pooling, ReLU; dropout in the second) and the
+        fully connected layer."""
+        net = encoder.net
+        return [net[0:3], net[3:7], net[7:10]]
+
     def make_head(self, task: TaskSpec) -> nn.Module:
         return nn.Sequential(nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10))
 

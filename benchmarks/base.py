@@ -161,6 +161,18 @@ class Benchmark:
             raise ValueError(f"{self.name}: the encoder has no parameters")
         return last
 
+    def encoder_blocks(self, encoder: nn.Module) -> list[nn.Module] | None:
+        """The encoder (made by ``make_encoder``) as consecutive blocks whose composition is
+        its forward, sharing its modules; None: it has no natural split. Architectures
+        that work block by block (PLE, cross-stitch, MTAN: docs/architectures.md) need it."""
+        return None
+
+    @classmethod
+    def has_encoder_blocks(cls, config) -> bool:
+        """Whether ``encoder_blocks`` splits the encoder under data options ``config``
+        (known before the data are built). Default: whether the benchmark overrides it."""
+        return cls.encoder_blocks is not Benchmark.encoder_blocks
+
     def split_size(self, split: str) -> int | dict[str, int]:
         raise NotImplementedError
 

@@ -114,6 +114,11 @@ class DigitsTasks(TensorBenchmark):
     def make_encoder(self) -> nn.Module:
         return DigitsEncoder(self.config.width)
 
+    def encoder_blocks(self, encoder: DigitsEncoder) -> list[nn.Module]:
+        """The three conv layers, each with its activation (and the pooling after the second)."""
+        net = encoder.net
+        return [net[0:2], net[2:5], net[5:7]]
+
     def make_head(self, task: TaskSpec) -> nn.Module:
         out = 1 if task.name == "sum" else 10
         width = self.config.width

@@ -106,6 +106,20 @@ class ScenesEncoder(nn.Module):
         return self.fuse(torch.cat([up, skip], dim=1))
 
 
+class _DeepWithSkip(nn.Module):
+    """The middle block of ``ScenesEncoder`` as a chain: the skip features in, the deep
+    features upsampled and concatenated with them out (what the fuse layer reads)."""
+
+    def __init__(self, down2: nn.Module):
+        super().__init__()
+        self.down2 = down2
+
+    def forward(self, skip: torch.Tensor) -> torch.Tensor:
+        deep = self.down2(skip)
+        up = F.interpolate(deep, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        return torch.cat([up, skip], dim=1)
+
+
 @register_benchmark("scenes")
 class Scenes(TensorBenchmark):
     description = ("Dense task shift, NYUv2 in miniature: procedurally rendered rooms with "
@@ -134,6 +148,18 @@ class Scenes(TensorBenchmark):
         if c.encoder == "mobilenet_v2":
             return MobileNetTrunk(c.stride, self.backbone_state, c.bn)
         return ScenesEncoder(c.width)
+
+    def encoder_blocks(self, encoder: nn.Module) -> list[nn.Module] | None:
+        """The scratch encoder: stem and first downsampling, the second downsampling with
+        the skip carried along, the fuse layer. The MobileNetV2 trunk has no split here."""
+        if not isinstance(encoder, ScenesEncoder):
+            return None
+        return [nn.Sequential(encoder.stem, encoder.down1), _DeepWithSkip(encoder.down2),
+                encoder.fuse]
+
+    @classmethod
+    def has_encoder_blocks(cls, config: ScenesConfig) -> bool:
+        return config.encoder != "mobilenet_v2"
 
     def z_channels(self) -> int:
         c = self.config

@@ -117,6 +117,10 @@ class Synthetic(TensorBenchmark):
             layers += [nn.Linear(self.config.input_dim if i == 0 else width, width), nn.ReLU()]
         return nn.Sequential(*layers)
 
+    def encoder_blocks(self, encoder: nn.Sequential) -> list[nn.Module]:
+        """The four Linear + ReLU layers."""
+        return [encoder[i:i + 2] for i in range(0, len(encoder), 2)]
+
     def make_head(self, task: TaskSpec) -> nn.Module:
         return nn.Linear(self.config.hidden, self.config.output_dim)
 

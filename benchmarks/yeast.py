@@ -73,5 +73,9 @@ class Yeast(TensorBenchmark):
         return nn.Sequential(nn.Linear(103, c.hidden), nn.ReLU(), nn.Dropout(c.dropout),
                              nn.Linear(c.hidden, c.width), nn.ReLU())
 
+    def encoder_blocks(self, encoder: nn.Sequential) -> list[nn.Module]:
+        """The two Linear layers, each with its activation (and the dropout after the first)."""
+        return [encoder[0:3], encoder[3:5]]
+
     def make_head(self, task: TaskSpec) -> nn.Module:
         return nn.Sequential(nn.Linear(self.config.width, 64), nn.ReLU(), nn.Linear(64, 1))

@@ -48,4 +48,18 @@ def main(args: argparse.Namespace) -> int:
             where = "reads --data-root" if cls.needs_data_root else "no download"
             kind = f"{cls.setting}, {'multi' if cls.multi_input else 'single'}-input"
             print(f"  {name:<{width}}  {kind:<28}  {where:<18}  {cls.description}")
+            print(f"  {'':<{width}}  model.arch: {_archs(cls)}")
     return 0
+
+
+def _archs(cls) -> str:
+    """The architectures a benchmark offers under its default data options."""
+    from engine.core.architectures import architectures_of
+    from engine.core.config import ARCHS
+
+    offered = architectures_of(cls)
+    if offered == ARCHS:
+        return "every architecture (" + ", ".join(ARCHS) + ")"
+    if offered == ("hps",):
+        return "hps only"
+    return ", ".join(offered) + " (not " + ", ".join(a for a in ARCHS if a not in offered) + ")"

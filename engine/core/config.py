@@ -6,6 +6,8 @@ Keys are dotted paths into four sections:
 - ``engine.*`` how gradients are computed (Jacobian path, chunk size, NaN checks,
   mixed precision, memory format, compilation)
 - ``data.*``   the benchmark's own options (its ``Config`` dataclass)
+- ``model.*``  the multi-task architecture (hard parameter sharing by default; mixture of
+  experts, cross-stitch, MTAN: docs/architectures.md)
 - ``method.<component>.*`` each method's hyperparameters (``method.cagrad.c=0.4``); the
   component may be left out when only one component of the composition has that field
   (``method.c=0.4``).
@@ -147,6 +149,51 @@ class EngineConfig:
                               "loop or auto (auto takes the loop when compiling)")
 
 
+ARCHS = ("hps", "mmoe", "cgc", "ple", "dselect_k", "cross_stitch", "mtan")
+
+
+@dataclass
+class ModelConfig:
+    """The multi-task architecture built around the benchmark's encoder and heads
+    (engine/core/architectures.py, docs/architectures.md). The whole section enters the
+    config hash only when it differs from these defaults, so runs of hard parameter sharing
+    keep the folders they had before the section existed."""
+
+    arch: str = "hps"
+    """hps (hard parameter sharing) | mmoe | cgc | ple | dselect_k | cross_stitch | mtan"""
+    num_experts: int = 4
+    """mmoe, dselect_k: experts (each a copy of the benchmark's encoder); cgc, ple: the
+    shared experts (of every level)."""
+    task_experts: int = 1
+    """cgc, ple: each task's own experts (of every level)."""
+    levels: int = 0
+    """ple: extraction levels; 0 = one per block of the encoder (LibMTL's PLE); N groups
+    the blocks into N consecutive levels."""
+    num_nonzeros: int = 2
+    """dselect_k: k, the number of experts each task's gate selects."""
+    gamma: float = 1.0
+    """dselect_k: the width of the smooth-step function."""
+    stitch_self: float = 0.9
+    """cross_stitch: initial weight of a column's own features in each stitch unit; the
+    rest, 1 - stitch_self, is spread evenly over the other columns (Misra et al.: 0.9/0.1)."""
+
+    def validate(self) -> None:
+        check_choice("model.arch", self.arch, ARCHS)
+        check_range("model.num_experts", self.num_experts, 1)
+        check_range("model.task_experts", self.task_experts, 0)
+        check_range("model.levels", self.levels, 0)
+        check_range("model.num_nonzeros", self.num_nonzeros, 1)
+        check_range("model.gamma", self.gamma, 0, low_open=True)
+        check_range("model.stitch_self", self.stitch_self, 0, 1)
+        if self.arch == "dselect_k" and self.num_nonzeros > self.num_experts:
+            raise ConfigError(f"model.num_nonzeros={self.num_nonzeros} exceeds "
+                              f"model.num_experts={self.num_experts}: DSelect-k selects k of "
+                              f"the experts")
+        if self.arch == "dselect_k" and self.num_experts < 2:
+            raise ConfigError("model.arch=dselect_k needs model.num_experts >= 2 (its selectors "
+                              "choose among experts by binary codes)")
+
+
 @dataclass
 class RunConfig:
     """Everything that defines one run. ``seed``, ``device`` and paths are not hashed."""
@@ -161,6 +208,7 @@ class RunConfig:
     methods: dict[str, Any]
     device: str = "auto"
     data_root: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict:
         return {
@@ -169,6 +217,7 @@ class RunConfig:
             "train": dataclasses.asdict(self.train), "engine": dataclasses.asdict(self.engine),
             "data": dataclasses.asdict(self.data),
             "methods": {k: dataclasses.asdict(v) for k, v in self.methods.items()},
+            "model": dataclasses.asdict(self.model),
         }
 
     def hash(self) -> str:
@@ -180,6 +229,10 @@ class RunConfig:
         for key, default in LATE_ENGINE_KEYS.items():
             if payload["engine"].get(key) == default:
                 payload["engine"].pop(key)
+        # The model section came later too: at its defaults (hard parameter sharing) it is
+        # left out whole; any other value puts every field of it in.
+        if payload["model"] == dataclasses.asdict(ModelConfig()):
+            payload.pop("model")
         # The same for the fields a method's config lists in its ``late_fields``.
         for component, cfg in self.methods.items():
             for key, default in late_field_defaults(cfg).items():
@@ -349,12 +402,13 @@ class Sections:
     engine: EngineConfig = field(default_factory=EngineConfig)
     data: Any = None
     methods: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def apply(self, key: str, value: Any, source: str, lenient_methods: bool = False) -> bool:
         """Apply one key; returns False when ``lenient_methods`` let a method key that
         concerns none of this run's components pass (one --set serves several methods)."""
         section, _, rest = key.partition(".")
-        if section in ("train", "engine", "data"):
+        if section in ("train", "engine", "data", "model"):
             if "." in rest:
                 raise ConfigError(f"{source}: unknown key {key!r}")
             setattr(self, section, _named(source, apply_values, getattr(self, section),
@@ -362,7 +416,7 @@ class Sections:
             return True
         if section != "method":
             raise ConfigError(f"{source}: unknown section in {key!r}; expected train., engine., "
-                              f"data. or method.")
+                              f"data., model. or method.")
         component, _, name = rest.rpartition(".")
         if not component:
             owners = [c for c, cfg in self.methods.items() if name in field_types(type(cfg))]
@@ -432,6 +486,7 @@ def resolve(benchmark: str, method: str, seed: int, profile: str, overrides: lis
             unused.add(key)
     sections.train.validate()
     sections.engine.validate()
+    sections.model.validate()
     if hasattr(sections.data, "validate"):
         sections.data.validate()
     for cfg in sections.methods.values():
@@ -441,4 +496,5 @@ def resolve(benchmark: str, method: str, seed: int, profile: str, overrides: lis
             check_training(sections.train)
     return RunConfig(benchmark=benchmark, method=method, seed=seed, profile=profile,
                      train=sections.train, engine=sections.engine, data=sections.data,
-                     methods=sections.methods, device=device, data_root=data_root)
+                     methods=sections.methods, device=device, data_root=data_root,
+                     model=sections.model)

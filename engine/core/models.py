@@ -1,5 +1,6 @@
 """Hard parameter sharing: one shared encoder, one head per task (or, for single-task
-learning, one encoder per task)."""
+learning, one encoder per task). The other architectures (``model.arch``) subclass
+``MultiTaskModel`` in engine/core/architectures.py."""
 from __future__ import annotations
 
 import torch
@@ -11,6 +12,17 @@ from benchmarks.base import Batch, Benchmark
 class MultiTaskModel(nn.Module):
     """Encoder(s) and heads of a benchmark. ``forward`` returns, per task present in the
     batch, the representation its head consumed (Z) and its prediction."""
+
+    arch = "hps"
+    head_takes_input = False
+    """The heads are called with (Z, the batch input) instead of Z (the gates of a mixture
+    of experts read the input)."""
+    common_rep = True
+    """On a single-input batch every task's Z is one tensor (representation-level methods
+    need it)."""
+    rep_is_cut = True
+    """Every path from the shared parameters to task t's loss passes through Z_t, so the
+    shared gradient of any weighted sum can be backpropagated from the Z_t's."""
 
     def __init__(self, benchmark: Benchmark, separate_encoders: bool = False,
                  stacked_forward: bool = False, channels_last: bool = False):
@@ -43,8 +55,11 @@ class MultiTaskModel(nn.Module):
     def forward(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         tasks = [t for t in self.task_names if t in batch.targets]
         if not self.multi_input and not self.separate:
-            z = self.encoders[0](self._format(batch.inputs))
+            x = self._format(batch.inputs)
+            z = self.encoders[0](x)
             reps = {t: z for t in tasks}
+            if self.head_takes_input:
+                return reps, {t: self.heads[t](z, x) for t in tasks}
         elif self.stacked:
             sizes = [batch.inputs[t].shape[0] for t in tasks]
             zs = self.encoders[0](self._format(torch.cat([batch.inputs[t] for t in tasks]))).split(sizes)

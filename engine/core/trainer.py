@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from benchmarks.base import Batch, Benchmark
 from benchmarks.registry import check_metric_names
 from engine.core.amp import GradientOverflow, LossScaler, autocast
+from engine.core.architectures import build_model, check_architecture
 from engine.core.checkpoint import check_loadable, portable, restore
 from engine.core.config import RunConfig
 from engine.core.cpu_malloc import reuse_freed_memory
@@ -29,7 +30,6 @@ from engine.core.gradients.passes import GradientEngine
 from engine.core.gradients.stats import EpochStats
 from engine.core.gradients.update import apply_update
 from engine.core.identity import Identity
-from engine.core.models import MultiTaskModel
 from engine.core.run_folder import RunFolder
 from engine.core.saliency_log import SaliencyLog
 from engine.core.second_order import convert_convolutions
@@ -105,8 +105,10 @@ class Trainer:
         if device.type == "cpu" and engine_cfg.cpu_malloc == "reuse":
             reuse_freed_memory()
         torch.manual_seed(init_seed)
-        self.model = MultiTaskModel(
-            benchmark, separate_encoders=needs.separate_encoders,
+        check_architecture(config.model, needs, config.method, type(benchmark), config.data,
+                           engine_cfg)
+        self.model = build_model(
+            benchmark, config.model, separate_encoders=needs.separate_encoders,
             stacked_forward=engine_cfg.multi_input_forward == "stacked",
             channels_last=engine_cfg.channels_last).to(device)
         if engine_cfg.channels_last:

@@ -21,6 +21,7 @@ import methods  # noqa: F401  (registers the built-in methods)
 from benchmarks.base import Benchmark
 from benchmarks.registry import BENCHMARKS, check_built, profile_origin, profile_source
 from engine.core import results as R
+from engine.core.architectures import check_architecture
 from engine.core.config import RunConfig, resolve
 from engine.core.distributed import World
 from engine.errors import UserError
@@ -145,6 +146,8 @@ def build_requests(benchmark: str, method_specs: list[str], seeds: list[int], pr
                              unused=unused, profile_origin=profile_origin(bench_cls))
             unused_per_run.append(unused)
             check_batch(composition, spec, bench_cls, config.train.batch_size)
+            check_architecture(config.model, composition.needs, spec, bench_cls, config.data,
+                               config.engine)
             if bench_cls.multi_input and config.engine.conflict_space == "rep":
                 raise UserError(f"engine.conflict_space=rep needs one representation shared by "
                                 f"all tasks, but {benchmark} is multi-input; use param")

@@ -204,6 +204,10 @@ def load_run(run_dir: Path) -> LoadedRun:
     if composition.needs.separate_encoders:
         raise Unusable(f"{method} trains one encoder per task: there is no shared "
                        f"representation to take task saliencies of")
+    arch = (config.get("model") or {}).get("arch", "hps")
+    if arch != "hps":
+        raise Unusable(f"model.arch={arch}: saliency maps are drawn for hard parameter sharing "
+                       f"(model.arch=hps) only")
     path = run_dir / R.CHECKPOINT
     if not path.is_file():
         raise Unusable("no checkpoint.pt (the run saved none, or it was removed)")

@@ -60,7 +60,7 @@ SLURM_KEYS = {
 }
 SLURM_NUMBERS = ("time_min", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
                  "max_num_timeout", "ddp")
-SECTIONS = ("train", "engine", "data", "method")
+SECTIONS = ("train", "engine", "data", "model", "method")
 
 
 @dataclass(frozen=True)
@@ -312,7 +312,7 @@ def _overrides(sweep: Sweep, table: Any, where: str, grid: bool) -> list[tuple[s
         section = key.split(".")[0]
         if section not in SECTIONS or key.count(".") < 1:
             raise sweep.error(located, "unknown key; config keys start with train., engine., "
-                                       "data. or method.<component>.")
+                                       "data., model. or method.<component>.")
         if section == "method":
             parts = key.split(".")
             if len(parts) != 3:

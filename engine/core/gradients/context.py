@@ -196,10 +196,12 @@ class TrainStepContext:
         self._check("task_grads", "ctx.task_grads()")
         engine = self.engine
         shared = {id(p) for p in engine.shared}
-        if not create_graph and self._rep_pass_pending and all(id(p) in shared for p in params):
+        if (not create_graph and self._rep_pass_pending and getattr(engine.model, "rep_is_cut", True)
+                and all(id(p) in shared for p in params)):
             # Shared parameters below Z: the same per-task passes also give the
             # representation gradients and the heads their gradients, so the update can be
-            # formed from Z without another backward pass through the heads.
+            # formed from Z without another backward pass through the heads (not where the
+            # shared parameters also reach the losses outside Z: MTAN's attention).
             return engine.parallel.sum_(self._rep_pass(params))
         precision = engine.precision
         rows = []
