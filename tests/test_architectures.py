@@ -323,3 +323,18 @@ def test_dselect_gate_selects_one_expert_when_its_bits_saturate():
         gate.z.bias.copy_(torch.tensor([5.0, -5.0]))  # bits (1, 0): expert 1
     w = gate(torch.randn(2, 3))
     torch.testing.assert_close(w, torch.tensor([[0.0, 1.0, 0.0, 0.0]] * 2))
+
+
+@pytest.mark.parametrize("arch, rep_floor", [("mmoe", True), ("cross_stitch", False),
+                                             ("mtan", False)])
+def test_perf_takes_the_representation_floor_only_with_one_z(arch, rep_floor):
+    from engine.runs.perf import build_trainers, make_steppers
+
+    requests = build_requests("digits_tasks", ["ew", "gradnorm"], [0], "quick",
+                              [*TINY_DIGITS, f"model.arch={arch}", *SMALL], "cpu", None)
+    bench = make_benchmark(requests[0].config, CPU)
+    steppers = make_steppers(build_trainers(requests, CPU, bench), floors=True)
+    assert ("floor:rep" in steppers) == rep_floor
+    batch = next(bench.batches("train", 16, torch.Generator().manual_seed(0)))
+    for step in steppers.values():
+        step(batch)

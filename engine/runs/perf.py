@@ -164,8 +164,10 @@ def make_steppers(trainers: dict, floors: bool) -> dict:
     if floors and reference.engine.shared:
         wanted = {floor_for(trainer) for trainer in trainers.values()}
         for kind in FLOORS:
-            if kind == "floor:rep" and reference.benchmark.multi_input:
+            if kind == "floor:rep" and (reference.benchmark.multi_input
+                                        or not reference.model.common_rep):
                 continue  # no single representation to take the task gradients of
+                # (multi-input; model.arch=cross_stitch or mtan: one Z per task)
             if kind == "floor:second_order" and kind not in wanted:
                 continue  # costly, and only a reference for penalties on saliencies
             steppers[kind] = FloorStepper(reference, kind)
