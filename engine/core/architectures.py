@@ -14,13 +14,16 @@ method, representation-level ones included, applies unchanged.
 - MMoE (Ma et al., KDD 2018): K shared experts, one softmax gate per task.
 - CGC (Tang et al., RecSys 2020): K shared experts in Z, and each task's own experts inside
   its part (only its loss reaches them); task t's gate mixes the shared and its own.
-- PLE (the same paper): CGC levels stacked on the blocks of the encoder. A level's shared
-  experts read the previous level's shared route, which a shared gate mixes from every
-  expert of that level (each task's own included), so all experts below the last level
-  are reached by every task. Z stacks every expert of the last level (shared first, then
-  each task's in task order); task t's gate mixes the shared ones and its own, so the last
-  level's experts of task t are shared parameters that only task t's loss reaches. Every
-  gate reads the batch input (LibMTL's convention), which keeps Z a cut of the graph.
+- PLE (the same paper): CGC levels stacked on the blocks of the encoder. Below the last
+  level, task t's gate reads task t's route into the level and mixes the shared experts
+  and task t's own into its route out; a shared gate reads the shared route and mixes
+  every expert of the level (each task's own included) into the shared route out, which
+  the next level's shared experts read. So every expert below the last level is reached
+  by every task. Z stacks every expert of the last level (shared first, then each task's
+  in task order); task t's last gate mixes the shared ones and its own, so the last
+  level's experts of task t are shared parameters that only task t's loss reaches. The
+  last gates read the batch input instead of the task's route (which depends on shared
+  parameters), which keeps Z a cut of the graph.
 - DSelect-k (Hazimeh et al., NeurIPS 2021): K experts, each task's gate a per-sample
   differentiable selector: k selectors of ⌈log2 K⌉ smooth-step bits each, mixed by a
   softmax (the paper's per-example gate, without its optional entropy penalty).
@@ -168,9 +171,11 @@ class DSelectGate(nn.Module):
     """DSelect-k's per-sample gate (Hazimeh et al., NeurIPS 2021, Sec. 3): k selectors,
     each ⌈log2 K⌉ smooth-step bits of a linear map of the input; selector i puts weight
     r_i(j) = Π_l (s_il if bit l of j is set else 1 - s_il) on expert j; a softmax over k
-    further logits mixes the selectors. The bit logits start in [-γ/100, γ/100], where
-    every expert is equally likely, as in the paper's code. With K not a power of two the
-    codes past K - 1 are unused and the weights may sum to less than 1 (as in the paper)."""
+    further logits mixes the selectors. The bit logits' weights start in [-γ/100, γ/100],
+    where every expert is about equally likely, and the mixing logits' in [-0.05, 0.05] (the
+    initialisation of LibMTL's port of the authors' code). With K not a power of two the
+    codes past K - 1 are unused and the weights may sum to less than 1; LibMTL then adds a
+    penalty on their sum, which is not applied here (docs/architectures.md)."""
 
     def __init__(self, in_features: int, experts: int, k: int, gamma: float):
         super().__init__()
@@ -180,6 +185,8 @@ class DSelectGate(nn.Module):
         nn.init.uniform_(self.z.weight, -gamma / 100, gamma / 100)
         nn.init.uniform_(self.z.bias, -gamma / 100, gamma / 100)
         self.w = nn.Linear(in_features, k)
+        nn.init.uniform_(self.w.weight, -0.05, 0.05)
+        nn.init.uniform_(self.w.bias, -0.05, 0.05)
         codes = torch.tensor([[(j >> b) & 1 for b in range(self.bits)] for j in range(experts)],
                              dtype=torch.float32)
         self.register_buffer("codes", codes, persistent=False)
@@ -240,7 +247,9 @@ def _level_groups(blocks: int, levels: int) -> list[tuple[int, int]]:
 
 class PLEExtraction(nn.Module):
     """PLE's stacked extraction levels up to the last level's experts (the shared part);
-    returns every expert of the last level stacked: the shared ones, then each task's."""
+    returns every expert of the last level stacked: the shared ones, then each task's.
+    Each gate below the last level reads the route it serves (the batch input at the
+    first level)."""
 
     def __init__(self, shared: list[list[nn.Module]], own: list[list[list[nn.Module]]],
                  task_gates: list[list[nn.Module]], shared_gates: list[nn.Module]):
@@ -260,9 +269,9 @@ class PLEExtraction(nn.Module):
             every = shared_out + [y for ys in own_out for y in ys]
             if level == levels - 1:
                 return torch.stack(every, dim=-1)
-            task_in = [mix(torch.stack(shared_out + ys, dim=-1), gate(x))
-                       for ys, gate in zip(own_out, self.task_gates[level])]
-            shared_in = mix(torch.stack(every, dim=-1), self.shared_gates[level](x))
+            task_in = [mix(torch.stack(shared_out + ys, dim=-1), gate(h))
+                       for ys, gate, h in zip(own_out, self.task_gates[level], task_in)]
+            shared_in = mix(torch.stack(every, dim=-1), self.shared_gates[level](shared_in))
         raise AssertionError("PLE has at least one level")
 
 
@@ -455,8 +464,13 @@ def _ple(benchmark: Benchmark, cfg: ModelConfig, channels_last: bool, width: int
     shared = [[expert(i, lv) for i in range(ks)] for lv in range(len(groups))]
     own = [[[expert(ks + t * kt + i, lv) for i in range(kt)] for t in range(count)]
            for lv in range(len(groups))]
-    task_gates = [[SoftmaxGate(width, ks + kt) for _ in names] for _ in groups[:-1]]
-    shared_gates = [SoftmaxGate(width, ks + count * kt) for _ in groups[:-1]]
+    # The size of each level's input route (per sample), for the gates that read it.
+    widths, h = [width], example_input(benchmark)
+    for level in shared[:-1]:
+        h = _probe(level[0], h)
+        widths.append(h[0].numel())
+    task_gates = [[SoftmaxGate(w, ks + kt) for _ in names] for w in widths[:-1]]
+    shared_gates = [SoftmaxGate(w, ks + count * kt) for w in widths[:-1]]
     heads = {}
     for t, task in enumerate(benchmark.tasks):
         select = ((0, ks), (ks + t * kt, ks + (t + 1) * kt)) if kt else ((0, ks),)
