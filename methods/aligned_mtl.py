@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.errors import check_choice
+from engine.errors import param
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 
@@ -76,10 +76,7 @@ def aligned_weights(gram: Tensor, scale_mode: str = "min") -> tuple[Tensor, Tens
 
 @dataclass
 class AlignedMTLConfig(MethodConfig):
-    scale_mode: str = "min"
-
-    def validate(self) -> None:
-        check_choice("method.aligned_mtl.scale_mode", self.scale_mode, SCALE_MODES)
+    scale_mode: str = param("min", choices=SCALE_MODES)
 
 
 @register_method("aligned_mtl")

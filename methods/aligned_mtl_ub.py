@@ -28,9 +28,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from engine.errors import check_choice
+from engine.errors import param
 from methods._rep_reduce import REP_REDUCTIONS, solver_rows
-from methods.aligned_mtl import SCALE_MODES, AlignedMTL, AlignedMTLConfig, aligned_weights
+from methods.aligned_mtl import AlignedMTL, AlignedMTLConfig, aligned_weights
 from methods.base import Aggregated, Needs, StepContext
 from methods.registry import register_method
 
@@ -38,12 +38,8 @@ from methods.registry import register_method
 @dataclass
 class AlignedMTLUBConfig(AlignedMTLConfig):
     late_fields: ClassVar[tuple[str, ...]] = ("rep_reduce",)
-    rep_reduce: str = "flatten"
+    rep_reduce: str = param("flatten", choices=REP_REDUCTIONS)
     """Rows the weights are solved on: flatten (Z of the whole batch) or batch_sum (LibMTL)."""
-
-    def validate(self) -> None:
-        check_choice("method.aligned_mtl_ub.scale_mode", self.scale_mode, SCALE_MODES)
-        check_choice("method.aligned_mtl_ub.rep_reduce", self.rep_reduce, REP_REDUCTIONS)
 
 
 @register_method("aligned_mtl_ub")

@@ -23,7 +23,8 @@ Methods are ``nn.Module`` so that learnable parameters (UW's log-variances) and 
 ``get_extra_state``/``set_extra_state``. ``trainable_parameters()`` are trained by the run's
 optimizer; a method with an optimizer of its own (FAMO) returns none there.
 
-This module imports nothing from the engine, the benchmarks or the datasets.
+This module imports nothing from the engine but ``engine.errors`` (which plugins import
+too), and nothing from the benchmarks or the datasets.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
+
+from engine.errors import check_config
 
 
 @dataclass(frozen=True)
@@ -67,15 +70,19 @@ class Needs:
 @dataclass
 class MethodConfig:
     """Base of every method's hyperparameters. Subclasses add fields with the paper's
-    defaults and override ``validate`` to refuse values outside their domain (raise
-    ``engine.errors.ConfigError`` via ``check_range``/``check_choice``)."""
+    defaults, each with its domain where it has one (``engine.errors.param``:
+    ``c: float = param(0.4, low=0)``); a value outside it is refused, named
+    ``method.<name>.<field>``, wherever a config is checked (``engine.errors.check_config``:
+    resolving a run's config, building the method) without any code of the method's.
+    ``validate`` is for what no domain says: relations between fields, a tuple's values."""
 
     late_fields: ClassVar[tuple[str, ...]] = ()
     """Fields added after runs were recorded: each is left out of the run's config hash while
     it holds its default, so that the folders (and resumption) of earlier runs stay valid."""
 
     def validate(self) -> None:
-        """Raise ConfigError for a value outside its domain."""
+        """Raise ConfigError (one line, naming the key) for a value that the fields'
+        domains let through but the method cannot take; runs after the domain checks."""
 
     def check_training(self, train) -> None:
         """Raise ConfigError, in one line with the reason, where the run's training settings
@@ -165,7 +172,7 @@ class Method(nn.Module):
 
     def __init__(self, config: MethodConfig, task_names: tuple[str, ...]):
         super().__init__()
-        config.validate()
+        check_config(config, f"method.{type(self).name or type(self).__name__}")
         self.needs = type(self).needs_for(config)
         self.config = config
         self.task_names = tuple(task_names)

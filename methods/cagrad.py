@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engine.errors import check_choice, check_range
+from engine.errors import param
 from methods._solver import SolverAccounting
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
@@ -229,25 +229,18 @@ class CAGrad(SolverAccounting, Aggregator):
 
     @dataclass
     class Config(MethodConfig):
-        c: float = 0.4
+        c: float = param(0.4, low=0)
         """Radius of the ball around the average gradient, relative to its norm."""
-        rescale: int = 1
+        rescale: int = param(1, choices=RESCALES)
         """Divide the update by 1 (0), 1 + c² (1) or 1 + c (2)."""
-        tol: float = 1e-4
-        solver: str = "active_set"
+        tol: float = param(1e-4, low=0, low_open=True)
+        solver: str = param("active_set", choices=SOLVERS)
         """How the dual is solved: active_set (exact, with SLSQP as fallback) or slsqp (the
         authors' SciPy call)."""
-        scale: str = "mean"
+        scale: str = param("mean", choices=SCALES)
         """mean (the update as above) or sum (multiplied by T, the authors' NYUv2/Cityscapes
         code)."""
         late_fields: ClassVar[tuple[str, ...]] = ("scale",)
-
-        def validate(self) -> None:
-            check_range("method.cagrad.c", self.c, 0)
-            check_choice("method.cagrad.scale", self.scale, SCALES)
-            check_choice("method.cagrad.solver", self.solver, SOLVERS)
-            check_choice("method.cagrad.rescale", str(self.rescale), [str(r) for r in RESCALES])
-            check_range("method.cagrad.tol", self.tol, 0, low_open=True)
 
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
         cfg = self.config

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.errors import check_range
+from engine.errors import param
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 
@@ -57,12 +57,8 @@ def dbmtl_update(ema: Tensor, log_grads: Tensor, step: int, beta: float,
 
 @dataclass
 class DBMTLConfig(MethodConfig):
-    beta: float = 0.9
-    beta_sigma: float = 0.5
-
-    def validate(self) -> None:
-        check_range("method.dbmtl.beta", self.beta, 0, 1, high_open=True)
-        check_range("method.dbmtl.beta_sigma", self.beta_sigma, 0)
+    beta: float = param(0.9, low=0, high=1, high_open=True)
+    beta_sigma: float = param(0.5, low=0)
 
 
 @register_method("dbmtl")

@@ -25,18 +25,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.errors import check_range
+from engine.errors import param
 from methods.base import MethodConfig, StepContext, Weighted, Weighting
 from methods.registry import register_method
 
 
 @dataclass
 class DWAConfig(MethodConfig):
-    temperature: float = 2.0
+    temperature: float = param(2.0, low=0.0, low_open=True)
     """Softmax temperature T (the paper: 2)."""
-
-    def validate(self) -> None:
-        check_range("method.dwa.temperature", self.temperature, 0.0, low_open=True)
 
 
 def dwa_weights(last: Tensor, before_last: Tensor, temperature: float) -> Tensor:

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engine.errors import check_choice, check_range
+from engine.errors import param
 from methods._nash_solver import host_gram
 from methods._solve_clip import clip_direction
 from methods._solver import SolverAccounting
@@ -172,16 +172,10 @@ def _newton(gn: np.ndarray, power: float, start: np.ndarray) -> tuple[np.ndarray
 
 @dataclass
 class FairGradConfig(MethodConfig):
-    alpha: float = 2.0
-    max_norm: float = 1.0
-    tol: float = 1e-4
-    solver: str = "newton"
-
-    def validate(self) -> None:
-        check_choice("method.fairgrad.solver", self.solver, SOLVERS)
-        check_range("method.fairgrad.alpha", self.alpha, 0, low_open=True)
-        check_range("method.fairgrad.max_norm", self.max_norm, 0)
-        check_range("method.fairgrad.tol", self.tol, 0, 1, low_open=True, high_open=True)
+    alpha: float = param(2.0, low=0, low_open=True)
+    max_norm: float = param(1.0, low=0)
+    tol: float = param(1e-4, low=0, high=1, low_open=True, high_open=True)
+    solver: str = param("newton", choices=SOLVERS)
 
 
 @register_method("fairgrad")

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.errors import check_range
+from engine.errors import param
 from methods._weighting_utils import per_task_vector
 from methods.base import MethodConfig, Needs, StepContext, Weighted, Weighting
 from methods.registry import register_method
@@ -44,16 +44,12 @@ EPS = 1e-8
 
 @dataclass
 class FAMOConfig(MethodConfig):
-    lr: float = 0.025
+    lr: float = param(0.025, low=0.0, low_open=True)
     """Learning rate of the logits' Adam (the paper: 0.025)."""
-    weight_decay: float = 1e-3
+    weight_decay: float = param(1e-3, low=0.0)
     """Weight decay γ of the logits' Adam (LibMTL's default: 1e-3)."""
     min_losses: tuple[float, ...] = ()
     """Lower bound b_t of each task's loss; empty: 0 for every task."""
-
-    def validate(self) -> None:
-        check_range("method.famo.lr", self.lr, 0.0, low_open=True)
-        check_range("method.famo.weight_decay", self.weight_decay, 0.0)
 
 
 def famo_weights(losses: Tensor, logits: Tensor, min_losses: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.errors import check_range
+from engine.errors import param
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 
@@ -50,11 +50,8 @@ class GradDrop(Aggregator):
 
     @dataclass
     class Config(MethodConfig):
-        leak: float = 0.0
+        leak: float = param(0.0, low=0, high=1)
         """Fraction of every task gradient that passes the mask (0: pure GradDrop)."""
-
-        def validate(self) -> None:
-            check_range("method.graddrop.leak", self.leak, 0, 1)
 
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
         rep = ctx.reps()[0].detach()

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.errors import check_choice, check_range
+from engine.errors import param
 from methods.base import MethodConfig, Needs, StepContext, Weighted, Weighting
 from methods.registry import register_method
 
@@ -49,14 +49,10 @@ LAYERS = ("last", "all")
 
 @dataclass
 class GradNormConfig(MethodConfig):
-    alpha: float = 1.5
+    alpha: float = param(1.5, low=0.0)
     """Asymmetry α ≥ 0 of the restoring force (LibMTL's default: 1.5)."""
-    layer: str = "last"
+    layer: str = param("last", choices=LAYERS)
     """Where the gradient norms are measured: last (the paper) or all (LibMTL)."""
-
-    def validate(self) -> None:
-        check_range("method.gradnorm.alpha", self.alpha, 0.0)
-        check_choice("method.gradnorm.layer", self.layer, LAYERS)
 
 
 def gradnorm_loss(weights: Tensor, grad_norms: Tensor, losses: Tensor, initial_losses: Tensor,

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.errors import check_choice, check_range
+from engine.errors import param
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.pcgrad import random_orders
 from methods.registry import register_method
@@ -90,14 +90,10 @@ class GradVac(Aggregator):
 
     @dataclass
     class Config(MethodConfig):
-        beta: float = 0.01
+        beta: float = param(0.01, low=0, high=1)
         """EMA rate of the target similarities."""
-        granularity: str = "whole_model"
+        granularity: str = param("whole_model", choices=GRANULARITIES)
         """whole_model (one target per task pair) or parameter (one per shared tensor)."""
-
-        def validate(self) -> None:
-            check_range("method.gradvac.beta", self.beta, 0, 1)
-            check_choice("method.gradvac.granularity", self.granularity, GRANULARITIES)
 
     def __init__(self, config: Config, task_names: tuple[str, ...]):
         super().__init__(config, task_names)

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.errors import ConfigError, check_range
+from engine.errors import ConfigError, param
 from methods._weighting_utils import log_per_task
 from methods.base import MethodConfig, StepContext, Weighted, Weighting
 from methods.registry import register_method
@@ -78,29 +78,20 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 @dataclass
 class IGBv2Config(MethodConfig):
-    sac_lr: float = 3e-4
+    sac_lr: float = param(3e-4, low=0.0, low_open=True)
     """Learning rate of the actor's, the critics' and the temperature's Adam."""
-    buffer_size: int = 10000
+    buffer_size: int = param(10000, low=1)
     """Capacity of the replay buffer (transitions)."""
-    base_epoch: int = 1
+    base_epoch: int = param(1, low=0)
     """Epoch whose mean training losses are the base losses of the reward."""
-    start_epoch: int = 5
+    start_epoch: int = param(5, low=0)
     """Epochs of random weights before the actor chooses them."""
-    update_after: int = 3
+    update_after: int = param(3, low=0)
     """First epoch in which the agent is trained."""
-    update_every: int = 50
+    update_every: int = param(50, low=1)
     """The agent is trained at every step divisible by this."""
-    sac_batch_size: int = 256
+    sac_batch_size: int = param(256, low=1)
     """Transitions per agent update (scaled by κ/2 as in the authors' code)."""
-
-    def validate(self) -> None:
-        check_range("method.igbv2.sac_lr", self.sac_lr, 0.0, low_open=True)
-        check_range("method.igbv2.buffer_size", self.buffer_size, 1)
-        check_range("method.igbv2.base_epoch", self.base_epoch, 0)
-        check_range("method.igbv2.start_epoch", self.start_epoch, 0)
-        check_range("method.igbv2.update_after", self.update_after, 0)
-        check_range("method.igbv2.update_every", self.update_every, 1)
-        check_range("method.igbv2.sac_batch_size", self.sac_batch_size, 1)
 
     def check_training(self, train) -> None:
         changes = learning_rate_changes(train)

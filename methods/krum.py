@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.errors import ConfigError, check_choice, check_range
+from engine.errors import ConfigError, param
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 
@@ -69,14 +69,9 @@ class Krum(Aggregator):
 
     @dataclass
     class Config(MethodConfig):
-        n_byzantine: int = 0
-        n_selected: int = 1
-        distance: str = "squared"
-
-        def validate(self) -> None:
-            check_range("method.krum.n_byzantine", self.n_byzantine, 0)
-            check_range("method.krum.n_selected", self.n_selected, 1)
-            check_choice("method.krum.distance", self.distance, DISTANCES)
+        n_byzantine: int = param(0, low=0)
+        n_selected: int = param(1, low=1)
+        distance: str = param("squared", choices=DISTANCES)
 
     def __init__(self, config: Config, task_names: tuple[str, ...]):
         super().__init__(config, task_names)

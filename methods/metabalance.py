@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.errors import check_choice, check_range
+from engine.errors import check_choice, param
 from methods._weighting_utils import expand_layers, layer_norms, log_per_task
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
@@ -44,16 +44,12 @@ from methods.registry import register_method
 
 @dataclass
 class MetaBalanceConfig(MethodConfig):
-    relax_factor: float = 0.7
+    relax_factor: float = param(0.7, low=0.0, high=1.0, high_open=True)
     """r in [0, 1): how far each task's gradient magnitude moves to the target's."""
-    beta: float = 0.9
+    beta: float = param(0.9, low=0.0, high=1.0, high_open=True)
     """Moving-average factor of the gradient magnitudes, in [0, 1)."""
     main_task: str = ""
     """The target task's name; empty: the first task."""
-
-    def validate(self) -> None:
-        check_range("method.metabalance.relax_factor", self.relax_factor, 0.0, 1.0, high_open=True)
-        check_range("method.metabalance.beta", self.beta, 0.0, 1.0, high_open=True)
 
 
 def metabalance_scales(avg_norms: Tensor, main: int, relax_factor: float) -> Tensor:

@@ -35,12 +35,11 @@ Deviations and choices:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from engine.errors import check_choice, check_range
+from engine.errors import param
 from methods._min_norm import MinNormResult, min_norm_element
 from methods._solver import SolverAccounting
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
@@ -83,16 +82,10 @@ class _MinNormAggregator(SolverAccounting, Aggregator):
 
     @dataclass
     class Config(MethodConfig):
-        key: ClassVar[str] = "method.mgda"
-        normalization: str = "none"
+        normalization: str = param("none", choices=NORMALIZATIONS)
         """Gradient normalisation before the solve: none | l2 | loss | loss+."""
-        max_iter: int = 250
-        tol: float = 1e-5
-
-        def validate(self) -> None:
-            check_choice(f"{self.key}.normalization", self.normalization, NORMALIZATIONS)
-            check_range(f"{self.key}.max_iter", self.max_iter, 1)
-            check_range(f"{self.key}.tol", self.tol, 0, low_open=True)
+        max_iter: int = param(250, low=1)
+        tol: float = param(1e-5, low=0, low_open=True)
 
     def solver_rows(self, grads: Tensor, ctx: StepContext) -> Tensor:
         """The rows whose Gramian α is solved on (the gradients themselves here)."""

@@ -29,7 +29,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from engine.errors import check_choice
+from engine.errors import param
 from methods._rep_reduce import REP_REDUCTIONS, solver_rows
 from methods.base import Needs, StepContext
 from methods.mgda import _MinNormAggregator
@@ -44,14 +44,9 @@ class MGDAUB(_MinNormAggregator):
 
     @dataclass
     class Config(_MinNormAggregator.Config):
-        key: ClassVar[str] = "method.mgda_ub"
         late_fields: ClassVar[tuple[str, ...]] = ("rep_reduce",)
-        rep_reduce: str = "flatten"
+        rep_reduce: str = param("flatten", choices=REP_REDUCTIONS)
         """Rows α is solved on: flatten (Z of the whole batch) or batch_sum (LibMTL)."""
-
-        def validate(self) -> None:
-            super().validate()
-            check_choice(f"{self.key}.rep_reduce", self.rep_reduce, REP_REDUCTIONS)
 
     def solver_rows(self, grads: Tensor, ctx: StepContext) -> Tensor:
         return solver_rows(grads, ctx, self.config.rep_reduce)

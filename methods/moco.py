@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.errors import check_choice, check_range
+from engine.errors import param
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 
@@ -66,22 +66,13 @@ def project_simplex(v: Tensor) -> Tensor:
 
 @dataclass
 class MoCoConfig(MethodConfig):
-    beta: float = 0.5
-    beta_sigma: float = 0.5
-    gamma: float = 0.1
-    gamma_sigma: float = 0.5
-    rho: float = 0.0
-    lambda_update: str = "projection"
-    grad_normalization: str = "none"
-
-    def validate(self) -> None:
-        check_range("method.moco.beta", self.beta, 0, 1, low_open=True)
-        check_range("method.moco.beta_sigma", self.beta_sigma, 0)
-        check_range("method.moco.gamma", self.gamma, 0, low_open=True)
-        check_range("method.moco.gamma_sigma", self.gamma_sigma, 0)
-        check_range("method.moco.rho", self.rho, 0)
-        check_choice("method.moco.lambda_update", self.lambda_update, ("projection", "softmax"))
-        check_choice("method.moco.grad_normalization", self.grad_normalization, ("none", "loss"))
+    beta: float = param(0.5, low=0, high=1, low_open=True)
+    beta_sigma: float = param(0.5, low=0)
+    gamma: float = param(0.1, low=0, low_open=True)
+    gamma_sigma: float = param(0.5, low=0)
+    rho: float = param(0.0, low=0)
+    lambda_update: str = param("projection", choices=("projection", "softmax"))
+    grad_normalization: str = param("none", choices=("none", "loss"))
 
 
 def moco_update(y: Tensor, lambd: Tensor, grads: Tensor, step: int,

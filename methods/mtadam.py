@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.errors import ConfigError, check_range
+from engine.errors import ConfigError, param
 from methods._weighting_utils import expand_layers, layer_norms, log_per_task, per_task_vector
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
@@ -58,18 +58,13 @@ NORM_FLOOR = 1e-10
 
 @dataclass
 class MTAdamConfig(MethodConfig):
-    beta1: float = 0.9
-    beta2: float = 0.999
-    beta3: float = 0.9
+    beta1: float = param(0.9, low=0.0, high=1.0, high_open=True)
+    beta2: float = param(0.999, low=0.0, high=1.0, high_open=True)
+    beta3: float = param(0.9, low=0.0, high=1.0, high_open=True)
     """Moving-average factor of the per-layer gradient norms."""
-    eps: float = 1e-8
+    eps: float = param(1e-8, low=0.0, low_open=True)
     ranks: tuple[float, ...] = ()
     """Rank ρ_t > 0 of each task (its magnitude relative to the anchor); empty: all 1."""
-
-    def validate(self) -> None:
-        for name in ("beta1", "beta2", "beta3"):
-            check_range(f"method.mtadam.{name}", getattr(self, name), 0.0, 1.0, high_open=True)
-        check_range("method.mtadam.eps", self.eps, 0.0, low_open=True)
 
     def check_training(self, train) -> None:
         wrong = []

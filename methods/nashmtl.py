@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.errors import check_range
+from engine.errors import param
 from methods._nash_solver import nash_weights
 from methods._solve_clip import clip_direction
 from methods._solver import SolverAccounting
@@ -59,16 +59,10 @@ from methods.registry import register_method
 
 @dataclass
 class NashMTLConfig(MethodConfig):
-    update_weights_every: int = 1
-    optim_niter: int = 20
-    max_norm: float = 1.0
-    tol: float = 1e-6
-
-    def validate(self) -> None:
-        check_range("method.nashmtl.update_weights_every", self.update_weights_every, 1)
-        check_range("method.nashmtl.optim_niter", self.optim_niter, 1)
-        check_range("method.nashmtl.max_norm", self.max_norm, 0)
-        check_range("method.nashmtl.tol", self.tol, 0, 1, low_open=True, high_open=True)
+    update_weights_every: int = param(1, low=1)
+    optim_niter: int = param(20, low=1)
+    max_norm: float = param(1.0, low=0)
+    tol: float = param(1e-6, low=0, high=1, low_open=True, high_open=True)
 
 
 @register_method("nashmtl")

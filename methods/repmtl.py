@@ -52,7 +52,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from engine.errors import ConfigError, check_choice, check_range
+from engine.errors import ConfigError, param
 from methods import _saliency as sal
 from methods.base import MethodConfig, Needs, Regularizer, StepContext
 from methods.registry import register_method
@@ -64,17 +64,16 @@ SALIENCY_OF = ("loss", "log_loss")
 class SaliencyConfig(MethodConfig):
     """Options shared by every Rep-MTL variant."""
 
-    key: ClassVar[str] = "method.repmtl"
     log_losses: bool = False
     """Give the primary method log L_t instead of L_t (the appendix's "logarithmic
     transformation" applied to the task term). Off: Eq. 10 sums the plain losses."""
-    saliency: str = "loss"
+    saliency: str = param("loss", choices=SALIENCY_OF)
     """loss: S_t = ∂L_t/∂Z (Eq. 3); log_loss: S_t = ∂log L_t/∂Z = (∂L_t/∂Z)/L_t, which
     rescales each task's saliency by its loss. Independent of ``log_losses``."""
-    eps: float = 1e-8
+    eps: float = param(1e-8, low=0, high=1, low_open=True)
     """ε of TSR: P = |Ŝ|/(Σ|Ŝ| + ε·mean|Ŝ|) and log(P + ε); needed where every task's
     saliency vanishes at a position."""
-    warmup_epochs: int = 0
+    warmup_epochs: int = param(0, low=0)
     """Epochs trained without the penalty before it starts (its terms are still recorded).
     0: from the first step, as the paper. A warm-up lets the primary method shape Z
     before the saliencies are regularised (the paper fine-tunes a pretrained encoder)."""
@@ -84,58 +83,34 @@ class SaliencyConfig(MethodConfig):
     all the other samples of the global batch and the run equals a single process on it.
     Off: each process uses its own samples only (fewer negatives, less communication)."""
 
-    def validate(self) -> None:
-        check_choice(f"{self.key}.saliency", self.saliency, SALIENCY_OF)
-        check_range(f"{self.key}.eps", self.eps, 0, 1, low_open=True)
-        check_range(f"{self.key}.warmup_epochs", self.warmup_epochs, 0)
-
 
 @dataclass
 class TSRConfig(SaliencyConfig):
-    key: ClassVar[str] = "method.repmtl_tsr"
-    lambda_tsr: float = 0.9
+    lambda_tsr: float = param(0.9, low=0)
     """Weight of L_tsr (paper grid {0.7, 0.9, 1.1, 1.3, 1.5})."""
-
-    def validate(self) -> None:
-        super().validate()
-        check_range(f"{self.key}.lambda_tsr", self.lambda_tsr, 0)
 
 
 @dataclass
 class CSAConfig(SaliencyConfig):
-    key: ClassVar[str] = "method.repmtl_csa"
-    lambda_csa: float = 0.9
+    lambda_csa: float = param(0.9, low=0)
     """Weight of L_csa (paper grid {0.7, 0.9, 1.1, 1.3, 1.5})."""
-    tau: float = 0.1
+    tau: float = param(0.1, low=0, low_open=True)
     """Temperature of the InfoNCE of Eq. 9 (not given in the paper)."""
-    anchor: str = "stacked"
+    anchor: str = param("stacked", choices=sal.ANCHORS)
     """stacked: A_b = the T spatial-mean saliencies as columns (C×T, the paper's figure);
     mean: their average over tasks (C×1)."""
-    positives: str = "mean"
+    positives: str = param("mean", choices=sal.POSITIVES)
     """How a sample's T positive pairs combine: mean (or sum) of the T per-task InfoNCE
     terms, or joint (one term with the T positives in the numerator)."""
-    denominator: str = "negatives"
+    denominator: str = param("negatives", choices=sal.DENOMINATORS)
     """negatives: Eq. 9 as printed (the other samples' anchors only); with_positive: the
     positive pair's term is added to the denominator (the usual InfoNCE)."""
-
-    def validate(self) -> None:
-        super().validate()
-        check_range(f"{self.key}.lambda_csa", self.lambda_csa, 0)
-        check_range(f"{self.key}.tau", self.tau, 0, low_open=True)
-        check_choice(f"{self.key}.anchor", self.anchor, sal.ANCHORS)
-        check_choice(f"{self.key}.positives", self.positives, sal.POSITIVES)
-        check_choice(f"{self.key}.denominator", self.denominator, sal.DENOMINATORS)
 
 
 @dataclass
 class RepMTLConfig(CSAConfig):
-    key: ClassVar[str] = "method.repmtl"
-    lambda_tsr: float = 0.9
+    lambda_tsr: float = param(0.9, low=0)
     """Weight of L_tsr (paper grid {0.7, 0.9, 1.1, 1.3, 1.5})."""
-
-    def validate(self) -> None:
-        super().validate()
-        check_range(f"{self.key}.lambda_tsr", self.lambda_tsr, 0)
 
 
 class _RepMTLBase(Regularizer):

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.errors import check_range
+from engine.errors import param
 from methods.base import MethodConfig, StepContext, Weighted, Weighting
 from methods.registry import register_method
 
@@ -44,14 +44,10 @@ TINY = 1e-20
 
 @dataclass
 class STCHConfig(MethodConfig):
-    mu: float = 1.0
+    mu: float = param(1.0, low=0.0, low_open=True)
     """Smoothing parameter μ > 0 (the authors' default: 1)."""
-    warmup_epochs: int = 4
+    warmup_epochs: int = param(4, low=0)
     """W: epochs of log-loss equal weighting; the nadir is the mean loss of epoch W."""
-
-    def validate(self) -> None:
-        check_range("method.stch.mu", self.mu, 0.0, low_open=True)
-        check_range("method.stch.warmup_epochs", self.warmup_epochs, 0)
 
 
 def stch_objective(losses: Tensor, nadir: Tensor, mu: float) -> Tensor:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.errors import ConfigError, check_range
+from engine.errors import ConfigError, param
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 
@@ -46,10 +46,7 @@ class TrimmedMean(Aggregator):
 
     @dataclass
     class Config(MethodConfig):
-        trim_number: int = 1
-
-        def validate(self) -> None:
-            check_range("method.trimmed_mean.trim_number", self.trim_number, 0)
+        trim_number: int = param(1, low=0)
 
     def __init__(self, config: Config, task_names: tuple[str, ...]):
         super().__init__(config, task_names)

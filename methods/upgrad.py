@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engine.errors import check_range
+from engine.errors import param
 from methods._solver import SolverAccounting
 from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
@@ -91,14 +91,9 @@ class UPGrad(SolverAccounting, Aggregator):
 
     @dataclass
     class Config(MethodConfig):
-        norm_eps: float = 1e-4
-        reg_eps: float = 1e-4
-        tol: float = 1e-7
-
-        def validate(self) -> None:
-            check_range("method.upgrad.norm_eps", self.norm_eps, 0)
-            check_range("method.upgrad.reg_eps", self.reg_eps, 0, low_open=True)
-            check_range("method.upgrad.tol", self.tol, 0, low_open=True)
+        norm_eps: float = param(1e-4, low=0)
+        reg_eps: float = param(1e-4, low=0, low_open=True)
+        tol: float = param(1e-7, low=0, low_open=True)
 
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
         sol = upgrad_weights(grads @ grads.T, self.config.norm_eps, self.config.reg_eps,

@@ -26,18 +26,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from engine.errors import check_range
+from engine.errors import param
 from methods.base import MethodConfig, StepContext, Weighted, Weighting
 from methods.registry import register_method
 
 
 @dataclass
 class UWConfig(MethodConfig):
-    init_log_var: float = -0.5
+    init_log_var: float = param(-0.5, low=-30.0, high=30.0)
     """Initial log-variance s_t of every task (LibMTL: -0.5)."""
-
-    def validate(self) -> None:
-        check_range("method.uw.init_log_var", self.init_log_var, -30.0, 30.0)
 
 
 def uw_weights(log_var: Tensor) -> Tensor:

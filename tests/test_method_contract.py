@@ -18,7 +18,11 @@ import pytest
 import torch
 
 import methods  # noqa: F401  (registers every method)
-from engine.errors import ConfigError
+from benchmarks.digits_tasks import DigitsTasksConfig
+from benchmarks.registry import PROFILE_DIR
+from engine.core.config import EngineConfig, RunConfig, TrainConfig, resolve
+from engine.core.user_loop import method_config
+from engine.errors import ConfigError, Domain, check_config, domain_of
 from engine.registry import load_entry_point_plugins
 from methods.base import Aggregator, Method, Regularizer, Weighting
 from methods.registry import METHODS
@@ -236,4 +240,138 @@ def test_each_validated_hyperparameter_refuses_an_out_of_range_value(name, field
 
 @pytest.mark.parametrize("name", names())
 def test_defaults_are_valid(name):
-    METHODS.get(name).Config().validate()
+    check_config(METHODS.get(name).Config(), f"method.{name}")
+
+
+# --------------------------------------------------------------------------- declared domains
+
+def _domains(name: str) -> list[tuple[str, Domain]]:
+    """(field, domain) of every field of the method's config that declares one (``param``)."""
+    return [(f.name, domain_of(f)) for f in dataclasses.fields(METHODS.get(name).Config)
+            if domain_of(f) is not None]
+
+
+def _just_outside(domain: Domain, tp) -> list:
+    """Values a step outside ``domain`` for a field of type ``tp``: below a closed low bound
+    (the next float down, or one less for an integer), at an open one, and the same at the
+    high end; for choices, a near miss of the first and a string that is none of them (or
+    the integers either side of integer codes)."""
+    if domain.choices is not None:
+        if all(isinstance(c, str) for c in domain.choices):
+            return [domain.choices[0] + "_", domain.choices[0].upper(), "no-such-choice"]
+        return [min(domain.choices) - 1, max(domain.choices) + 1]
+    values = []
+    for bound, is_open, away in ((domain.low, domain.low_open, -1),
+                                 (domain.high, domain.high_open, 1)):
+        if bound is None:
+            continue
+        if tp is int:
+            values.append(int(bound) if is_open else int(bound) + away)
+        else:
+            values.append(float(bound) if is_open else math.nextafter(float(bound), away * math.inf))
+    return values
+
+
+def _domain_cases():
+    return [pytest.param(n, f, id=f"{n}.{f}") for n in names() for f, _ in _domains(n)]
+
+
+@pytest.mark.parametrize("name, field", _domain_cases())
+def test_a_declared_domain_refuses_values_just_outside_it(name, field):
+    """A value a step outside a field's declared domain is refused, in one line naming the
+    key ``method.<name>.<field>`` and the valid range or choices, wherever a config is
+    checked: when the method is built, when the run's config is resolved (``--set``) and in
+    a plain training loop's settings; the default lies inside."""
+    domain = dict(_domains(name))[field]
+    tp = typing.get_type_hints(METHODS.get(name).Config)[field]
+    default = getattr(METHODS.get(name).Config(), field)
+    assert default in domain, f"method.{name}.{field}: the default {default!r} is outside"
+    key = f"method.{name}.{field}"
+    outside = _just_outside(domain, tp)
+    assert outside
+    for value in outside:
+        assert value not in domain, (key, value)
+        literal = f'"{value}"' if isinstance(value, str) else repr(value)
+        refusals = (lambda: make(name, **{field: value}),
+                    lambda: method_config(name, {field: value}),
+                    lambda: resolve("digits_tasks", name, 0, "quick", [f"{key}={literal}"],
+                                    DigitsTasksConfig, {name: METHODS.get(name).Config()},
+                                    PROFILE_DIR))
+        for refuse in refusals:
+            with pytest.raises(ConfigError) as info:
+                refuse()
+            message = str(info.value)
+            assert f"{key}={value!r}" in message or f"{key}='{value}'" in message, message
+            assert "expected" in message and "\n" not in message, message
+
+
+NO_DOMAIN = {
+    ("famo", "min_losses"): "one bound per task (or none): its length needs the benchmark's "
+                            "tasks, checked when the method is built",
+    ("fixed", "weights"): "one weight per task (or none), each >= 0 and not all 0: checked by "
+                          "validate() and, for the count, when the method is built",
+    ("mtadam", "ranks"): "one rank per task (or none): its length needs the benchmark's tasks, "
+                         "checked when the method is built",
+    ("metabalance", "main_task"): "a task's name: the benchmark's tasks are its choices, "
+                                  "checked when the method is built",
+}
+"""Hyperparameters of the built-in methods that declare no domain, with the reason."""
+
+
+def _numeric_or_text(tp) -> bool:
+    if tp in (int, float, str):
+        return True
+    return typing.get_origin(tp) in (tuple, list) and all(
+        arg in (int, float, Ellipsis) for arg in typing.get_args(tp))
+
+
+@pytest.mark.parametrize("name", [n for n in names() if METHODS.get(n).__module__.startswith("methods.")])
+def test_every_hyperparameter_of_a_built_in_method_declares_its_domain(name):
+    """Every number (and every string option) of a built-in method's config declares its
+    domain, or is listed in NO_DOMAIN with the reason it has none; a listed field really
+    has none."""
+    cls = METHODS.get(name).Config
+    hints = typing.get_type_hints(cls)
+    lacking = sorted(f.name for f in dataclasses.fields(cls)
+                     if domain_of(f) is None and _numeric_or_text(hints[f.name])
+                     and (name, f.name) not in NO_DOMAIN)
+    assert not lacking, f"{name}: no domain declared for {lacking} (engine.errors.param)"
+    for (method, field), _reason in NO_DOMAIN.items():
+        if method == name:
+            (f,) = [f for f in dataclasses.fields(cls) if f.name == field]
+            assert domain_of(f) is None, f"{name}.{field} is listed in NO_DOMAIN but has one"
+
+
+DEFAULT_HASHES = {
+    "aligned_mtl": "e831cb3d", "aligned_mtl_ub": "c15db976", "cagrad": "b0b5ab7d",
+    "config": "42d21e46", "dbmtl": "d9369542", "dualproj": "912d0f3b", "dwa": "1c9f1b90",
+    "ew": "889888e2", "fairgrad": "a1c1bdde", "famo": "d1c88e97", "fixed": "8d1d3ac2",
+    "gls": "2f3e9554", "graddrop": "b0b2dabe", "gradnorm": "04b35553", "gradvac": "b7700b2f",
+    "igbv2": "1c1522fb", "imtl": "04e1bae6", "imtl_g": "ebb150a7", "imtl_l": "b5dca1d8",
+    "krum": "dfbd7d9f", "mean": "d9e81089", "metabalance": "683af86e", "mgda": "3cedae59",
+    "mgda_ub": "588cf1d7", "moco": "4de772c1", "mtadam": "9f1cd390", "nashmtl": "bdcc2b9a",
+    "pcgrad": "98fc501f", "repmtl": "a3e4d876", "repmtl_csa": "645051ef",
+    "repmtl_tsr": "e4604441", "rlw": "ffa480b7", "stch": "46b81ec6", "stl": "bfe7672c",
+    "trimmed_mean": "fa6fcb2c", "upgrad": "e4355bab", "uw": "421f0645",
+}
+"""The config hash of each built-in method at its defaults (default train and engine
+sections, a one-field data section): run folders are named by it, so a change to how
+hyperparameters are declared must leave it as it is."""
+
+
+@dataclasses.dataclass
+class _OneFieldData:
+    size: int = 1
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT_HASHES))
+def test_default_config_hash_is_unchanged(name):
+    config = RunConfig(benchmark="b", method=name, seed=0, profile="quick", train=TrainConfig(),
+                       engine=EngineConfig(), data=_OneFieldData(),
+                       methods={name: METHODS.get(name).Config()})
+    assert config.hash() == DEFAULT_HASHES[name]
+
+
+def test_every_built_in_method_has_its_default_hash():
+    built_in = {n for n in names() if METHODS.get(n).__module__.startswith("methods.")}
+    assert built_in == set(DEFAULT_HASHES)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.errors import ConfigError, check_config
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2",
         "--set", "data.train_size=64", "--set", "data.val_size=32", "--set", "data.test_size=32"]
@@ -85,6 +87,35 @@ def test_missing_plugin_is_a_clear_error(tmp_path):
 def doc_examples() -> list[str]:
     text = (ROOT / "docs" / "plugins.md").read_text()
     return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_documented_domains_are_checked_as_written():
+    """The config example of docs/plugins.md: its declared domains and its validate() refuse
+    values in the documented words, its defaults pass."""
+    (block,) = [e for e in doc_examples() if "class MyConfig(MethodConfig)" in e]
+    namespace = {"__name__": "documented_config"}
+    exec(compile(block, "docs/plugins.md", "exec"), namespace)
+    config_cls = namespace["MyConfig"]
+    check_config(config_cls(), "method.my_method")
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    for changes, message in (
+            ({"beta": 1.0}, "method.my_method.beta=1.0 is out of range; expected a value in "
+                            "[0, 1)"),
+            ({"scale": "max"}, "method.my_method.scale='max' is not valid; expected one of "
+                               "mean, sum"),
+            ({"tol": 0.0}, "method.my_method.tol=0.0 is out of range; expected a value in "
+                           "(0, inf)"),
+            ({"every": 0}, "method.my_method.every=0 is out of range; expected a value in "
+                           "[1, inf)"),
+            ({"min_weight": 2.0, "max_weight": 1.0}, "method.my_method.min_weight=2.0 exceeds "
+                                                     "method.my_method.max_weight=1.0")):
+        with pytest.raises(ConfigError) as info:
+            check_config(config_cls(**changes), "method.my_method")
+        assert str(info.value) == message
+    for documented in re.findall(r"`(method\.my_method\.[^`]*)`", text):
+        assert documented in {"method.my_method.beta=1.0 is out of range; expected a value in "
+                              "[0, 1)", "method.my_method.scale='max' is not valid; expected "
+                              "one of mean, sum"}, documented
 
 
 PROBE_PROFILES = """

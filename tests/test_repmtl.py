@@ -20,7 +20,7 @@ import methods  # noqa: F401  (registers the built-in methods)
 from benchmarks.base import MultiInputTensorBenchmark, TaskSpec, TensorBenchmark, TensorSplit
 from benchmarks.metrics import ACCURACY, AccuracyMeter, cross_entropy, mse, MAE, RegressionMeter
 from benchmarks.registry import register_benchmark
-from engine.errors import ConfigError, UserError
+from engine.errors import ConfigError, UserError, check_config
 from engine.core.gradients.stats import EpochStats
 from engine.runs.runner import build_requests
 from methods import _saliency as sal
@@ -379,7 +379,7 @@ def test_every_option_value_runs():
 ])
 def test_bad_values_are_refused(field, value, message):
     with pytest.raises(ConfigError, match=message):
-        RepMTLConfig(**{field: value}).validate()
+        check_config(RepMTLConfig(**{field: value}), "method.repmtl")
 
 
 def test_bad_values_are_refused_from_the_command_line_config():

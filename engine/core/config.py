@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError, check_choice, check_range, closest
+from engine.errors import ConfigError, check_choice, check_config, check_range, closest
 
 log = logging.getLogger(__name__)
 
@@ -489,8 +489,8 @@ def resolve(benchmark: str, method: str, seed: int, profile: str, overrides: lis
     sections.model.validate()
     if hasattr(sections.data, "validate"):
         sections.data.validate()
-    for cfg in sections.methods.values():
-        cfg.validate()
+    for component, cfg in sections.methods.items():
+        check_config(cfg, f"method.{component}")  # the fields' domains, then validate()
         check_training = getattr(cfg, "check_training", None)  # a method's own limits
         if check_training is not None:
             check_training(sections.train)

@@ -28,7 +28,7 @@ from engine.core.gradients.context import TrainStepContext
 from engine.core.gradients.passes import GradientEngine
 from engine.core.gradients.stats import EpochStats
 from engine.core.gradients.update import apply_update
-from engine.errors import UserError
+from engine.errors import UserError, check_config
 from methods.base import Aggregator, Method, Regularizer
 from methods.registry import METHODS, canonical_name, parse_method
 
@@ -78,7 +78,7 @@ def method_config(name: str, settings: Mapping[str, Any]) -> Any:
     """The ``Config`` of method ``name`` with ``settings`` (field -> value) checked and
     applied, as ``--set method.NAME.FIELD=VALUE`` would."""
     config = apply_values(METHODS.get(name).Config(), dict(settings), f"method.{name}")
-    config.validate()
+    check_config(config, f"method.{name}")
     return config
 
 
