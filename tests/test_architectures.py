@@ -338,3 +338,25 @@ def test_perf_takes_the_representation_floor_only_with_one_z(arch, rep_floor):
     batch = next(bench.batches("train", 16, torch.Generator().manual_seed(0)))
     for step in steppers.values():
         step(batch)
+
+
+@pytest.mark.parametrize("arch", ["ple", "mtan"])
+def test_architecture_runs_are_deterministic(tmp_path, arch):
+    overrides = TINY_DIGITS + [f"model.arch={arch}"] + SMALL
+    tests = []
+    for i in range(2):
+        (outcome,) = tiny_run("digits_tasks", "pcgrad", tmp_path / str(i), overrides)
+        tests.append([r for r in read_records(outcome.run_dir) if r["split"] == "test"])
+    assert tests[0] == tests[1]
+
+
+def test_a_checkpoint_restores_the_architecture_exactly():
+    a, batch = _trainer("cgc")
+    b, _ = _trainer("cgc", extra=("train.lr=0.5",))  # other config, same seed: same weights
+    from engine.core.gradients.stats import EpochStats
+    a.train_step(batch, 0, EpochStats())
+    b.model.load_state_dict(a.model.state_dict())
+    a.model.eval()
+    b.model.eval()
+    pa, pb = a.model(batch)[1], b.model(batch)[1]
+    assert all(torch.equal(pa[t], pb[t]) for t in pa)
