@@ -360,3 +360,25 @@ def test_a_checkpoint_restores_the_architecture_exactly():
     b.model.eval()
     pa, pb = a.model(batch)[1], b.model(batch)[1]
     assert all(torch.equal(pa[t], pb[t]) for t in pa)
+
+
+def test_sweeps_grid_over_architectures_and_refuse_a_pair_with_its_reason(tmp_path, capsys):
+    from engine.cli import main
+
+    text = ('benchmarks = ["digits_tasks"]\nmethods = ["ew", "repmtl"]\nseeds = [0]\n'
+            '[grid]\n"model.arch" = ["hps", "mmoe"{extra}]\n')
+    path = tmp_path / "s.toml"
+    path.write_text(text.format(extra=""))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "4 runs: 0 complete, 0 failed, 0 diverged, 4 pending" in capsys.readouterr().out
+    path.write_text(text.format(extra=', "cross_stitch"'))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "model.arch=cross_stitch gives every task its own" in capsys.readouterr().err
+
+
+def test_saliency_maps_refuse_runs_of_other_architectures(tmp_path):
+    from engine.runs.saliency import Unusable, load_run
+
+    (outcome,) = tiny_run("digits_tasks", "ew", tmp_path, TINY_DIGITS + ["model.arch=mmoe"])
+    with pytest.raises(Unusable, match="model.arch=mmoe: saliency maps are drawn for hard"):
+        load_run(outcome.run_dir)
