@@ -46,6 +46,7 @@ def add_parser(sub, parents) -> None:
                "  python run_bench.py run -b digits_tasks -m ew stl -s 0 1 2\n"
                "  python run_bench.py run -b digits_tasks -m pcgrad+repmtl -s 0 "
                "--set train.epochs=3 --set method.repmtl.lambda_tsr=0.9\n"
+               "  python run_bench.py run -b digits_tasks -m ew pcgrad -s 0 --set model.arch=mmoe\n"
                "  python run_bench.py run -b nyuv2 -m repmtl -s 0 --profile paper "
                "--data-root /data/nyuv2 --device cuda\n"
                "  torchrun --nproc_per_node=4 run_bench.py run -b nyuv2 -m pcgrad -s 0 "
@@ -62,7 +63,8 @@ def add_parser(sub, parents) -> None:
                    help="hyperparameter profile of the benchmark: quick (default) or paper")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, repeatable: train.lr=1e-3, train.epochs=2, "
-                        "data.train_size=500, engine.jacobian=batched, method.cagrad.c=0.4")
+                        "data.train_size=500, engine.jacobian=batched, method.cagrad.c=0.4, "
+                        "model.arch=mmoe (docs/architectures.md)")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--out", type=folder_arg, default=Path("results"), metavar="DIR",
