@@ -67,7 +67,8 @@ def test_config_json_records_the_model_section(tmp_path):
     assert recorded == {**ModelConfig().__dict__, "arch": "dselect_k"}
     assert recorded["num_experts"] == 4 and recorded["num_nonzeros"] == 2
     (outcome,) = tiny_run("digits_tasks", "ew", tmp_path / "hps", TINY_DIGITS)
-    assert json.loads((outcome.run_dir / "config.json").read_text())["model"] == ModelConfig().__dict__
+    recorded = json.loads((outcome.run_dir / "config.json").read_text())["model"]
+    assert recorded == ModelConfig().__dict__
 
 
 @pytest.mark.parametrize("override, message", [
@@ -92,7 +93,8 @@ def test_dselect_k_cannot_select_more_experts_than_it_has():
 def test_hps_runs_give_the_metrics_they_gave_before(tmp_path):
     # Measured with the code before model.arch existed (same overrides, seed 0).
     expected = {
-        "digits_tasks": ("ew", TINY_DIGITS, {"first": 2.321418046951294, "second": 2.295931339263916,
+        "digits_tasks": ("ew", TINY_DIGITS, {"first": 2.321418046951294,
+                                             "second": 2.295931339263916,
                                              "sum": 1.21465265750885},
                          {"mae": 3.978780746459961, "rmse": 4.581595397668748}),
         "synthetic": ("pcgrad", ["train.epochs=1", "train.max_steps_per_epoch=3"],
@@ -228,7 +230,8 @@ def test_cgc_task_experts_are_task_specific():
     model, engine = trainer.model, trainer.engine
     assert engine.num_shared == 2 * _count(trainer.benchmark.make_encoder())
     own = {t: list(model.heads[t].experts.parameters()) for t in trainer.task_names}
-    assert own["first"] and all(id(p) in {id(q) for q in engine.heads["first"]} for p in own["first"])
+    first_head = {id(q) for q in engine.heads["first"]}
+    assert own["first"] and all(id(p) in first_head for p in own["first"])
     _, losses = trainer.compute_task_losses(batch)
     grads = torch.autograd.grad(losses[0], own["second"], allow_unused=True)
     assert all(g is None for g in grads)

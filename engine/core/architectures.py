@@ -60,10 +60,6 @@ SEPARATE_REPS = ("cross_stitch", "mtan")
 
 # --------------------------------------------------------------------------- refusals
 
-def blocks_available(bench_cls: type[Benchmark], data_config) -> bool:
-    return bench_cls.has_encoder_blocks(data_config)
-
-
 def architectures_of(bench_cls: type[Benchmark], data_config=None) -> tuple[str, ...]:
     """The values of ``model.arch`` a benchmark offers (with its default data options when
     ``data_config`` is None)."""
@@ -85,10 +81,12 @@ def benchmark_refusal(arch: str, bench_cls: type[Benchmark], data_config) -> str
     if bench_cls.trajectory_point is not Benchmark.trajectory_point:
         return (f"model.arch={arch}: {name}'s model is a point it draws (trajectory_point), "
                 f"not a network to build experts or columns of; use model.arch=hps")
-    if arch in NEEDS_BLOCKS and not blocks_available(bench_cls, data_config):
+    if arch in NEEDS_BLOCKS and not bench_cls.has_encoder_blocks(data_config):
+        options = (" with these data options"
+                   if bench_cls.encoder_blocks is not Benchmark.encoder_blocks else "")
         return (f"model.arch={arch} needs the encoder split into blocks, and {name}'s "
-                f"encoder{' with these data options' if bench_cls.encoder_blocks is not Benchmark.encoder_blocks else ''} "
-                f"has none (Benchmark.encoder_blocks); mmoe, cgc and dselect_k need no blocks")
+                f"encoder{options} has none (Benchmark.encoder_blocks); mmoe, cgc and "
+                f"dselect_k need no blocks")
     return None
 
 
@@ -256,7 +254,8 @@ class PLEExtraction(nn.Module):
         super().__init__()
         # shared[l][i], own[l][t][i], task_gates[l][t] and shared_gates[l] (l < last level)
         self.shared = nn.ModuleList(nn.ModuleList(level) for level in shared)
-        self.own = nn.ModuleList(nn.ModuleList(nn.ModuleList(task) for task in level) for level in own)
+        self.own = nn.ModuleList(nn.ModuleList(nn.ModuleList(task) for task in level)
+                                 for level in own)
         self.task_gates = nn.ModuleList(nn.ModuleList(level) for level in task_gates)
         self.shared_gates = nn.ModuleList(shared_gates)
 
