@@ -40,7 +40,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("results")
     made = {}
     for key, method, extra in (("ew", "ew", []), ("ew_knob", "ew", KNOB),
-                               ("repmtl", "repmtl", KNOB), ("stl", "stl", KNOB)):
+                               ("repmtl", "repmtl", KNOB), ("repmtl_plain", "repmtl", []),
+                               ("stl", "stl", KNOB)):
         (outcome,) = tiny_run("digits_tasks", method, out, TINY_DIGITS + extra)
         assert outcome.status == "complete", outcome.reason
         made[key] = outcome.run_dir
@@ -209,6 +210,24 @@ def test_the_logging_knob_changes_no_hash_when_off_and_nothing_in_training(runs)
     assert {"saliency.task_entropy", "saliency.L_tsr", "saliency.L_csa", "saliency.norm.first",
             "saliency.norm.second", "saliency.norm.sum"} <= set(train)
     assert train["saliency.task_entropy"] == pytest.approx(train["saliency.L_tsr"] / math.log(3))
+
+
+def test_the_penalty_diagnostics_leave_rep_mtls_training_unchanged(runs):
+    """With a penalty the knob also takes ‖∇penalty‖ / ‖∇Σ L_t‖ per parameter group: extra
+    backward passes that must not change the update."""
+    plain, logged = read_records(runs["repmtl_plain"]), read_records(runs["repmtl"])
+
+    def drop(record: dict) -> dict:
+        return {k: v for k, v in record.items() if k not in ("method", "step_time_s")}
+
+    assert [drop(r) for r in plain] == [drop(r) for r in logged]
+    train = logged[0]["method"]
+    groups = {"encoder", "head.first", "head.second", "head.sum"}
+    assert {f"saliency.penalty_ratio.{g}" for g in groups} <= set(train)
+    assert all(train[f"saliency.penalty_ratio.{g}"] > 0 for g in groups)
+    assert {f"saliency.mean_abs.{t}" for t in ("first", "second", "sum")} <= set(train)
+    ew = read_records(runs["ew_knob"])[0]["method"]
+    assert not any(k.startswith("saliency.penalty_ratio") for k in ew)  # no penalty, none
 
 
 def test_the_knob_logs_what_rep_mtl_logs_for_the_same_batches(runs):

@@ -13,7 +13,14 @@ through the epoch statistics (averaged per epoch under the train record's ``meth
 - ``saliency.L_csa``: Rep-MTL's CSA term with its default options (τ = 0.1, stacked
   anchor, mean of the positives, negatives only), on batches of at least 2 samples;
 - ``saliency.norm.<task>``: ‖S_t‖_F over the batch, the norm of the task's gradient with
-  respect to Z (of a batch-mean loss, so it shrinks like 1/√B with the batch size).
+  respect to Z (of a batch-mean loss, so it shrinks like 1/√B with the batch size);
+- ``saliency.mean_abs.<task>``: the mean over samples and positions of |Ŝ_t|, the channel
+  mean of S_t that TSR normalises (Rep-MTL's Eq. 4);
+- with a regularizer's penalty (Rep-MTL and its compositions),
+  ``saliency.penalty_ratio.<group>``: ‖∇penalty‖ / ‖∇Σ_t L_t‖ over the parameters of each
+  group, ``encoder`` (the shared parameters) and ``head.<task>``: how hard the penalty
+  pulls against the tasks' own gradient, where. It costs one more backward pass of the
+  penalty (second order for Rep-MTL) and of the losses on the logged steps.
 
 The gradients come from ``ctx.rep_grads(raw=True)``: ``autograd.grad`` with the graph
 retained, nothing accumulated in ``.grad`` and no random numbers drawn, so the update, the
@@ -76,3 +83,34 @@ class SaliencyLog:
                 ctx.log(f"{PREFIX}L_csa", sal.csa_loss(S, CSA_TAU))
             for task, s in zip(self.task_names, S):
                 ctx.log(f"{PREFIX}norm.{task}", torch.linalg.vector_norm(s))
+                ctx.log(f"{PREFIX}mean_abs.{task}", s.mean(dim=1).abs().mean())
+
+    def record_penalty(self, ctx, penalty: torch.Tensor) -> None:
+        """Log ‖∇penalty‖ / ‖∇Σ_t L_t‖ per parameter group (``ctx``: the step's
+        TrainStepContext; ``penalty`` with its graph). ``autograd.grad`` with the graphs
+        retained: nothing is accumulated in ``.grad``, so the update is unchanged."""
+        engine = ctx.engine
+        groups = {"encoder": engine.shared,
+                  **{f"head.{t}": engine.heads[t] for t in self.task_names}}
+        params = [p for group in groups.values() for p in group]
+        if not params:
+            return
+        of_penalty = torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True)
+        of_losses = torch.autograd.grad(ctx.losses.sum(), params, retain_graph=True,
+                                        allow_unused=True)
+        start = 0
+        with torch.no_grad():
+            for name, group in groups.items():
+                span = slice(start, start + len(group))
+                start += len(group)
+                num, den = _norm(of_penalty[span]), _norm(of_losses[span])
+                if den > 0:
+                    ctx.log(f"{PREFIX}penalty_ratio.{name}", num / den)
+
+
+def _norm(grads) -> torch.Tensor:
+    """The 2-norm of a list of gradients (None: a parameter the loss does not reach)."""
+    present = [g.detach().float().reshape(-1) for g in grads if g is not None]
+    if not present:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.cat(present))

@@ -219,10 +219,12 @@ class Trainer:
         try:
             if self.traces.wants_conflict(self.step):
                 self.traces.add_conflict(self.step, epoch, self._conflict_grads(ctx))
+            inspect_penalty = None
             if self.saliency_log is not None and self.saliency_log.wants(self.step):
                 self.saliency_log.record(ctx)
+                inspect_penalty = self.saliency_log.record_penalty
             weights, penalty = apply_update(self.primary, self.regularizers, ctx,
-                                            self.method_params)
+                                            self.method_params, inspect_penalty)
         except GradientOverflow:  # fp16: what a method was to see overflowed
             self._skip_step()
             return values, None, None, torch.isfinite(torch.cat([values, values.new_zeros(1)]))

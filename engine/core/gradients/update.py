@@ -12,11 +12,16 @@ from methods.contract import check_aggregated, check_penalty, check_weighted
 
 
 def apply_update(primary: Method, regularizers: list[Regularizer], ctx: TrainStepContext,
-                 method_params: list[Tensor]) -> tuple[Tensor | None, Tensor | None]:
+                 method_params: list[Tensor], inspect_penalty=None
+                 ) -> tuple[Tensor | None, Tensor | None]:
     """Compute the method's update and leave it in the parameters' ``.grad``.
 
+    ``inspect_penalty(ctx, penalty)``, when given, sees the step's total penalty (with its
+    graph) before anything is backpropagated (engine.core.saliency_log's diagnostics).
     Returns the weights that were applied (for the record) and the total penalty."""
     penalty = _penalty(regularizers, ctx)
+    if inspect_penalty is not None and penalty is not None:
+        inspect_penalty(ctx, penalty)
     if isinstance(primary, Weighting):
         weights = _weighting(primary, ctx, penalty, method_params)
     elif isinstance(primary, Aggregator):
