@@ -2,12 +2,12 @@
 
 Importing the package registers every module in it (one method per file)."""
 from engine.registry import import_submodules
-from methods.base import (Aggregated, Aggregator, Method, MethodConfig, Needs, Regularizer,
-                          StepContext, Weighted, Weighting)
+from methods.base import (Aggregated, Aggregator, GramianAggregator, Method, MethodConfig, Needs,
+                          Regularizer, StepContext, Weighted, Weighting)
 from methods.registry import METHODS, Composition, parse_method, register_method
 
-__all__ = ["Aggregated", "Aggregator", "Composition", "METHODS", "Method", "MethodConfig",
-           "Needs", "Regularizer", "StepContext", "Weighted", "Weighting", "parse_method",
-           "register_method"]
+__all__ = ["Aggregated", "Aggregator", "Composition", "GramianAggregator", "METHODS", "Method",
+           "MethodConfig", "Needs", "Regularizer", "StepContext", "Weighted", "Weighting",
+           "parse_method", "register_method"]
 
 import_submodules(__name__)

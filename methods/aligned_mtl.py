@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from engine.errors import param
-from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
+from methods.base import GramianAggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 
 SCALE_MODES = ("min", "median", "rmse")
@@ -80,12 +80,15 @@ class AlignedMTLConfig(MethodConfig):
 
 
 @register_method("aligned_mtl")
-class AlignedMTL(Aggregator):
+class AlignedMTL(GramianAggregator):
     description = "Aligned-MTL: sum of the task gradients aligned to condition number one"
     needs = Needs(jacobian=True)
     Config = AlignedMTLConfig
 
-    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
-        weights, condition = aligned_weights(grads @ grads.T, self.config.scale_mode)
+    def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        weights, condition = aligned_weights(gramian, self.config.scale_mode)
         ctx.log("condition_number", condition)
-        return Aggregated(direction=grads.T @ weights, weights=weights)
+        return weights
+
+    def combine(self, weights: Tensor, grads: Tensor) -> Tensor:
+        return grads.T @ weights  # Jᵀw as a matrix-vector product (w @ J may round differently)

@@ -30,8 +30,8 @@ from torch import Tensor
 
 from engine.errors import param
 from methods._rep_reduce import REP_REDUCTIONS, solver_rows
-from methods.aligned_mtl import AlignedMTL, AlignedMTLConfig, aligned_weights
-from methods.base import Aggregated, Needs, StepContext
+from methods.aligned_mtl import AlignedMTL, AlignedMTLConfig
+from methods.base import Needs, StepContext
 from methods.registry import register_method
 
 
@@ -48,8 +48,6 @@ class AlignedMTLUB(AlignedMTL):
     needs = Needs(rep_grads=True, shared_representation=True)
     Config = AlignedMTLUBConfig
 
-    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
+    def gramian(self, grads: Tensor, ctx: StepContext) -> Tensor:
         rows = solver_rows(grads, ctx, self.config.rep_reduce)
-        weights, condition = aligned_weights(rows @ rows.T, self.config.scale_mode)
-        ctx.log("condition_number", condition)
-        return Aggregated(direction=grads.T @ weights, weights=weights)
+        return rows @ rows.T

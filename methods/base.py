@@ -258,6 +258,42 @@ class Aggregator(Method):
         raise NotImplementedError
 
 
+class GramianAggregator(Aggregator):
+    """An aggregator whose direction is a combination of the task gradients, d = wᵀJ, with
+    weights w [T] computed from the T×T Gramian G = J Jᵀ (MGDA, CAGrad, UPGrad, ...).
+    Subclasses implement ``weights(gramian, ctx)``; the base forms G once per step, casts
+    the weights to the gradients' dtype and device (a no-op where they already are), and
+    returns ``Aggregated(direction=w @ grads, weights=w)``. A solver's accounting or a
+    logged statistic (``ctx.log``) goes in ``weights``, which gets the step context.
+
+    Hooks, for what some aggregators need beyond that: ``gramian`` (the matrix the weights
+    are solved on, e.g. of the representation gradients summed over the batch),
+    ``combine`` (how wᵀJ is computed) and ``head_scales``."""
+
+    def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        """[T] weights of the task gradients from the [T, T] Gramian."""
+        raise NotImplementedError
+
+    def gramian(self, grads: Tensor, ctx: StepContext) -> Tensor:
+        """The Gramian the weights are computed from: G = J Jᵀ of the gradients [T, D]."""
+        return grads @ grads.T
+
+    def combine(self, weights: Tensor, grads: Tensor) -> Tensor:
+        """The direction wᵀJ [D]."""
+        return weights @ grads
+
+    def head_scales(self, weights: Tensor, ctx: StepContext) -> Tensor | None:
+        """Factors on each head's gradient of its own loss (``Aggregated.head_scales``);
+        None: the heads' gradients are left as they are."""
+        return None
+
+    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
+        w = self.weights(self.gramian(grads, ctx), ctx).to(device=grads.device,
+                                                            dtype=grads.dtype)
+        return Aggregated(direction=self.combine(w, grads), weights=w,
+                          head_scales=self.head_scales(w, ctx))
+
+
 class Regularizer(Method):
     """Adds a penalty on the shared representation to the objective. Composes with any
     weighting or aggregator: the penalty's gradient is added to the primary update."""

@@ -61,7 +61,7 @@ from torch import Tensor
 
 from engine.errors import param
 from methods._solver import SolverAccounting
-from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
+from methods.base import GramianAggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 
 RESCALES = (0, 1, 2)
@@ -222,7 +222,7 @@ def cagrad_weights(gramian: Tensor, c: float = 0.4, rescale: int = 1,
 
 
 @register_method("cagrad")
-class CAGrad(SolverAccounting, Aggregator):
+class CAGrad(SolverAccounting, GramianAggregator):
     description = ("CAGrad (Liu et al. 2021): the average gradient corrected towards the worst "
                    "task within a ball of radius c·||g_0||")
     needs = Needs(jacobian=True)
@@ -242,12 +242,13 @@ class CAGrad(SolverAccounting, Aggregator):
         code)."""
         late_fields: ClassVar[tuple[str, ...]] = ("scale",)
 
-    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
+    def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         cfg = self.config
-        sol = cagrad_weights(grads @ grads.T, cfg.c, cfg.rescale, cfg.tol, cfg.solver)
+        sol = cagrad_weights(gramian, cfg.c, cfg.rescale, cfg.tol, cfg.solver)
         if self.config.c > 0:
             self.record_solve(ctx, sol.ok, f"{sol.message}; optimality gap {sol.gap:.2e}")
-        w = sol.weights.to(device=grads.device, dtype=grads.dtype)
+        # in the gradients' dtype (the Gramian's) before the sum's factor T
+        w = sol.weights.to(device=gramian.device, dtype=gramian.dtype)
         if cfg.scale == "sum":
-            w = w * grads.shape[0]
-        return Aggregated(direction=w @ grads, weights=w)
+            w = w * gramian.shape[0]
+        return w

@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from methods.base import Aggregated, Aggregator, Needs, StepContext
+from methods.base import GramianAggregator, Needs, StepContext
 from methods.registry import register_method
 
 
@@ -67,11 +67,10 @@ def config_weights(gramian: Tensor) -> Tensor:
 
 
 @register_method("config")
-class ConFIG(Aggregator):
+class ConFIG(GramianAggregator):
     description = ("ConFIG (Liu, Chen, Thuerey, ICLR 2025): the direction with equal cosine to "
                    "every task gradient, scaled by the sum of their projections on it")
     needs = Needs(jacobian=True)
 
-    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
-        w = config_weights(grads @ grads.T).to(device=grads.device, dtype=grads.dtype)
-        return Aggregated(direction=w @ grads, weights=w)
+    def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        return config_weights(gramian)

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from engine.errors import param
 from methods._solver import SolverAccounting
-from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
+from methods.base import GramianAggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 from methods.upgrad import UPGradSolution, project_weights
 
@@ -62,7 +62,7 @@ def dualproj_weights(gramian: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1
 
 
 @register_method("dualproj")
-class DualProj(SolverAccounting, Aggregator):
+class DualProj(SolverAccounting, GramianAggregator):
     description = ("DualProj (GEM; Quinton & Rey 2024): the mean gradient projected onto the "
                    "dual cone of the task gradients (never conflicting)")
     needs = Needs(jacobian=True)
@@ -73,9 +73,8 @@ class DualProj(SolverAccounting, Aggregator):
         reg_eps: float = param(1e-4, low=0, low_open=True)
         tol: float = param(1e-7, low=0, low_open=True)
 
-    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
-        sol = dualproj_weights(grads @ grads.T, self.config.norm_eps, self.config.reg_eps,
+    def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        sol = dualproj_weights(gramian, self.config.norm_eps, self.config.reg_eps,
                                self.config.tol)
         self.record_solve(ctx, sol.ok, f"KKT error {sol.kkt_error:.2e}")
-        w = sol.weights.to(device=grads.device, dtype=grads.dtype)
-        return Aggregated(direction=w @ grads, weights=w)
+        return sol.weights

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from methods.base import Aggregated, Aggregator, Needs, StepContext
+from methods.base import GramianAggregator, Needs, StepContext
 from methods.registry import register_method
 
 
@@ -38,11 +38,10 @@ def imtl_g_weights(gramian: Tensor) -> Tensor:
 
 
 @register_method("imtl_g")
-class IMTLG(Aggregator):
+class IMTLG(GramianAggregator):
     description = ("IMTL-G (Liu et al. 2021): weights summing to 1 so that the update has equal "
                    "projections on every unit task gradient")
     needs = Needs(jacobian=True)
 
-    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
-        alpha = imtl_g_weights(grads @ grads.T).to(grads.dtype)
-        return Aggregated(direction=alpha @ grads, weights=alpha)
+    def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        return imtl_g_weights(gramian)

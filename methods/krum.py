@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from engine.errors import ConfigError, param
-from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
+from methods.base import GramianAggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 
 DISTANCES = ("squared", "euclidean")
@@ -62,7 +62,7 @@ def krum_weights(gramian: Tensor, n_byzantine: int = 0, n_selected: int = 1,
 
 
 @register_method("krum")
-class Krum(Aggregator):
+class Krum(GramianAggregator):
     description = ("Krum (Blanchard et al., NeurIPS 2017): the task gradient closest to its "
                    "nearest others (Multi-Krum: the mean of the m closest)")
     needs = Needs(jacobian=True)
@@ -83,7 +83,6 @@ class Krum(Aggregator):
             raise ConfigError(f"method.krum.n_selected={config.n_selected} is more than the "
                               f"{self.num_tasks} tasks")
 
-    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
-        w = krum_weights(grads @ grads.T, self.config.n_byzantine, self.config.n_selected,
-                         self.config.distance)
-        return Aggregated(direction=w @ grads, weights=w)
+    def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        return krum_weights(gramian, self.config.n_byzantine, self.config.n_selected,
+                            self.config.distance)

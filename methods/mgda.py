@@ -42,7 +42,7 @@ from torch import Tensor
 from engine.errors import param
 from methods._min_norm import MinNormResult, min_norm_element
 from methods._solver import SolverAccounting
-from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
+from methods.base import GramianAggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -77,7 +77,7 @@ def mgda_weights(gramian: Tensor, losses: Tensor | None = None, normalization: s
     return min_norm_element(G, max_iter=max_iter, tol=tol)
 
 
-class _MinNormAggregator(SolverAccounting, Aggregator):
+class _MinNormAggregator(SolverAccounting, GramianAggregator):
     """MGDA on the rows of whatever matrix the engine hands over (parameters or Z)."""
 
     @dataclass
@@ -87,19 +87,12 @@ class _MinNormAggregator(SolverAccounting, Aggregator):
         max_iter: int = param(250, low=1)
         tol: float = param(1e-5, low=0, low_open=True)
 
-    def solver_rows(self, grads: Tensor, ctx: StepContext) -> Tensor:
-        """The rows whose Gramian α is solved on (the gradients themselves here)."""
-        return grads
-
-    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
-        rows = self.solver_rows(grads, ctx)
-        gramian = rows @ rows.T
+    def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         result = mgda_weights(gramian, ctx.losses, self.config.normalization,
                               self.config.max_iter, self.config.tol)
         self.record_solve(ctx, result.converged,
                           f"duality gap {result.gap:.2e} after {result.iterations} iterations")
-        alpha = result.weights.to(device=grads.device, dtype=grads.dtype)
-        return Aggregated(direction=alpha @ grads, weights=alpha)
+        return result.weights
 
 
 @register_method("mgda")

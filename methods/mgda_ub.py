@@ -48,5 +48,6 @@ class MGDAUB(_MinNormAggregator):
         rep_reduce: str = param("flatten", choices=REP_REDUCTIONS)
         """Rows α is solved on: flatten (Z of the whole batch) or batch_sum (LibMTL)."""
 
-    def solver_rows(self, grads: Tensor, ctx: StepContext) -> Tensor:
-        return solver_rows(grads, ctx, self.config.rep_reduce)
+    def gramian(self, grads: Tensor, ctx: StepContext) -> Tensor:
+        rows = solver_rows(grads, ctx, self.config.rep_reduce)
+        return rows @ rows.T

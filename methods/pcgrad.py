@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from methods.base import Aggregated, Aggregator, Needs, StepContext
+from methods.base import GramianAggregator, Needs, StepContext
 from methods.registry import register_method
 
 
@@ -58,7 +58,7 @@ def random_orders(num_tasks: int, generator: torch.Generator) -> list[list[int]]
 
 
 @register_method("pcgrad")
-class PCGrad(Aggregator):
+class PCGrad(GramianAggregator):
     description = ("PCGrad (Yu et al. 2020): project each task gradient off the gradients it "
                    "conflicts with, in random order, and sum")
     needs = Needs(jacobian=True)
@@ -66,6 +66,5 @@ class PCGrad(Aggregator):
     # the order drawn, so the output is equivariant in distribution only.
     permutation_equivariant = False
 
-    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
-        w = pcgrad_weights(grads @ grads.T, random_orders(grads.shape[0], ctx.generator))
-        return Aggregated(direction=w @ grads, weights=w)
+    def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        return pcgrad_weights(gramian, random_orders(gramian.shape[0], ctx.generator))

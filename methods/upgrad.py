@@ -38,7 +38,7 @@ from torch import Tensor
 
 from engine.errors import param
 from methods._solver import SolverAccounting
-from methods.base import Aggregated, Aggregator, MethodConfig, Needs, StepContext
+from methods.base import GramianAggregator, MethodConfig, Needs, StepContext
 from methods.registry import register_method
 
 
@@ -84,7 +84,7 @@ def upgrad_weights(gramian: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-
 
 
 @register_method("upgrad")
-class UPGrad(SolverAccounting, Aggregator):
+class UPGrad(SolverAccounting, GramianAggregator):
     description = ("UPGrad (Quinton & Rey 2024): average of the task gradients projected onto "
                    "the dual cone of all task gradients (never conflicting)")
     needs = Needs(jacobian=True)
@@ -95,9 +95,8 @@ class UPGrad(SolverAccounting, Aggregator):
         reg_eps: float = param(1e-4, low=0, low_open=True)
         tol: float = param(1e-7, low=0, low_open=True)
 
-    def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:
-        sol = upgrad_weights(grads @ grads.T, self.config.norm_eps, self.config.reg_eps,
+    def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
+        sol = upgrad_weights(gramian, self.config.norm_eps, self.config.reg_eps,
                              self.config.tol)
         self.record_solve(ctx, sol.ok, f"KKT error {sol.kkt_error:.2e}")
-        w = sol.weights.to(device=grads.device, dtype=grads.dtype)
-        return Aggregated(direction=w @ grads, weights=w)
+        return sol.weights

@@ -3,6 +3,7 @@ refused hyperparameters, and a couple of training steps end to end (float64 thro
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from scipy.optimize import minimize
 from engine.errors import ConfigError
 from engine.runs.runner import build_requests, run_all
 from methods._min_norm import min_norm_element, min_norm_two
+from methods.base import Aggregator, GramianAggregator, Needs
 from methods.cagrad import CAGrad, cagrad_weights
 from methods.graddrop import GradDrop, graddrop_direction
 from methods.gradvac import GradVac, gradvac_coefficients
@@ -578,3 +580,60 @@ def test_cagrad_active_set_reaches_the_minimum_slsqp_finds():
     J = torch.randn(4, 30, dtype=torch.float64)
     torch.testing.assert_close(cagrad_weights(J @ J.T, solver="active_set").weights,
                                cagrad_weights(J @ J.T, solver="slsqp").weights, rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- Gramian base
+
+class _Counting(GramianAggregator):
+    """Weights from the Gramian's diagonal (in float64), head scales 1/w; counts the
+    Gramians it is given."""
+
+    needs = Needs(jacobian=True)
+
+    def __init__(self, config, task_names):
+        super().__init__(config, task_names)
+        self.seen: list[torch.Tensor] = []
+
+    def weights(self, gramian, ctx):
+        self.seen.append(gramian)
+        ctx.log("trace", gramian.trace())
+        return gramian.diagonal().to(torch.float64) / gramian.trace()
+
+    def head_scales(self, weights, ctx):
+        return 1.0 / weights
+
+
+def test_the_gramian_base_forms_g_once_and_returns_the_combination_of_the_gradients():
+    J = random_jacobian(3).to(torch.float32)
+    method = _Counting(_Counting.Config(), ("a", "b", "c", "d"))
+    ctx = FakeContext()
+    out = method.aggregate(J, ctx)
+    (gramian,) = method.seen
+    torch.testing.assert_close(gramian, J @ J.T, rtol=0, atol=0)
+    w = (gramian.diagonal().to(torch.float64) / gramian.trace()).to(torch.float32)
+    assert out.weights.dtype == torch.float32 and out.direction.dtype == torch.float32
+    torch.testing.assert_close(out.weights, w, rtol=0, atol=0)
+    torch.testing.assert_close(out.direction, w @ J, rtol=0, atol=0)
+    torch.testing.assert_close(out.head_scales, 1.0 / w, rtol=0, atol=0)
+    assert ctx.logged == {"trace": [float(gramian.trace())]}
+    assert _Counting.space == "param"
+
+
+def test_gramian_aggregators_are_those_the_methods_table_says():
+    """docs/methods.md lists every built-in aggregator and whether it derives from
+    GramianAggregator, with the reason; the list matches the classes."""
+    from pathlib import Path
+
+    import methods  # noqa: F401  (registers every method)
+    from methods.registry import METHODS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    section = text[text.index("### Gramian-based aggregators"):]
+    section = section[:section.index("\n### ", 1)]
+    documented = {name: answer for name, answer in
+                  re.findall(r"^\| `(\w+)` \| (yes|no) \| .+ \|$", section, re.MULTILINE)}
+    built_in = {n: issubclass(METHODS.get(n), GramianAggregator) for n in METHODS.names()
+                if METHODS.get(n).__module__.startswith("methods.")
+                and issubclass(METHODS.get(n), Aggregator)}
+    assert sorted(documented) == sorted(built_in)
+    assert {n: a == "yes" for n, a in documented.items()} == built_in
