@@ -345,7 +345,7 @@ def test_every_hyperparameter_of_a_built_in_method_declares_its_domain(name):
 DEFAULT_HASHES = {
     "aligned_mtl": "e831cb3d", "aligned_mtl_ub": "c15db976", "cagrad": "b0b5ab7d",
     "config": "42d21e46", "dbmtl": "d9369542", "dualproj": "912d0f3b", "dwa": "1c9f1b90",
-    "ew": "889888e2", "fairgrad": "a1c1bdde", "famo": "d1c88e97", "fixed": "8d1d3ac2",
+    "excessmtl": "d40f6d18", "ew": "889888e2", "fairgrad": "a1c1bdde", "famo": "d1c88e97", "fixed": "8d1d3ac2",
     "gls": "2f3e9554", "graddrop": "b0b2dabe", "gradnorm": "04b35553", "gradvac": "b7700b2f",
     "igbv2": "1c1522fb", "imtl": "04e1bae6", "imtl_g": "ebb150a7", "imtl_l": "b5dca1d8",
     "krum": "dfbd7d9f", "mean": "d9e81089", "metabalance": "683af86e", "mgda": "3cedae59",

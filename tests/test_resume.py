@@ -208,7 +208,7 @@ def test_locked_run_is_not_trained_twice(tmp_path, status):
 
 # Methods with state (EMAs, loss histories, learnable weights) or randomness of their own:
 # resuming must restore all of it.
-STATEFUL = ["dwa", "famo", "rlw", "repmtl"]
+STATEFUL = ["dwa", "excessmtl", "famo", "rlw", "repmtl"]
 
 
 @pytest.mark.slow

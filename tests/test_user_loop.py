@@ -141,7 +141,7 @@ def _plain_loop(spec: str, steps: int, settings=None, state=None, data_seed: int
     return api, encoder, torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.parametrize("spec", ["famo", "repmtl", "dwa", "nashmtl"])
+@pytest.mark.parametrize("spec", ["famo", "repmtl", "dwa", "nashmtl", "excessmtl"])
 def test_a_plain_loop_of_20_steps_resumes_to_the_same_state(spec):
     """20 steps in one go equal 12 steps, a save through torch.save and 8 more."""
     settings = {"nashmtl.update_weights_every": 1} if spec == "nashmtl" else None
