@@ -57,13 +57,21 @@ class Needs:
     """One encoder per task (single-task learning): nothing is shared."""
     after_step: bool = False
     """An extra hook after the optimizer step (e.g. FAMO re-evaluates the losses)."""
+    extra_batches: int = 0
+    """Independent training batches beside the step's own, k of them per step (MoDo,
+    SDMGrad): ``ctx.extra_losses(i)`` and ``ctx.extra_jacobian(i)`` for i < k. The trainer
+    draws them from a stream of its own, so the step's own batch is the one every other
+    method sees."""
 
     def describe(self) -> str:
-        parts = [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]
+        parts = [f.name if value is True else f"{f.name}={value}"
+                 for f in dataclasses.fields(self) if (value := getattr(self, f.name))]
         return ", ".join(parts) if parts else "losses only"
 
     def __or__(self, other: Needs) -> Needs:
-        return Needs(**{f.name: getattr(self, f.name) or getattr(other, f.name)
+        def either(a, b):
+            return max(a, b) if isinstance(a, int) and not isinstance(a, bool) else a or b
+        return Needs(**{f.name: either(getattr(self, f.name), getattr(other, f.name))
                         for f in dataclasses.fields(self)})
 
 
@@ -150,6 +158,15 @@ class StepContext(Protocol):
     def recompute_losses(self) -> Tensor:
         """[T] losses on the same batch with the current parameters, without graph
         (for methods that look at the effect of the step they just took)."""
+
+    def extra_losses(self, index: int) -> Tensor:
+        """[T] task losses (no graph) of the step's extra batch ``index`` (0 ≤ index <
+        ``needs.extra_batches``): an independent training batch, evaluated with the
+        parameters of this step."""
+
+    def extra_jacobian(self, index: int) -> Tensor:
+        """[T, P] per-task gradients of the shared parameters on extra batch ``index``
+        (no graph; its own tensor, valid for this step)."""
 
 
 class Method(nn.Module):

@@ -109,6 +109,15 @@ class Context:
     def task_grads(self, params, create_graph: bool = False) -> torch.Tensor:
         return self._jac
 
+    def extra_jacobian(self, index: int) -> torch.Tensor:
+        """Another batch's Jacobian: each row changed by itself alone (so relabelling the
+        tasks relabels it), differently for each extra batch."""
+        k = index + 1
+        return self._jac * (1 + 0.25 * k) + 0.3 * k * self._jac.flip(1)
+
+    def extra_losses(self, index: int) -> torch.Tensor:
+        return self.losses.detach() * (1 + 0.1 * (index + 1))
+
     def gather_samples(self, tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
         return tensor
 
@@ -345,14 +354,15 @@ def test_every_hyperparameter_of_a_built_in_method_declares_its_domain(name):
 DEFAULT_HASHES = {
     "aligned_mtl": "e831cb3d", "aligned_mtl_ub": "c15db976", "cagrad": "b0b5ab7d",
     "config": "42d21e46", "dbmtl": "d9369542", "dualproj": "912d0f3b", "dwa": "1c9f1b90",
-    "excessmtl": "d40f6d18", "ew": "889888e2", "fairgrad": "a1c1bdde", "famo": "d1c88e97", "fixed": "8d1d3ac2",
-    "gls": "2f3e9554", "graddrop": "b0b2dabe", "gradnorm": "04b35553", "gradvac": "b7700b2f",
-    "igbv2": "1c1522fb", "imtl": "04e1bae6", "imtl_g": "ebb150a7", "imtl_l": "b5dca1d8",
-    "krum": "dfbd7d9f", "mean": "d9e81089", "metabalance": "683af86e", "mgda": "3cedae59",
-    "mgda_ub": "588cf1d7", "moco": "4de772c1", "mtadam": "9f1cd390", "nashmtl": "bdcc2b9a",
-    "pcgrad": "98fc501f", "repmtl": "a3e4d876", "repmtl_csa": "645051ef",
-    "repmtl_tsr": "e4604441", "rlw": "ffa480b7", "stch": "46b81ec6", "stl": "bfe7672c",
-    "trimmed_mean": "fa6fcb2c", "upgrad": "e4355bab", "uw": "421f0645",
+    "ew": "889888e2", "excessmtl": "d40f6d18", "fairgrad": "a1c1bdde", "famo": "d1c88e97",
+    "fixed": "8d1d3ac2", "gls": "2f3e9554", "graddrop": "b0b2dabe", "gradnorm": "04b35553",
+    "gradvac": "b7700b2f", "igbv2": "1c1522fb", "imtl": "04e1bae6", "imtl_g": "ebb150a7",
+    "imtl_l": "b5dca1d8", "krum": "dfbd7d9f", "mean": "d9e81089", "metabalance": "683af86e",
+    "mgda": "3cedae59", "mgda_ub": "588cf1d7", "moco": "4de772c1", "modo": "b39cb357",
+    "mtadam": "9f1cd390", "nashmtl": "bdcc2b9a", "pcgrad": "98fc501f", "repmtl": "a3e4d876",
+    "repmtl_csa": "645051ef", "repmtl_tsr": "e4604441", "rlw": "ffa480b7",
+    "sdmgrad": "20275343", "stch": "46b81ec6", "stl": "bfe7672c", "trimmed_mean": "fa6fcb2c",
+    "upgrad": "e4355bab", "uw": "421f0645",
 }
 """The config hash of each built-in method at its defaults (default train and engine
 sections, a one-field data section): run folders are named by it, so a change to how

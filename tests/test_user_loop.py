@@ -21,7 +21,9 @@ CPU = torch.device("cpu")
 TINY = ["train.epochs=1", "data.train_size=48", "data.val_size=16", "data.test_size=16",
         "train.batch_size=16", "engine.conflict_every=0"]
 EVERY_METHOD = sorted(n for n in METHODS.names()  # the built-in ones (tests register others)
-                      if n != "stl" and METHODS.get(n).__module__.startswith("methods."))
+                      if n != "stl" and METHODS.get(n).__module__.startswith("methods.")
+                      # refused at construction: they need extra batches per step
+                      and not METHODS.get(n).needs.extra_batches)
 
 
 # MTAdam's step is applied by the run's optimizer unchanged: any optimizer but plain SGD is
@@ -226,6 +228,8 @@ def test_duties_are_said_once_at_construction():
      "cagrad"),
     (lambda e, h: MethodStep("cagrad", e.parameters(), h, settings={"cagrad.cc": 1}),
      "unknown key"),
+    (lambda e, h: MethodStep("modo", e.parameters(), h), "extra independent batches"),
+    (lambda e, h: MethodStep("sdmgrad", e.parameters(), h), "extra independent batches"),
 ])
 def test_bad_construction_is_one_line(call, message):
     encoder, heads = _tiny_model()

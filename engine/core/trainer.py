@@ -4,6 +4,13 @@ Seeds: the run seed is split (numpy SeedSequence) into independent streams for t
 initialisation, the order of the training batches, the method's randomness and everything
 else (dropout). So for a given seed every method starts from the same weights and sees
 exactly the same batches in the same order, whatever randomness the method itself draws.
+
+Extra batches: a method that declares ``Needs.extra_batches = k`` (MoDo, SDMGrad) gets k
+more training batches at every step, drawn from a stream of their own: independent
+shuffles of the training split from a fifth seed, a new pass whenever one is used up and at
+the start of every epoch. The step's own batch is still the one every other method sees at
+that step; the stream's generator is saved in the checkpoint, and since it restarts at each
+epoch, a resumed run draws the same extra batches as one never interrupted.
 """
 from __future__ import annotations
 
@@ -45,6 +52,11 @@ class Diverged(Exception):
     def __init__(self, step: int, epoch: int, what: str):
         super().__init__(f"non-finite {what} at step {step} (epoch {epoch})")
         self.step, self.epoch, self.what = step, epoch, what
+
+
+EXTRA_SEED = 4
+"""Index of the extra batches' stream among the run's derived seeds (the fifth: the first
+four are as they always were)."""
 
 
 def derive_seeds(seed: int, count: int = 4) -> list[int]:
@@ -137,6 +149,16 @@ class Trainer:
         self.method_generator = torch.Generator(device=device).manual_seed(method_seed)
         torch.manual_seed(other_seed)
         self.after_step = needs.after_step
+        self.extra_batches = max(m.needs.extra_batches for m in self.methods.values())
+        self.extra_generator: torch.Generator | None = None
+        self._extra_stream = None
+        if self.extra_batches:
+            if world is not None:
+                raise UserError(f"{config.method} draws {self.extra_batches} extra batches per "
+                                f"step, which data-parallel runs do not offer; train it in "
+                                f"one process")
+            self.extra_generator = torch.Generator().manual_seed(
+                derive_seeds(config.seed, EXTRA_SEED + 1)[EXTRA_SEED])
         conflict_every = engine_cfg.conflict_every
         self.notes: list[str] = []
         """Things the run did differently from its config, with the reason (summary.json)."""
@@ -213,7 +235,9 @@ class Trainer:
         ctx = TrainStepContext(engine=self.engine, batch=batch, representations=reps,
                                raw_losses=raw, losses=losses, step=self.step, epoch=epoch,
                                generator=self.method_generator, stats=stats,
-                               loss_fn=self._recompute, raw_parts=raw_parts, parts=parts)
+                               loss_fn=self._recompute, raw_parts=raw_parts, parts=parts,
+                               extra_batches=self._draw_extra(),
+                               extra_loss_fn=lambda b: self.compute_task_losses(b)[1])
         self.engine.zero_grad(self.method_params)
         values = raw.detach()
         try:
@@ -243,6 +267,20 @@ class Trainer:
                         m.after_step(ctx)
         return values, weights, penalty, finite
 
+    def _draw_extra(self) -> list[Batch]:
+        """The step's extra batches (``Needs.extra_batches``), from their own stream."""
+        drawn = []
+        while len(drawn) < self.extra_batches:
+            if self._extra_stream is None:
+                self._extra_stream = self.benchmark.batches("train", self.train_batch,
+                                                            self.extra_generator)
+            batch = next(self._extra_stream, None)
+            if batch is None:
+                self._extra_stream = None
+                continue
+            drawn.append(batch)
+        return drawn
+
     def _scaled_step(self, finite: Tensor) -> bool:
         """fp16: unscale the gradients and step unless the scaled gradients overflowed
         (then skip the step and back off the scale, as torch.amp.GradScaler does). A
@@ -268,6 +306,7 @@ class Trainer:
     def train_epoch(self, epoch: int, bar) -> dict:
         self.model.train()
         self.methods.train()
+        self._extra_stream = None  # the extra batches start a new pass with every epoch
         stats = EpochStats()
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         bad_tasks = torch.zeros(len(self.task_names) + 1, dtype=torch.bool, device=self.device)
@@ -375,6 +414,8 @@ class Trainer:
                "method": self.method_generator.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.extra_generator is not None:
+            rng["extra"] = self.extra_generator.get_state()
         methods = portable(self.methods.state_dict())
         if not self.method_state_checked:
             for name in self.methods:
@@ -400,6 +441,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         self.data_generator.set_state(rng["data"])
         self.method_generator.set_state(rng["method"])
+        if self.extra_generator is not None:
+            self.extra_generator.set_state(rng["extra"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = state["step"]

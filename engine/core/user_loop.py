@@ -10,7 +10,8 @@ data. A method that needs more than one batch's losses says so when it is built
 ``after_optimizer_step()``), DWA and IGBv2 weigh by the epoch's mean losses
 (``end_epoch()``), GradNorm reads the last shared layer (``last_shared=``).
 Not offered here: fp16 loss scaling and data parallelism (the trainer's), single-task
-learning (one model per task: nothing to combine).
+learning (one model per task: nothing to combine), methods that need extra independent
+batches at every step (MoDo, SDMGrad: refused when built).
 """
 from __future__ import annotations
 
@@ -118,6 +119,10 @@ class MethodStep:
         if self.needs.separate_encoders:
             raise UserError(f"{composition.primary} trains one model per task: there is "
                             f"nothing to combine; train each task with its own loss")
+        if self.needs.extra_batches:
+            raise UserError(f"{composition.primary} needs {self.needs.extra_batches} extra "
+                            f"independent batches per step, which MethodStep does not take; "
+                            f"train it with the harness's trainer (run_bench.py)")
         if not isinstance(heads, Mapping) or not heads:
             raise UserError("heads: expected a mapping of task name -> that head's parameters")
         self.task_names = tuple(heads)

@@ -45,6 +45,10 @@ class TrainStepContext:
     graph. Per-task backward passes start from these: a backward from ``losses[t]`` passes
     through the stack of all T losses, and autograd then runs every other head's backward
     too (on zeros), T² head passes per step."""
+    extra_batches: list[Any] = field(default_factory=list)
+    """The step's extra training batches (``Needs.extra_batches``), drawn by the trainer."""
+    extra_loss_fn: Callable[[Any], list[Tensor]] | None = None
+    """``extra_loss_fn(batch)``: the T losses of an extra batch, each with its graph."""
     heads_received: bool = field(default=False, init=False)
     """Whether a per-task backward pass has already given every head the gradient of its
     own task's loss (accumulated in ``.grad``, unweighted)."""
@@ -55,6 +59,8 @@ class TrainStepContext:
     """The method whose hook is running (None while the engine itself asks): its requests
     must be among its declared ``needs``."""
     _jacobian: Tensor | None = field(default=None, init=False, repr=False)
+    _extra: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict, init=False,
+                                                           repr=False)
     _rep_grads: dict[tuple[bool, bool], list[Tensor]] = field(default_factory=dict, init=False,
                                                               repr=False)
 
@@ -111,6 +117,37 @@ class TrainStepContext:
         self._jacobian = self.engine.jacobian(self.losses, with_heads=with_heads, parts=self.parts)
         self.heads_received |= self.engine.heads_done
         return self._jacobian
+
+    # ------------------------------------------------------------------ extra batches
+    def _check_extra(self, index: int, request: str) -> None:
+        method = self.asking
+        declared = method.needs.extra_batches if method is not None else len(self.extra_batches)
+        if not 0 <= index < declared:
+            name = (method.name or type(method).__name__) if method is not None else "the engine"
+            raise UserError(f"method {name!r} called {request} without declaring it: "
+                            f"set extra_batches={max(index + 1, 1)} in its needs "
+                            f"(methods/base.py, Needs)")
+        if index >= len(self.extra_batches) or self.extra_loss_fn is None:
+            raise RuntimeError(f"{request}: the trainer drew {len(self.extra_batches)} extra "
+                               f"batches this step")
+
+    def extra_losses(self, index: int) -> Tensor:
+        self._check_extra(index, f"ctx.extra_losses({index})")
+        if index not in self._extra:
+            with torch.no_grad():
+                values = torch.stack(self.extra_loss_fn(self.extra_batches[index]))
+            self._extra[index] = (values, None)
+        return self._extra[index][0]
+
+    def extra_jacobian(self, index: int) -> Tensor:
+        self._check_extra(index, f"ctx.extra_jacobian({index})")
+        values, jac = self._extra.get(index, (None, None))
+        if jac is None:
+            parts = self.extra_loss_fn(self.extra_batches[index])
+            jac = self.engine.extra_jacobian(index, torch.stack(parts), parts=parts)
+            values = torch.stack([p.detach() for p in parts])
+            self._extra[index] = (values, jac)  # the batch's graph is released here
+        return jac
 
     # ------------------------------------------------------------------ representation passes
     def rep_grads(self, create_graph: bool = False, raw: bool = False) -> list[Tensor]:

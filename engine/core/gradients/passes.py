@@ -48,6 +48,7 @@ class GradientEngine:
         self.chunk_size = chunk_size
         self.fallback_reason: str | None = None
         self._jacobian: Tensor | None = None
+        self._extra_jacobians: dict[int, Tensor | None] = {}
 
     def _head_slices(self) -> list[tuple[int, int]] | None:
         """Where each task's head lies in the task-specific flat buffer: the model lists
@@ -124,6 +125,18 @@ class GradientEngine:
         self.precision.unscale_([jac])
         self.precision.check()  # a method never sees an overflowed Jacobian
         return jac
+
+    def extra_jacobian(self, index: int, losses: Tensor,
+                       parts: list[Tensor] | None = None) -> Tensor:
+        """``jacobian(losses)`` of an extra batch (``Needs.extra_batches``), in a persistent
+        buffer of its own per ``index``: the step's own Jacobian stays as it is."""
+        main = self._jacobian
+        self._jacobian = self._extra_jacobians.get(index)
+        try:
+            return self.jacobian(losses, parts=parts)
+        finally:
+            self._extra_jacobians[index] = self._jacobian
+            self._jacobian = main
 
     def _jacobian_loop(self, losses: Tensor | list[Tensor], with_heads: bool) -> Tensor:
         jac = self._jacobian_buffer(len(losses))
