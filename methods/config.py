@@ -28,7 +28,9 @@ Notes and deviations:
   eigenvalue is rounding noise), as Aligned-MTL does here. TorchJD takes the pseudo-inverse
   of the [T, P] matrix U itself (``torch.linalg.pinv``: singular values below
   max(T, P)·eps·σ_max dropped), the authors' code a least-squares solve. All agree when the
-  unit gradients are linearly independent and not nearly dependent, the paper's setting.
+  unit gradients are linearly independent and not nearly dependent, the paper's setting,
+  and P·eps < 1: TorchJD's tolerance grows with P, and beyond 1/eps ≈ 8.4 million float32
+  parameters (ResNet-18 has 11 million) it drops every singular value and returns zero.
 - With every gradient zero (or ||U⁺1|| below 1e-12) the update is zero (TorchJD's
   ``normalize`` returns zero there too).
 - The authors' other options (weight models, length models, momentum variant M-ConFIG) and
