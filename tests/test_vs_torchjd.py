@@ -70,3 +70,14 @@ def test_without_torchjd_exits_2_in_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "torchjd is not installed" in proc.stderr
+
+
+@pytest.mark.skipif(not HAS_TORCHJD, reason="torchjd is not installed (the `compare` extra: "
+                                            "pip install -e \".[compare]\")")
+def test_the_cpu_clock_times_the_process_and_says_so():
+    vs = load_script()
+    result = vs.measure(["tiny"], ["mgda"], rounds=1, steps=2, warmup=0, memory=False,
+                        log=lambda _line: None, clock="cpu")
+    (row,) = result["models"][0]["rows"]
+    assert result["clock"] == "cpu" and row["harness"]["median_ms"] > 0
+    assert "CPU time of the process" in vs.format_tables(result)

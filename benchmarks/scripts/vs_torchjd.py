@@ -307,10 +307,13 @@ def _peak_bytes(step, device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) - before
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def measure_model(spec: ModelSpec, methods: list[str], rounds: int, steps: int, warmup: int,
                   memory: bool = True, batches: int = 4, log=print,
                   device: torch.device = torch.device("cpu"), harness_only: bool = False,
-                  budget_s: float | None = None) -> dict:
+                  budget_s: float | None = None, clock: str = "wall") -> dict:
     """All loops of one model, timed in the same interleaved, shuffled rounds; with
     ``budget_s``, no round starts that the last round's duration says would end past it
     (at least one round is always taken)."""
@@ -359,12 +362,12 @@ def measure_model(spec: ModelSpec, methods: list[str], rounds: int, steps: int, 
     def run(key, count: int) -> float:
         loop = loops[key]
         _sync(device)
-        start = time.perf_counter()
+        start = CLOCKS[clock]()
         for _ in range(count):
             loop.step(data[cursor[key] % len(data)])
             cursor[key] += 1
         _sync(device)
-        return (time.perf_counter() - start) / max(count, 1)
+        return (CLOCKS[clock]() - start) / max(count, 1)
 
     for key in loops:
         run(key, warmup)
@@ -419,15 +422,17 @@ def measure_model(spec: ModelSpec, methods: list[str], rounds: int, steps: int, 
 def measure(models: list[str], methods: list[str], rounds: int, steps: int, warmup: int,
             memory: bool = True, log=print, device: str = "cpu",
             harness_only: bool = False, budget_s: float | None = None,
-            on_model=None) -> dict:
+            on_model=None, clock: str = "wall") -> dict:
     """Every model in turn; ``on_model(result so far)`` after each (the script prints and
     saves each model's table as soon as it is measured)."""
     dev = torch.device(device)
     result = _header(dev, harness_only)
+    result["clock"] = clock
     for m in models:
         result["models"].append(measure_model(MODELS[m], methods, rounds, steps, warmup,
                                               memory, log=log, device=dev,
-                                              harness_only=harness_only, budget_s=budget_s))
+                                              harness_only=harness_only, budget_s=budget_s,
+                                              clock=clock))
         if on_model is not None:
             on_model(result)
     return result
@@ -514,8 +519,10 @@ def format_tables(result: dict) -> str:
         else f"{result['threads']} thread(s), {result['machine']['cpus']} CPUs"
     memory = ("CUDA allocator" if result["device"].startswith("cuda")
               else "torch profiler's allocation events")
+    clock = ("CPU time of the process (all threads)" if result.get("clock") == "cpu"
+             else "wall-clock time")
     out.append(f"TorchJD {result['torchjd'] or '(not measured)'}, torch {result['torch']}, "
-               f"{result['device']}, {where}. Step: forward, the method's backward, Adam "
+               f"{result['device']}, {where}, {clock}. Step: forward, the method's backward, Adam "
                f"(lr 1e-4). MiB: peak tensor memory of one step above the level before it "
                f"({memory}); \"held\": the harness's [T, P] Jacobian buffer, allocated once "
                f"and kept between steps, so not in its per-step peak (TorchJD allocates its "
@@ -533,6 +540,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="steps per loop per round")
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps per loop")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall: elapsed time; cpu: the process's CPU time over all its threads, "
+                        "which other processes on a shared machine barely move (CPU only)")
     p.add_argument("--budget-s", type=float,
                    help="per model: start no round that would end past this many seconds of "
                         "timed rounds (the table says how many rounds were taken)")
@@ -552,6 +562,10 @@ def main(argv=None) -> int:
             return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"vs_torchjd: --device {args.device}: CUDA is not available", file=sys.stderr)
+        return 2
+    if args.clock == "cpu" and args.device != "cpu":
+        print("vs_torchjd: --clock cpu measures the CPU's work; on a GPU use --clock wall",
+              file=sys.stderr)
         return 2
     models = [m for m in args.models.split(",") if m]
     methods = [m for m in args.methods.split(",") if m]
@@ -574,7 +588,8 @@ def main(argv=None) -> int:
 
     measure(models, methods, args.rounds, args.steps, args.warmup, memory=not args.no_memory,
             log=lambda line: print(line, file=sys.stderr, flush=True), device=args.device,
-            harness_only=args.harness_only, budget_s=args.budget_s, on_model=publish)
+            harness_only=args.harness_only, budget_s=args.budget_s, on_model=publish,
+            clock=args.clock)
     return 0
 
 
