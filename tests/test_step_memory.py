@@ -49,6 +49,14 @@ def test_the_profilers_log_lines_are_dropped_and_the_steps_own_output_kept(capfd
         return torch.ones(100).sum()
 
     measure_step(step, torch.device("cpu"), lambda: 0)
+    made_before = torch.ones(1000)
+
+    def frees_a_tensor_made_before():  # the allocator warns of a block it never saw made
+        nonlocal made_before
+        del made_before
+        return torch.zeros(10)
+
+    measure_step(frees_a_tensor_made_before, torch.device("cpu"), lambda: 0)
     err = capfd.readouterr().err
     assert "the step's own message" in err
     assert "profiler_start" not in err and ".cpp:" not in err

@@ -35,8 +35,10 @@ def cpu_peak_bytes(step: Callable[[], object], steps: int) -> int:
 
 
 # The profiler's C++ side logs its stages to the process's stderr ("USDT:... profiler_start",
-# "ERROR:... gpuGetDeviceCount failed" on a machine without a GPU): noise in every run's log.
-KINETO_LINE = re.compile(r"^[A-Z]+:\d{4}-\d\d-\d\d [\d:]+ \d+:\d+ \w+\.cpp:\d+\]")
+# "ERROR:... gpuGetDeviceCount failed" on a machine without a GPU), and the allocator warns
+# when a tensor made before the profiled step is freed during it: noise in every run's log.
+KINETO_LINE = re.compile(r"^[A-Z]+:\d{4}-\d\d-\d\d [\d:]+ \d+:\d+ \w+\.cpp:\d+\]"
+                         r"|^\[W\d{4} [\d:.]+ CPUAllocator\.cpp:\d+\] Memory block of unknown size")
 
 
 @contextlib.contextmanager
