@@ -36,27 +36,22 @@ combination than the mean) is not offered.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from engine.errors import param
 from methods._solver import SolverAccounting
-from methods.base import GramianAggregator, MethodConfig, Needs, StepContext
+from methods.base import GramianAggregator, Needs, StepContext
 from methods.registry import register_method
-from methods.upgrad import UPGradSolution, project_weights
+from methods.upgrad import (ProjectionConfig, UPGradSolution, project_weights,
+                            regularised_gramian)
 
 
 def dualproj_weights(gramian: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4,
                      tol: float = 1e-7) -> UPGradSolution:
     """DualProj's weights on the raw gradients, from the Gramian (float64, host)."""
-    G = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
+    G = regularised_gramian(gramian, norm_eps, reg_eps)
     T = G.shape[0]
-    trace = float(np.trace(G))
-    G = np.zeros_like(G) if trace < norm_eps else G / trace
-    G = G + reg_eps * np.eye(T)
     v, kkt = project_weights(np.full(T, 1.0 / T), G, np.linalg.cholesky(G))
     return UPGradSolution(torch.from_numpy(v), kkt <= tol, kkt)
 
@@ -67,11 +62,7 @@ class DualProj(SolverAccounting, GramianAggregator):
                    "dual cone of the task gradients (never conflicting)")
     needs = Needs(jacobian=True)
 
-    @dataclass
-    class Config(MethodConfig):
-        norm_eps: float = param(1e-4, low=0)
-        reg_eps: float = param(1e-4, low=0, low_open=True)
-        tol: float = param(1e-7, low=0, low_open=True)
+    Config = ProjectionConfig
 
     def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         sol = dualproj_weights(gramian, self.config.norm_eps, self.config.reg_eps,

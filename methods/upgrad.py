@@ -63,14 +63,20 @@ def project_weights(u: np.ndarray, G: np.ndarray, L: np.ndarray) -> tuple[np.nda
     return v, kkt
 
 
+def regularised_gramian(gramian: Tensor, norm_eps: float, reg_eps: float) -> np.ndarray:
+    """The Gramian the dual-cone projections solve on (float64, host): divided by its trace
+    (zero below ``norm_eps``), plus ``reg_eps`` on the diagonal."""
+    G = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
+    trace = float(np.trace(G))
+    G = np.zeros_like(G) if trace < norm_eps else G / trace
+    return G + reg_eps * np.eye(G.shape[0])
+
+
 def upgrad_weights(gramian: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4,
                    tol: float = 1e-7) -> UPGradSolution:
     """UPGrad's weights on the raw gradients, from the Gramian (float64, host)."""
-    G = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
+    G = regularised_gramian(gramian, norm_eps, reg_eps)
     T = G.shape[0]
-    trace = float(np.trace(G))
-    G = np.zeros_like(G) if trace < norm_eps else G / trace
-    G = G + reg_eps * np.eye(T)
     L = np.linalg.cholesky(G)
     weights = np.zeros(T)
     worst = 0.0
@@ -83,17 +89,22 @@ def upgrad_weights(gramian: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-
     return UPGradSolution(torch.from_numpy(weights), worst <= tol, worst)
 
 
+@dataclass
+class ProjectionConfig(MethodConfig):
+    """The settings of the dual-cone projections (UPGrad, DualProj; TorchJD's defaults)."""
+
+    norm_eps: float = param(1e-4, low=0)
+    reg_eps: float = param(1e-4, low=0, low_open=True)
+    tol: float = param(1e-7, low=0, low_open=True)
+
+
 @register_method("upgrad")
 class UPGrad(SolverAccounting, GramianAggregator):
     description = ("UPGrad (Quinton & Rey 2024): average of the task gradients projected onto "
                    "the dual cone of all task gradients (never conflicting)")
     needs = Needs(jacobian=True)
 
-    @dataclass
-    class Config(MethodConfig):
-        norm_eps: float = param(1e-4, low=0)
-        reg_eps: float = param(1e-4, low=0, low_open=True)
-        tol: float = param(1e-7, low=0, low_open=True)
+    Config = ProjectionConfig
 
     def weights(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         sol = upgrad_weights(gramian, self.config.norm_eps, self.config.reg_eps,
