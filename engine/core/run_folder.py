@@ -3,7 +3,8 @@
 The runner opens a ``RunFolder`` for a run and hands it to the Trainer: the runner records
 the run's start (config, environment, a ``running`` summary) and its end (the final summary,
 a traceback), the Trainer each finished epoch (metrics, traces, then the checkpoint) and
-reads the checkpoint to resume. Nothing else writes into the folder, and ``state()`` (that
+reads the checkpoint to resume; the batched toy runner (engine/runs/toy_batch.py) writes its
+finished runs through it too. Nothing else writes into the folder, and ``state()`` (that
 is, ``results.run_state``) is how anyone reads where the run stands.
 
 In a data-parallel run every process holds the folder but only the main one writes
@@ -44,9 +45,13 @@ class RunFolder:
 
     def start(self, config: dict, env: dict, summary: dict) -> None:
         """config.json, env.json and the ``running`` summary."""
+        self.write_setup(config, env)
+        self.write_summary(summary)
+
+    def write_setup(self, config: dict, env: dict) -> None:
+        """config.json and env.json."""
         self._json(R.CONFIG, config)
         self._json(R.ENV, env)
-        self.write_summary(summary)
 
     def write_summary(self, summary: dict) -> None:
         self._json(R.SUMMARY, summary)
@@ -72,9 +77,14 @@ class RunFolder:
         rewrites them, so they never lag behind the checkpoint."""
         if not self.writes:
             return
-        R.write_jsonl(self.path / R.METRICS, records)
+        self.write_lines(R.METRICS, records)
         traces.write(self.path)
         save_checkpoint(self.path, state)
+
+    def write_lines(self, name: str, records: list[dict]) -> None:
+        """A JSON-lines file of the run (metrics.jsonl, a trace written whole)."""
+        if self.writes:
+            R.write_jsonl(self.path / name, records)
 
     def _json(self, name: str, obj) -> None:
         if self.writes:

@@ -352,9 +352,7 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
             benchmark = make_benchmark(config, device)
             if benchmark_cache is not None:
                 benchmark_cache[key] = benchmark
-        summary["tasks"] = {t.name: {m.name: {"higher_is_better": m.higher_is_better,
-                                               "unit": m.unit} for m in t.metrics}
-                            for t in benchmark.tasks}
+        summary["tasks"] = task_record(benchmark)
         summary["setting"] = benchmark.setting
         extra = benchmark.extra_record()  # e.g. a generated split, the validation protocol
         if extra:
@@ -403,6 +401,12 @@ def _train(request: RunRequest, run_dir: Path, force: bool, progress: bool,
     folder.close()
     return RunOutcome(request, run_dir, summary["status"], summary.get("reason", ""), wall,
                       user_error=summary.get("user_error") is True)
+
+
+def task_record(benchmark: Benchmark) -> dict:
+    """Each task's metrics with their direction and unit, as summary.json records them."""
+    return {t.name: {m.name: {"higher_is_better": m.higher_is_better, "unit": m.unit}
+                     for m in t.metrics} for t in benchmark.tasks}
 
 
 def _method_summaries(trainer: Trainer) -> dict:

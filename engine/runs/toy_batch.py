@@ -60,11 +60,12 @@ from tqdm.auto import tqdm
 
 from benchmarks.toy2d import Toy2d
 from engine.core import results as R
+from engine.core.run_folder import RunFolder
 from engine.core.traces import CURVE, TRAJECTORY
 from engine.core.trainer import build_optimizer, build_scheduler
 from engine.errors import UserError
 from engine.runs.locks import RunLock, RunLocked
-from engine.runs.runner import RunOutcome, RunRequest, _skip, make_benchmark
+from engine.runs.runner import RunOutcome, RunRequest, _skip, make_benchmark, task_record
 
 RUNNER = "toy_batch"
 SUPPORTED = ("ew", "famo", "pcgrad", "mgda", "cagrad")
@@ -512,10 +513,7 @@ def _summary(run: RunRows, batch: ToyBatch, wall: float, started: str) -> dict:
     summary = {"status": R.STATUS_DIVERGED if run.diverged else R.STATUS_COMPLETE,
                "reason": run.diverged, "benchmark": cfg.benchmark,
                "method": request.method_name, **identity, "started": started,
-               "world_size": 1,
-               "tasks": {t.name: {m.name: {"higher_is_better": m.higher_is_better,
-                                           "unit": m.unit} for m in t.metrics}
-                         for t in bench.tasks},
+               "world_size": 1, "tasks": task_record(bench),
                "setting": bench.setting, "epochs": cfg.train.epochs, "steps": batch.step,
                "resumed_from_epoch": 0, "wall_time_s": wall / batch.R,
                "session_wall_time_s": wall / batch.R,
@@ -539,26 +537,21 @@ def _summary(run: RunRows, batch: ToyBatch, wall: float, started: str) -> dict:
 def write_run(run: RunRows, batch: ToyBatch, wall: float, started: str,
               env: dict | None = None) -> None:
     """The run's folder as the trainer leaves it (without a checkpoint)."""
-    d = run.run_dir
-    d.mkdir(parents=True, exist_ok=True)
-    R.remove_temporaries(d)
-    for name in (R.CHECKPOINT, "checkpoint.prev.pt", R.TRACEBACK):
-        (d / name).unlink(missing_ok=True)  # another trainer's state is not this run's
+    folder = RunFolder(run.run_dir)
+    folder.open(force=True)  # another trainer's state is not this run's
     cfg = run.request.config
-    identity = run.request.identity.record()
-    R.atomic_write_json(d / R.CONFIG, {**cfg.to_dict(), **identity})
     env = env if env is not None else R.environment(batch.device)
-    R.atomic_write_json(d / R.ENV, {**env, "world_size": 1})
+    folder.write_setup({**cfg.to_dict(), **run.request.identity.record()},
+                       {**env, "world_size": 1})
     extra = batch.bench.extra_record()
     if extra:
-        R.atomic_write_json(d / R.BENCHMARK_RECORD, {**extra,
-                                                     "start_point": list(cfg.data.point())})
-    R.write_jsonl(d / R.METRICS, run.records)
+        folder.write_benchmark_record({**extra, "start_point": list(cfg.data.point())})
+    folder.write_lines(R.METRICS, run.records)
     if run.curve:
-        R.write_jsonl(d / CURVE, run.curve)
+        folder.write_lines(CURVE, run.curve)
     if run.trajectory:
-        R.write_jsonl(d / TRAJECTORY, run.trajectory)
-    R.atomic_write_json(d / R.SUMMARY, _summary(run, batch, wall, started))
+        folder.write_lines(TRAJECTORY, run.trajectory)
+    folder.write_summary(_summary(run, batch, wall, started))
 
 
 def run_batches(requests: list[RunRequest], out: Path, force: bool = False,
