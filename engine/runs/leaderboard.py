@@ -311,8 +311,8 @@ class Board:
         entry's own keys (one setting; empty when the source kept its defaults), or None
         while the source has selected nothing."""
         source, keys = self.protocol.knob_from[entry.label]
-        found = [e for e in self.protocol.entries(self.benchmark, [source])]
-        selected = self.state(found[0]).selected
+        (source_entry,) = self.protocol.entries(self.benchmark, [source])
+        selected = self.state(source_entry).selected
         if selected is None:
             return None
         mapped = [f"{keys[k]}={v}" for k, v in (o.split("=", 1) for o in selected) if k in keys]
