@@ -63,6 +63,11 @@ class Needs:
     draws them from a stream of its own, so the step's own batch is the one every other
     method sees."""
 
+    lookahead: bool = False
+    """The losses at parameter values of the method's own (bilevel methods: a virtual step
+    and the losses after it): ``ctx.model_parameters()``, ``ctx.losses_at(values, batch)``,
+    ``ctx.virtual_step(grads)``. The model's parameters are never modified."""
+
     def describe(self) -> str:
         parts = [f.name if value is True else f"{f.name}={value}"
                  for f in dataclasses.fields(self) if (value := getattr(self, f.name))]
@@ -167,6 +172,25 @@ class StepContext(Protocol):
     def extra_jacobian(self, index: int) -> Tensor:
         """[T, P] per-task gradients of the shared parameters on extra batch ``index``
         (no graph; its own tensor, valid for this step)."""
+
+    def model_parameters(self) -> list[Tensor]:
+        """Every trainable parameter of the model (shared and task-specific), in a fixed
+        order: the order of ``losses_at``'s values and ``virtual_step``'s gradients."""
+
+    def losses_at(self, values: list[Tensor] | None, batch: int | None = None) -> Tensor:
+        """[T] losses (as ``losses``: after any regularizer's transform) with the model's
+        parameters replaced by ``values`` (None: their current values), differentiable
+        w.r.t. ``values``, on the step's own batch (``batch=None``) or on extra batch
+        ``batch``. A new forward pass; batch-norm statistics are left as they were."""
+
+    def virtual_step(self, grads: list[Tensor | None], lr: float | None = None) -> list[Tensor]:
+        """θ − α (m + g + λθ) per parameter: the run's optimizer step in SGD form (α its
+        current learning rate unless ``lr`` is given, λ its weight decay, m its SGD momentum
+        term; Auto-λ's unrolled step)."""
+
+    @property
+    def learning_rate(self) -> float:
+        """The current learning rate of the model's parameters."""
 
 
 class Method(nn.Module):

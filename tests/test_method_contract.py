@@ -118,6 +118,27 @@ class Context:
     def extra_losses(self, index: int) -> torch.Tensor:
         return self.losses.detach() * (1 + 0.1 * (index + 1))
 
+    learning_rate = 0.01
+
+    def model_parameters(self) -> list[torch.Tensor]:
+        """The lookahead's model: one [T, P] parameter, equal to the Jacobian, whose rows
+        follow the tasks when they are relabelled."""
+        if not hasattr(self, "_params"):
+            self._params = [self._jac.detach().clone().requires_grad_()]
+        return self._params
+
+    def losses_at(self, values, batch: int | None = None) -> torch.Tensor:
+        """The losses, each moving linearly with every row of the parameter (task t along
+        its own gradient); another value on each extra batch."""
+        base = self.losses.detach() * (1 if batch is None else 1 + 0.1 * (batch + 1))
+        w = self.model_parameters()[0] if values is None else values[0]
+        return base * (1 + ((w - self._jac).sum(dim=0) * self._jac).sum(dim=1) / self._jac.shape[1])
+
+    def virtual_step(self, grads, lr: float | None = None) -> list[torch.Tensor]:
+        alpha = self.learning_rate if lr is None else lr
+        return [p.detach() - alpha * (g if g is not None else torch.zeros_like(p))
+                for p, g in zip(self.model_parameters(), grads)]
+
     def gather_samples(self, tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
         return tensor
 
@@ -315,6 +336,10 @@ def test_a_declared_domain_refuses_values_just_outside_it(name, field):
 
 
 NO_DOMAIN = {
+    ("cr_mogm", "base"): "a registered Gramian aggregator's name: the registry (plugins "
+                         "included) holds its choices, checked by validate()",
+    ("cr_mogm", "initial_weights"): "one weight per task (or none), each finite: checked by "
+                                    "validate() and, for the count, when the method is built",
     ("famo", "min_losses"): "one bound per task (or none): its length needs the benchmark's "
                             "tasks, checked when the method is built",
     ("fixed", "weights"): "one weight per task (or none), each >= 0 and not all 0: checked by "
@@ -363,6 +388,8 @@ DEFAULT_HASHES = {
     "repmtl_csa": "645051ef", "repmtl_tsr": "e4604441", "rlw": "ffa480b7",
     "sdmgrad": "20275343", "stch": "46b81ec6", "stl": "bfe7672c", "trimmed_mean": "fa6fcb2c",
     "upgrad": "e4355bab", "uw": "421f0645",
+    "cr_mogm": "4a01d917", "pcd": "d00f8ddf", "autol": "23bda5de", "moml": "c87171b9",
+    "forum": "e1a2703e",
 }
 """The config hash of each built-in method at its defaults (default train and engine
 sections, a one-field data section): run folders are named by it, so a change to how

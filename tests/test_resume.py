@@ -208,7 +208,8 @@ def test_locked_run_is_not_trained_twice(tmp_path, status):
 
 # Methods with state (EMAs, loss histories, learnable weights) or randomness of their own:
 # resuming must restore all of it (MoDo and SDMGrad: also their stream of extra batches).
-STATEFUL = ["dwa", "excessmtl", "famo", "modo", "rlw", "repmtl", "sdmgrad"]
+STATEFUL = ["autol", "cr_mogm", "dwa", "excessmtl", "famo", "forum", "modo", "moml", "pcd", "rlw",
+            "repmtl", "sdmgrad"]
 
 
 @pytest.mark.slow

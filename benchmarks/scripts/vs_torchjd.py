@@ -113,6 +113,9 @@ PAIRS: dict[str, Pair] = {p.label: p for p in (
     Pair("mean", "mean", _tj("Mean"),
          note="harness: one backward of (1/T) Σ L_t (heads get ∇L_t / T); TorchJD: Mean "
               "through mtl_backward"),
+    Pair("pcd", "pcd", _tj("PCD"),
+         note="τ 0.02, β 0.999, ε 1e-8 on both (TorchJD's defaults); the first task is the "
+              "primary one; stateful: the agreement is that of the first step"),
 )}
 DEFAULT_METHODS = tuple(PAIRS)
 FLOOR_SUM = "floor: sum(losses).backward()"

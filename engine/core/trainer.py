@@ -33,6 +33,7 @@ from engine.core.cpu_malloc import reuse_freed_memory
 from engine.core.distributed import World, slice_for
 from engine.errors import UserError
 from engine.core.gradients.context import TrainStepContext
+from engine.core.gradients.lookahead import Lookahead
 from engine.core.gradients.passes import GradientEngine
 from engine.core.gradients.stats import EpochStats
 from engine.core.gradients.update import apply_update
@@ -142,6 +143,8 @@ class Trainer:
         self.optimizer = build_optimizer(list(self.model.parameters()) + self.method_params,
                                          config.train)
         self.scheduler = build_scheduler(self.optimizer, config.train)
+        self.lookahead = (Lookahead(self.model, self.optimizer, self._lookahead_losses)
+                          if needs.lookahead else None)
         self.engine = GradientEngine(self.model, self.task_names, engine_cfg.jacobian,
                                      engine_cfg.chunk_size, device, world, self.scaler,
                                      compiled=engine_cfg.compile)
@@ -159,6 +162,11 @@ class Trainer:
                                 f"one process")
             self.extra_generator = torch.Generator().manual_seed(
                 derive_seeds(config.seed, EXTRA_SEED + 1)[EXTRA_SEED])
+        if needs.lookahead and (engine_cfg.amp == "fp16" or engine_cfg.compile):
+            setting = "engine.amp=fp16" if engine_cfg.amp == "fp16" else "engine.compile=true"
+            raise UserError(f"{config.method} evaluates the model at lookahead parameters "
+                            f"through backward passes of its own, which {setting} does not "
+                            f"cover (loss scaling, compiled encoders); train it without it")
         conflict_every = engine_cfg.conflict_every
         self.notes: list[str] = []
         """Things the run did differently from its config, with the reason (summary.json)."""
@@ -191,11 +199,12 @@ class Trainer:
                             f"data-parallel run; it must be divisible by the {world.size} processes")
 
     # ------------------------------------------------------------------ losses
-    def compute_task_losses(self, batch: Batch) -> tuple[dict[str, Tensor], list[Tensor]]:
+    def compute_task_losses(self, batch: Batch, model=None) -> tuple[dict[str, Tensor], list[Tensor]]:
         """Z per task and the T task losses as separate float32 scalars (each with only its
-        own task's graph, so that per-task backward passes touch one head each)."""
+        own task's graph, so that per-task backward passes touch one head each). ``model``:
+        something called like the model (a lookahead's substituted parameters)."""
         with autocast(self.device, self.amp):
-            reps, preds = self.model(batch)
+            reps, preds = (self.model if model is None else model)(batch)
             losses = [task.loss(preds[task.name], batch.targets[task.name]).float()
                       for task in self.benchmark.tasks]
         return reps, losses
@@ -203,6 +212,14 @@ class Trainer:
     def compute_losses(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
         reps, losses = self.compute_task_losses(batch)
         return reps, torch.stack(losses)
+
+    def _lookahead_losses(self, model, batch: Batch) -> list[Tensor]:
+        """The T losses of ``model`` on ``batch`` as methods see them (after any
+        regularizer's transform), for a bilevel method's lookahead (``Needs.lookahead``)."""
+        losses = torch.stack(self.compute_task_losses(batch, model)[1])
+        for reg in self.regularizers:
+            losses = reg.transform_losses(losses)
+        return list(losses.unbind())
 
     def _recompute(self, batch: Batch) -> Tensor:
         with torch.inference_mode():
@@ -237,7 +254,8 @@ class Trainer:
                                generator=self.method_generator, stats=stats,
                                loss_fn=self._recompute, raw_parts=raw_parts, parts=parts,
                                extra_batches=self._draw_extra(),
-                               extra_loss_fn=lambda b: self.compute_task_losses(b)[1])
+                               extra_loss_fn=lambda b: self.compute_task_losses(b)[1],
+                               lookahead=self.lookahead)
         self.engine.zero_grad(self.method_params)
         values = raw.detach()
         try:

@@ -586,7 +586,8 @@ def docs_section(protocol: Protocol, benchmark: str) -> str:
     board, states = records_board(protocol, benchmark)
     records = list(board.known.values())
     if not records:
-        return "\n\n".join([f"No records yet for {benchmark}.", _not_ranked(protocol, benchmark)])
+        return "\n\n".join(part for part in (f"No records yet for {benchmark}.",
+                                               _not_ranked(protocol, benchmark)) if part)
     seconds = [r.step_time_s for r in records if r.step_time_s]
     envs = sorted({(r.env.get("torch"), r.env.get("torch_threads"), r.env.get("device"))
                    for r in records}, key=str)

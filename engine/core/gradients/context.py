@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from engine.core.gradients.lookahead import Lookahead
 from engine.core.gradients.passes import GradientEngine
 from engine.core.gradients.stats import EpochStats
 from engine.errors import UserError
@@ -49,6 +50,8 @@ class TrainStepContext:
     """The step's extra training batches (``Needs.extra_batches``), drawn by the trainer."""
     extra_loss_fn: Callable[[Any], list[Tensor]] | None = None
     """``extra_loss_fn(batch)``: the T losses of an extra batch, each with its graph."""
+    lookahead: Lookahead | None = None
+    """The model at other parameter values (``Needs.lookahead``), set by the trainer."""
     heads_received: bool = field(default=False, init=False)
     """Whether a per-task backward pass has already given every head the gradient of its
     own task's loss (accumulated in ``.grad``, unweighted)."""
@@ -148,6 +151,30 @@ class TrainStepContext:
             values = torch.stack([p.detach() for p in parts])
             self._extra[index] = (values, jac)  # the batch's graph is released here
         return jac
+
+    # ------------------------------------------------------------------ lookahead
+    def _lookahead(self, request: str) -> Lookahead:
+        self._check("lookahead", request)
+        if self.lookahead is None:
+            raise RuntimeError(f"{request}: the trainer built no lookahead for this run")
+        return self.lookahead
+
+    def model_parameters(self) -> list[Tensor]:
+        return self._lookahead("ctx.model_parameters()").parameters
+
+    def losses_at(self, values: list[Tensor] | None, batch: int | None = None) -> Tensor:
+        lookahead = self._lookahead("ctx.losses_at()")
+        if batch is None:
+            return lookahead.losses_at(values, self.batch)
+        self._check_extra(batch, f"ctx.losses_at(batch={batch})")
+        return lookahead.losses_at(values, self.extra_batches[batch])
+
+    def virtual_step(self, grads: list[Tensor | None], lr: float | None = None) -> list[Tensor]:
+        return self._lookahead("ctx.virtual_step()").virtual_step(grads, lr)
+
+    @property
+    def learning_rate(self) -> float:
+        return self._lookahead("ctx.learning_rate").learning_rate()
 
     # ------------------------------------------------------------------ representation passes
     def rep_grads(self, create_graph: bool = False, raw: bool = False) -> list[Tensor]:
