@@ -23,6 +23,11 @@ SMALL = ["model.num_experts=2"]
 TINY = {"digits_tasks": TINY_DIGITS, "synthetic": TINY_SYNTHETIC}
 ONE_Z = ("mmoe", "cgc", "ple", "dselect_k")
 """The architectures with one representation common to all tasks."""
+PER_TASK_Z = ("cross_stitch", "mtan", "ltb")
+"""The architectures with one representation per task."""
+BRANCHING = ["model.branch_warmup=0"]
+"""ltb with the branches sampled from the first epoch on (tiny runs have one epoch, which
+the default warm-up covers)."""
 
 
 def _hash(benchmark: str, method: str, overrides: list[str]) -> str:
@@ -75,11 +80,28 @@ def test_config_json_records_the_model_section(tmp_path):
     ("model.arch=moe", "model.arch"),
     ("model.num_experts=0", "model.num_experts"),
     ("model.stitch_self=1.5", "model.stitch_self"),
+    ("model.branch_warmup=1.5", "model.branch_warmup"),
+    ("model.branch_tau=0", "model.branch_tau"),
     ("model.experts=3", "unknown key 'model.experts'"),
 ])
 def test_bad_model_values_are_refused(override, message):
     with pytest.raises(UserError, match=message):
         _hash("digits_tasks", "ew", [override])
+
+
+def test_model_fields_added_later_leave_the_hashes_of_other_architectures_unchanged():
+    # The hashes of these configurations before model.branch_* existed.
+    before = {("digits_tasks", "ew", "model.arch=mmoe"): "f1656d98",
+              ("digits_tasks", "ew", "model.arch=cross_stitch"): "596f21ec",
+              ("digits_tasks", "ew", "model.arch=mtan"): "2bde30ac",
+              ("digits_tasks", "ew", "model.arch=ple"): "4f1df843"}
+    for (benchmark, method, arch), value in before.items():
+        assert _hash(benchmark, method, [arch]) == value
+    assert _hash("synthetic", "pcgrad", ["model.arch=cross_stitch",
+                                         "model.stitch_self=0.8"]) == "817ef8ed"
+    ltb = _hash("digits_tasks", "ew", ["model.arch=ltb"])
+    assert _hash("digits_tasks", "ew", ["model.arch=ltb", "model.branch_tau=0.1"]) != ltb
+    assert _hash("digits_tasks", "ew", ["model.arch=ltb", "model.branch_warmup=0"]) != ltb
 
 
 def test_dselect_k_cannot_select_more_experts_than_it_has():
@@ -111,14 +133,16 @@ def test_hps_runs_give_the_metrics_they_gave_before(tmp_path):
 
 # --------------------------------------------------------------------------- training
 
-REFUSED = {"cross_stitch": "own representation", "mtan": "no representation that carries"}
+REFUSED = {"cross_stitch": "own representation", "mtan": "no representation that carries",
+           "ltb": "own representation"}
+EXTRA = {"ltb": BRANCHING}
 
 
 @pytest.mark.parametrize("bench_name", ["digits_tasks", "synthetic"])
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a != "hps"])
 @pytest.mark.parametrize("method", ["ew", "pcgrad", "nashmtl", "repmtl"])
 def test_every_architecture_trains_or_refuses_with_the_reason(tmp_path, bench_name, arch, method):
-    overrides = TINY[bench_name] + [f"model.arch={arch}"] + SMALL
+    overrides = TINY[bench_name] + [f"model.arch={arch}"] + SMALL + EXTRA.get(arch, [])
     if method == "repmtl" and arch in REFUSED:
         with pytest.raises(UserError, match=f"repmtl works on one representation Z common to "
                                             f"all tasks, but model.arch={arch} .*{REFUSED[arch]}"):
@@ -130,14 +154,14 @@ def test_every_architecture_trains_or_refuses_with_the_reason(tmp_path, bench_na
     assert all(v == v for r in records if r["split"] == "test" for v in r["losses"].values())
 
 
-@pytest.mark.parametrize("arch", ["cross_stitch", "mtan"])
+@pytest.mark.parametrize("arch", PER_TASK_Z)
 @pytest.mark.parametrize("method", ["mgda_ub", "aligned_mtl_ub", "graddrop"])
 def test_representation_level_aggregators_are_refused_without_one_z(tmp_path, arch, method):
     with pytest.raises(UserError, match=f"{method} works on one representation Z"):
         tiny_run("digits_tasks", method, tmp_path, TINY_DIGITS + [f"model.arch={arch}"])
 
 
-@pytest.mark.parametrize("arch", ["cross_stitch", "mtan"])
+@pytest.mark.parametrize("arch", PER_TASK_Z)
 def test_engine_settings_on_one_z_are_refused_without_one_z(tmp_path, arch):
     for setting in ("engine.conflict_space=rep", "engine.saliency_every=1"):
         with pytest.raises(UserError, match=f"model.arch={arch}"):
@@ -150,6 +174,11 @@ def test_engine_settings_on_one_z_are_refused_without_one_z(tmp_path, arch):
     ("digits_tasks", "mmoe", [], None),
     ("scenes", "ple", ["data.encoder=mobilenet_v2"], "needs the encoder split into blocks"),
     ("scenes", "mtan", ["data.encoder=mobilenet_v2"], "needs the encoder split into blocks"),
+    ("scenes", "ltb", ["data.encoder=mobilenet_v2"], "needs the encoder split into blocks"),
+    ("digits_domains", "ltb", [], "digits_domains is multi-input"),
+    ("office31", "ltb", [], "office31 is multi-input"),
+    ("toy2d", "ltb", [], "toy2d's model is a point it draws"),
+    ("scenes", "ltb", [], None),
 ])
 def test_benchmarks_refuse_architectures_they_cannot_build(bench_name, arch, overrides, message):
     run = lambda: build_requests(bench_name, ["ew"], [0], "quick",  # noqa: E731
@@ -186,9 +215,9 @@ def test_mixtures_stack_the_experts_on_a_last_axis_common_to_all_tasks(arch, exp
     assert flatten_saliencies([z])[0].shape == (16, 32, 25 * experts)
 
 
-@pytest.mark.parametrize("arch", ["cross_stitch", "mtan"])
-def test_cross_stitch_and_mtan_give_each_task_its_own_representation(arch):
-    trainer, batch = _trainer(arch)
+@pytest.mark.parametrize("arch", PER_TASK_Z)
+def test_cross_stitch_mtan_and_ltb_give_each_task_its_own_representation(arch):
+    trainer, batch = _trainer(arch, extra=tuple(EXTRA.get(arch, ())))
     reps, preds = trainer.model(batch)
     assert len({id(z) for z in reps.values()}) == 3
     assert all(z.shape == (16, 32, 5, 5) for z in reps.values())
@@ -288,9 +317,109 @@ def test_mtan_shares_the_backbone_and_keeps_attention_task_specific():
     assert bool(finite.all()) and weights is not None
 
 
-@pytest.mark.parametrize("arch", ["mmoe", "ple", "dselect_k", "cross_stitch", "mtan"])
+def test_ltb_shares_every_copy_and_the_logits_and_follows_the_sampled_tree():
+    trainer, batch = _trainer("ltb", "pcgrad", extra=tuple(BRANCHING))
+    engine, tree = trainer.engine, trainer.model.encoders[0]
+    assert tree.logits.shape == (2, 3, 3)  # digits_tasks: 3 blocks, so 2 branchings; 3 tasks
+    encoder_size = _count(trainer.benchmark.make_encoder())
+    assert engine.num_shared == 3 * encoder_size + tree.logits.numel() == _count(tree)
+    assert any(p is tree.logits for p in engine.shared)
+    # Logits far beyond any Gumbel noise: every child's parent is column 0.
+    with torch.no_grad():
+        tree.logits.zero_()
+        tree.logits[..., 0] = 50.0
+    _, losses = trainer.compute_task_losses(batch)
+    jacobian = engine.jacobian(torch.stack(losses))
+    offsets, start = {}, 0
+    for p in engine.shared:
+        offsets[id(p)] = (start, start + p.numel())
+        start += p.numel()
+
+    def columns(module):
+        return torch.cat([jacobian[:, slice(*offsets[id(p)])] for p in module.parameters()], dim=1)
+
+    first = columns(tree.columns[0][0])
+    assert all(first[t].abs().sum() > 0 for t in range(3))
+    for column in tree.columns[1:]:  # the other copies of the first two blocks are unused
+        assert columns(column[0]).abs().sum() == 0 and columns(column[1]).abs().sum() == 0
+    for t, column in enumerate(tree.columns):  # a task's copy of the last block: its loss only
+        last = columns(column[2])
+        assert last[t].abs().sum() > 0
+        assert all(last[u].abs().sum() == 0 for u in range(3) if u != t)
+
+
+def test_ltb_branches_are_all_ones_in_the_warmup_then_one_hot_samples():
+    trainer, batch = _trainer("ltb")
+    model = trainer.model
+    logits = model.encoders[0].logits
+    model.set_epoch(0, 100)
+    assert model.in_warmup()
+    assert torch.equal(model.branching(), torch.ones(2, 3, 3))
+    _, losses = trainer.compute_task_losses(batch)
+    assert torch.autograd.grad(sum(losses), logits, allow_unused=True) == (None,)
+    model.set_epoch(2, 300)  # the warm-up: epochs below 1/100 of the run
+    assert model.in_warmup()
+    model.set_epoch(1, 100)
+    assert not model.in_warmup()
+    assert model.temperature() == pytest.approx(0.05 * 100 / 2 ** 0.5)
+    samples = [model.branching() for _ in range(20)]
+    for alpha in samples:
+        torch.testing.assert_close(alpha.sum(dim=-1), torch.ones(2, 3))
+        assert bool(((alpha == 0) | ((alpha - 1).abs() < 1e-6)).all())
+    assert len({tuple(a.argmax(dim=-1).flatten().tolist()) for a in samples}) > 1
+    # The straight-through gradient reaches the logits.
+    _, losses = trainer.compute_task_losses(batch)
+    (grad,) = torch.autograd.grad(sum(losses), logits)
+    assert grad.abs().sum() > 0
+    # The samples come from the run's torch generator.
+    torch.manual_seed(5)
+    drawn = [model.branching() for _ in range(3)]
+    torch.manual_seed(5)
+    assert all(torch.equal(a, model.branching()) for a in drawn)
+    # Evaluation: every child's most probable parent, without noise.
+    with torch.no_grad():
+        logits.copy_(torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(0)))
+    model.eval()
+    expected = torch.nn.functional.one_hot(logits.argmax(dim=-1), 3).float()
+    assert torch.equal(model.branching(), expected) and torch.equal(model.branching(), expected)
+
+
+def test_a_resumed_ltb_run_equals_an_uninterrupted_one(tmp_path):
+    import os
+
+    from engine.runs.runner import execute
+    from tests.helpers import read_summary
+
+    # Epoch 0 is the warm-up; epochs 1 and 2 sample, at the temperature of their epoch.
+    (request,) = build_requests("digits_tasks", ["ew"], [0], "quick",
+                                [*TINY_DIGITS, "train.epochs=3", "model.arch=ltb",
+                                 "model.branch_warmup=0.2"], "cpu", None)
+    outcome = execute(request, tmp_path, progress=False)
+    assert outcome.status == "complete", outcome.reason
+    run_dir = outcome.run_dir
+    full = read_records(run_dir)
+    # Back to the end of epoch 1, as if killed during epoch 2.
+    os.replace(run_dir / "checkpoint.prev.pt", run_dir / "checkpoint.pt")
+    summary = read_summary(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    assert execute(request, tmp_path, progress=False).status == "complete"
+    assert read_summary(run_dir)["resumed_from_epoch"] == 2
+
+    def comparable(records):
+        return [{k: v for k, v in r.items() if k != "step_time_s"} for r in records]
+
+    assert comparable(read_records(run_dir)) == comparable(full)
+    # The trainer gave the model its epoch: past the warm-up the logits were trained.
+    from engine.core.checkpoint import read_checkpoint
+
+    logits = read_checkpoint(run_dir / "checkpoint.pt")["model"]["encoders.0.logits"]
+    assert logits.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["mmoe", "ple", "dselect_k", "cross_stitch", "mtan", "ltb"])
 def test_batched_jacobian_equals_the_loop(arch):
-    trainer, batch = _trainer(arch, "pcgrad", extra=("engine.jacobian=batched",))
+    trainer, batch = _trainer(arch, "pcgrad",
+                              extra=("engine.jacobian=batched", *EXTRA.get(arch, ())))
     _, losses = trainer.compute_task_losses(batch)
     batched = trainer.engine.jacobian(torch.stack(losses)).clone()
     assert trainer.engine.jacobian_path == "batched"
@@ -329,7 +458,7 @@ def test_dselect_gate_selects_one_expert_when_its_bits_saturate():
 
 
 @pytest.mark.parametrize("arch, rep_floor", [("mmoe", True), ("cross_stitch", False),
-                                             ("mtan", False)])
+                                             ("mtan", False), ("ltb", False)])
 def test_perf_takes_the_representation_floor_only_with_one_z(arch, rep_floor):
     from engine.runs.perf import build_trainers, make_steppers
 
@@ -343,9 +472,9 @@ def test_perf_takes_the_representation_floor_only_with_one_z(arch, rep_floor):
         step(batch)
 
 
-@pytest.mark.parametrize("arch", ["ple", "mtan"])
+@pytest.mark.parametrize("arch", ["ple", "mtan", "ltb"])
 def test_architecture_runs_are_deterministic(tmp_path, arch):
-    overrides = TINY_DIGITS + [f"model.arch={arch}"] + SMALL
+    overrides = TINY_DIGITS + [f"model.arch={arch}"] + SMALL + EXTRA.get(arch, [])
     tests = []
     for i in range(2):
         (outcome,) = tiny_run("digits_tasks", "pcgrad", tmp_path / str(i), overrides)

@@ -39,6 +39,12 @@ features and the task's previous attended features, multiplied onto the block's
 features); the task's last attended features are its Z_t and feed its tower. The attention
 modules read the backbone at every block, so the shared parameters reach a task's loss
 outside Z_t.
+
+LTB, learning to branch (Guo et al., ICML 2020; as LibMTL builds it): one copy of the
+encoder per task, split into the same blocks; task t's copy of block b > 0 reads
+Σ_j α[b - 1, t, j] · (copy j's output of block b - 1), α one parent per child drawn by a hard
+Gumbel-softmax over learned logits (all ones during a warm-up). All copies and the logits
+are shared parameters; Z_t, the output of task t's copy of the last block, differs per task.
 """
 from __future__ import annotations
 
@@ -54,8 +60,16 @@ from engine.core.models import MultiTaskModel
 from engine.errors import UserError
 
 MIXTURES = ("mmoe", "cgc", "ple", "dselect_k")
-NEEDS_BLOCKS = ("ple", "cross_stitch", "mtan")
-SEPARATE_REPS = ("cross_stitch", "mtan")
+NEEDS_BLOCKS = ("ple", "cross_stitch", "mtan", "ltb")
+WHY_NO_COMMON_Z = {
+    "cross_stitch": "gives every task its own representation (each column's output after the "
+                    "last stitch)",
+    "ltb": "gives every task its own representation (the output of its own copy of the last "
+           "block)",
+    "mtan": "has no representation that carries a task's whole gradient (each task's attention "
+            "modules read the shared backbone at every block)",
+}
+"""The architectures without one representation common to all tasks, and why."""
 
 
 # --------------------------------------------------------------------------- refusals
@@ -103,11 +117,8 @@ def check_architecture(model: ModelConfig, needs, spec: str, bench_cls: type[Ben
     if needs.separate_encoders:
         raise UserError(f"{spec} trains one encoder per task; model.arch={arch} is an "
                         f"architecture of shared models (use model.arch=hps)")
-    if arch in SEPARATE_REPS:
-        why = ("gives every task its own representation (each column's output after the last "
-               "stitch)" if arch == "cross_stitch" else
-               "has no representation that carries a task's whole gradient (each task's "
-               "attention modules read the shared backbone at every block)")
+    if arch in WHY_NO_COMMON_Z:
+        why = WHY_NO_COMMON_Z[arch]
         if needs.rep_grads or needs.second_order or needs.shared_representation:
             raise UserError(f"{spec} works on one representation Z common to all tasks, but "
                             f"model.arch={arch} {why}; Jacobian and loss-weighting methods apply")
@@ -297,6 +308,27 @@ class CrossStitch(nn.Module):
         return hs
 
 
+class Branching(nn.Module):
+    """LTB's tree: one column of blocks per task and the logits of the branching. Column t's
+    first block reads the input; its block b > 0 reads Σ_j α[b - 1, t, j] · (column j's
+    output of block b - 1), α given by the caller (``BranchingModel.branching``), so that
+    the sampling stays outside a compiled forward. Returns the T columns' outputs."""
+
+    def __init__(self, columns: list[list[nn.Module]]):
+        super().__init__()
+        self.columns = nn.ModuleList(nn.ModuleList(column) for column in columns)
+        # Equal logits: at the start every parent is equally likely.
+        self.logits = nn.Parameter(torch.zeros(len(columns[0]) - 1, len(columns), len(columns)))
+
+    def forward(self, x: Tensor, alpha: Tensor) -> list[Tensor]:
+        hs = [column[0](x) for column in self.columns]
+        for b in range(1, len(self.columns[0])):
+            parents = torch.stack(hs)
+            inputs = torch.tensordot(alpha[b - 1].to(parents.dtype), parents, dims=1)
+            hs = [column[b](h) for column, h in zip(self.columns, inputs.unbind(0))]
+        return hs
+
+
 class Backbone(nn.Module):
     """The shared blocks of MTAN; returns every block's output."""
 
@@ -401,6 +433,48 @@ class CrossStitchModel(ArchitectureModel):
         return reps, {t: self.heads[t](reps[t]) for t in self.task_names if t in batch.targets}
 
 
+class BranchingModel(ArchitectureModel):
+    common_rep = False
+
+    def __init__(self, benchmark: Benchmark, config: ModelConfig, shared: Branching,
+                 heads: dict[str, nn.Module], last_shared: list[nn.Module],
+                 channels_last: bool = False):
+        super().__init__(benchmark, config, shared, heads, last_shared, channels_last)
+        self.warmup, self.tau = config.branch_warmup, config.branch_tau
+        # Until the trainer says otherwise (scripts that call train_step directly): the first
+        # epoch of one.
+        self.epoch, self.epochs = 0, 1
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        self.epoch, self.epochs = epoch, epochs
+
+    def in_warmup(self) -> bool:
+        return self.epoch < self.warmup * self.epochs
+
+    def temperature(self) -> float:
+        return self.tau * self.epochs / math.sqrt(self.epoch + 1)
+
+    def branching(self) -> Tensor:
+        """α for one forward pass, [blocks - 1, T children, T parents]. In the warm-up all
+        ones (every block reads the sum of its parents; the logits get no gradient). Then, in
+        training, a hard Gumbel-softmax sample: one parent per child, with the soft sample's
+        gradient (straight-through); the noise comes from the run's torch generator (the
+        stream seeded for everything else, saved in every checkpoint), so a seed gives the
+        same draws and a resumed run draws what an uninterrupted one would. In evaluation,
+        every child's most probable parent (no noise, so evaluation is deterministic)."""
+        logits = self.encoders[0].logits
+        if self.in_warmup():
+            return torch.ones_like(logits)
+        if not self.training:
+            return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
+        return F.gumbel_softmax(logits, tau=self.temperature(), hard=True, dim=-1)
+
+    def forward(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        zs = self.encoders[0](self._format(batch.inputs), self.branching())
+        reps = dict(zip(self.task_names, zs))
+        return reps, {t: self.heads[t](reps[t]) for t in self.task_names if t in batch.targets}
+
+
 class AttentionModel(ArchitectureModel):
     common_rep = False
     rep_is_cut = False
@@ -489,6 +563,16 @@ def _cross_stitch(benchmark: Benchmark, cfg: ModelConfig, channels_last: bool) -
                             channels_last)
 
 
+def _ltb(benchmark: Benchmark, cfg: ModelConfig, channels_last: bool) -> BranchingModel:
+    columns = [_blocks(benchmark, "ltb") for _ in benchmark.tasks]
+    if len(columns[0]) < 2:
+        raise UserError(f"model.arch=ltb: {benchmark.name}'s encoder has one block, so there "
+                        f"is nothing to branch; use model.arch=hps")
+    heads = {task.name: benchmark.make_head(task) for task in benchmark.tasks}
+    last = [benchmark.last_shared_layer(nn.Sequential(*column)) for column in columns]
+    return BranchingModel(benchmark, cfg, Branching(columns), heads, last, channels_last)
+
+
 def _mtan(benchmark: Benchmark, cfg: ModelConfig, channels_last: bool) -> AttentionModel:
     backbone = Backbone(_blocks(benchmark, "mtan"))
     feats = _probe(backbone, example_input(benchmark))
@@ -525,4 +609,6 @@ def build_model(benchmark: Benchmark, config: ModelConfig | None = None,
         return _mixture(benchmark, config, channels_last)
     if config.arch == "cross_stitch":
         return _cross_stitch(benchmark, config, channels_last)
+    if config.arch == "ltb":
+        return _ltb(benchmark, config, channels_last)
     return _mtan(benchmark, config, channels_last)

@@ -7,7 +7,7 @@ Keys are dotted paths into four sections:
   mixed precision, memory format, compilation)
 - ``data.*``   the benchmark's own options (its ``Config`` dataclass)
 - ``model.*``  the multi-task architecture (hard parameter sharing by default; mixture of
-  experts, cross-stitch, MTAN: docs/architectures.md)
+  experts, cross-stitch, MTAN, learning to branch: docs/architectures.md)
 - ``method.<component>.*`` each method's hyperparameters (``method.cagrad.c=0.4``); the
   component may be left out when only one component of the composition has that field
   (``method.c=0.4``).
@@ -149,7 +149,7 @@ class EngineConfig:
                               "loop or auto (auto takes the loop when compiling)")
 
 
-ARCHS = ("hps", "mmoe", "cgc", "ple", "dselect_k", "cross_stitch", "mtan")
+ARCHS = ("hps", "mmoe", "cgc", "ple", "dselect_k", "cross_stitch", "mtan", "ltb")
 
 
 @dataclass
@@ -160,7 +160,7 @@ class ModelConfig:
     keep the folders they had before the section existed."""
 
     arch: str = "hps"
-    """hps (hard parameter sharing) | mmoe | cgc | ple | dselect_k | cross_stitch | mtan"""
+    """hps (hard parameter sharing) | mmoe | cgc | ple | dselect_k | cross_stitch | mtan | ltb"""
     num_experts: int = 4
     """mmoe, dselect_k: experts (each a copy of the benchmark's encoder); cgc, ple: the
     shared experts (of every level)."""
@@ -176,6 +176,13 @@ class ModelConfig:
     stitch_self: float = 0.9
     """cross_stitch: initial weight of a column's own features in each stitch unit; the
     rest, 1 - stitch_self, is spread evenly over the other columns (Misra et al.: 0.9/0.1)."""
+    branch_warmup: float = 0.01
+    """ltb: the warm-up, as a fraction of train.epochs: in epochs e < branch_warmup · epochs
+    every block reads the sum of all its parents (LibMTL's 1/100: only the first epoch in
+    runs of up to 100 epochs)."""
+    branch_tau: float = 0.05
+    """ltb: the Gumbel-softmax temperature of epoch e after the warm-up is
+    branch_tau · epochs / √(e + 1) (LibMTL's epochs / 20 / √(e + 1))."""
 
     def validate(self) -> None:
         check_choice("model.arch", self.arch, ARCHS)
@@ -185,6 +192,8 @@ class ModelConfig:
         check_range("model.num_nonzeros", self.num_nonzeros, 1)
         check_range("model.gamma", self.gamma, 0, low_open=True)
         check_range("model.stitch_self", self.stitch_self, 0, 1)
+        check_range("model.branch_warmup", self.branch_warmup, 0, 1)
+        check_range("model.branch_tau", self.branch_tau, 0, low_open=True)
         if self.arch == "dselect_k" and self.num_nonzeros > self.num_experts:
             raise ConfigError(f"model.num_nonzeros={self.num_nonzeros} exceeds "
                               f"model.num_experts={self.num_experts}: DSelect-k selects k of "
@@ -230,9 +239,15 @@ class RunConfig:
             if payload["engine"].get(key) == default:
                 payload["engine"].pop(key)
         # The model section came later too: at its defaults (hard parameter sharing) it is
-        # left out whole; any other value puts every field of it in.
-        if payload["model"] == dataclasses.asdict(ModelConfig()):
+        # left out whole; any other value puts every field of it in, but for the fields added
+        # later still (LATE_MODEL_KEYS) at their defaults.
+        model_defaults = dataclasses.asdict(ModelConfig())
+        if payload["model"] == model_defaults:
             payload.pop("model")
+        else:
+            for key in LATE_MODEL_KEYS:
+                if payload["model"][key] == model_defaults[key]:
+                    payload["model"].pop(key)
         # The same for the fields a method's config lists in its ``late_fields``.
         for component, cfg in self.methods.items():
             for key, default in late_field_defaults(cfg).items():
@@ -244,6 +259,10 @@ class RunConfig:
 
 LATE_ENGINE_KEYS = {"cpu_malloc": "reuse", "head_convs": "second_order", "saliency_every": 0,
                     "cpu_threads": 1}
+
+LATE_MODEL_KEYS = ("branch_warmup", "branch_tau")
+"""Fields of the model section added after runs of other architectures were on disk: they
+enter the hash only when set away from their defaults."""
 
 
 def late_field_defaults(method_config: Any) -> dict[str, Any]:

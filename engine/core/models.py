@@ -69,6 +69,11 @@ class MultiTaskModel(nn.Module):
         preds = {t: self.heads[t](reps[t]) for t in tasks}
         return reps, preds
 
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer at the start of every training epoch (0-based, of
+        ``epochs``), resumed runs included; architectures whose forward depends on the epoch
+        (ltb's warm-up and temperature) read it here."""
+
     def shared_parameters(self) -> list[nn.Parameter]:
         if self.separate:
             return []

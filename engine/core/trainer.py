@@ -322,6 +322,7 @@ class Trainer:
         self.scaler.skipped_steps += 1
 
     def train_epoch(self, epoch: int, bar) -> dict:
+        self.model.set_epoch(epoch, self.config.train.epochs)
         self.model.train()
         self.methods.train()
         self._extra_stream = None  # the extra batches start a new pass with every epoch

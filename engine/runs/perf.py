@@ -167,7 +167,7 @@ def make_steppers(trainers: dict, floors: bool) -> dict:
             if kind == "floor:rep" and (reference.benchmark.multi_input
                                         or not reference.model.common_rep):
                 continue  # no single representation to take the task gradients of
-                # (multi-input; model.arch=cross_stitch or mtan: one Z per task)
+                # (multi-input; model.arch=cross_stitch, mtan or ltb: one Z per task)
             if kind == "floor:second_order" and kind not in wanted:
                 continue  # costly, and only a reference for penalties on saliencies
             steppers[kind] = FloorStepper(reference, kind)
