@@ -10,6 +10,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scripts" / "vs_torchjd.py"
 HAS_TORCHJD = importlib.util.find_spec("torchjd") is not None
+HAS_LIBMTL = importlib.util.find_spec("LibMTL") is not None
 
 
 def load_script():
@@ -81,3 +82,52 @@ def test_the_cpu_clock_times_the_process_and_says_so():
     (row,) = result["models"][0]["rows"]
     assert result["clock"] == "cpu" and row["harness"]["median_ms"] > 0
     assert "CPU time of the process" in vs.format_tables(result)
+
+
+def _cells(line: str) -> int:
+    return line.count("|") - 1
+
+
+@pytest.mark.skipif(not (HAS_TORCHJD and HAS_LIBMTL),
+                    reason="torchjd and LibMTL are not both installed (the `compare` extra)")
+def test_libmtl_column_agrees_where_deterministic():
+    vs = load_script()
+    methods = ["ew", "mgda", "cagrad", "imtl", "pcgrad", "graddrop", "upgrad"]
+    result = vs.measure(["tiny"], methods, rounds=1, steps=1, warmup=0, memory=False,
+                        log=lambda _line: None)
+    assert result["libmtl"] and result["libmtl_absent"] is None
+    rows = {row["method"]: row for row in result["models"][0]["rows"]}
+    for name in ("ew", "mgda", "cagrad", "imtl"):
+        agreement = rows[name]["agreement_libmtl"]
+        assert agreement["agrees"] and agreement["cos_shared"] >= vs.AGREEMENT, name
+        # The same settings (CAGrad c 0.4 divided by 1 + c², MGDA unnormalised): same scale.
+        assert abs(agreement["norm_ratio_shared"] - 1) < 1e-3, name
+        assert rows[name]["libmtl"]["median_ms"] > 0 and rows[name]["ratio_libmtl"] > 0
+    for name in ("pcgrad", "graddrop"):
+        assert rows[name]["agreement_libmtl"] == {"checked": False, "why": "random"}
+    assert rows["imtl"]["torchjd"] == {"unavailable": "not in TorchJD"}
+    assert rows["upgrad"]["libmtl"] == {"unavailable": "not in LibMTL"}
+    table = vs.format_tables(result)
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert len({_cells(line) for line in lines}) == 1 and _cells(lines[0]) == 14
+    assert "harness / LibMTL" in lines[0] and f"LibMTL {result['libmtl']}:" in table
+
+
+@pytest.mark.skipif(not HAS_TORCHJD, reason="torchjd is not installed (the `compare` extra: "
+                                            "pip install -e \".[compare]\")")
+def test_without_libmtl_runs_and_says_so_in_one_line(tmp_path):
+    # A process where `import LibMTL` fails, whether or not it is installed here.
+    (tmp_path / "LibMTL.py").write_text("raise ImportError('blocked')\n")
+    args = ["vs_torchjd.py", "--models", "tiny", "--methods", "ew,mgda", "--rounds", "1",
+            "--steps", "1", "--warmup", "0", "--no-memory", "--threads", "1"]
+    proc = subprocess.run([sys.executable, "-c",
+                           f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
+                           f"sys.argv = {args!r}; "
+                           f"import runpy; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "LibMTL" in line]
+    assert len(notes) == 1 and "no LibMTL columns" in notes[0]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| method"))
+    assert "LibMTL" not in header and _cells(header) == 9
+    assert "LibMTL: not measured" in proc.stdout
