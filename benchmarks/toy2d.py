@@ -149,20 +149,6 @@ class Toy2d(Benchmark):
     def make_head(self, task: TaskSpec) -> nn.Module:
         return nn.Identity()
 
-    def point_losses(self, points: Tensor) -> Tensor:
-        """Task losses of many independent runs at once: ``points`` [R, T, 2] holds run r's
-        point once per task, and [R, T] losses come back, loss (r, t) computed from row
-        (r, t) alone. Each is the arithmetic of task t's own loss (``toy_task_loss``: its own
-        evaluation of both toy losses at the encoder's batch of one, task t's taken, scaled,
-        shifted, averaged over the batch), so gradients w.r.t. ``points`` are the per-task
-        gradients of each run (engine/runs/toy_batch.py)."""
-        offsets = self.config.l_star or (0.0, 0.0)
-        preds = points.unsqueeze(2)                             # [R, T, 1, 2]: batch of one
-        own = toy_losses(preds).diagonal(dim1=1, dim2=3)        # [R, 1, T]: task t of copy t
-        scale = torch.tensor(self.config.loss_scale, dtype=points.dtype, device=points.device)
-        offset = torch.tensor(offsets, dtype=points.dtype, device=points.device)
-        return (scale * own - offset).mean(dim=1)
-
     def trajectory_point(self, model: nn.Module) -> Tensor:
         """The current point x (a detached copy on the device; [2], or [2·T] with one
         encoder per task). Returned as a tensor so that recording it needs no host sync."""
