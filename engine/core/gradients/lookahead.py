@@ -31,6 +31,8 @@ class Lookahead:
         forward pass on ``batch``, each with its graph."""
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.names = _attribute_names(model, "_parameters")
+        self.buffer_names = _attribute_names(model, "_buffers")
+        self.buffers = list({id(b): b for b in model.buffers()}.values())
 
     def losses_at(self, values: list[Tensor] | None, batch: Any) -> Tensor:
         """[T] losses of ``batch`` with the parameters replaced by ``values`` (aligned with
@@ -45,10 +47,9 @@ class Lookahead:
         state = {name: v for v, p in zip(values, self.parameters) if v is not p
                  for name in self.names[id(p)]}
         # Copies of the buffers take the batch-norm statistics' in-place updates.
-        buffers = _attribute_names(self.model, "_buffers")
-        for buffer in {id(b): b for b in self.model.buffers()}.values():
+        for buffer in self.buffers:
             copy = buffer.clone()
-            state.update({name: copy for name in buffers[id(buffer)]})
+            state.update({name: copy for name in self.buffer_names[id(buffer)]})
         substituted = _Substituted(self.model, state)
         return torch.stack(self.losses_of(substituted, batch))
 
