@@ -153,19 +153,43 @@ def leaderboard_frame(rows: list[Row], correction: str = "holm") -> tuple[pd.Dat
     return frame, notes
 
 
-def to_markdown(frame: pd.DataFrame, notes: list[str]) -> str:
+def to_markdown(frame: pd.DataFrame, notes: list[str], untuned: bool = True) -> str:
+    """The table; ``untuned=False`` leaves out the untuned column (a protocol that trains
+    no untuned seeds)."""
     head = ["method", "selected", "Δp_task (%) ↑", "worst task Δ (%)", "mean rank ↓",
             "vs ew", "p (adj.)", "detectable", "untuned Δp_task (%)", "seeds"]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keep = [i for i, name in enumerate(head) if untuned or not name.startswith("untuned")]
+    out = ["| " + " | ".join(head[i] for i in keep) + " |", "|" + "---|" * len(keep)]
     for r in frame.itertuples():
         star = " *" if isinstance(r.p_adjusted, float) and r.p_adjusted < 0.05 else ""
         vs = f"{r.vs_ew:+.2f}{star}" if math.isfinite(r.vs_ew) else "–"
         p = f"{r.p:.2g} ({r.p_adjusted:.2g})" if math.isfinite(r.p) else "–"
         rank = f"{r.rank:.2f}" if math.isfinite(r.rank) else "–"
         detectable = f"±{r.detectable:.2f}" if math.isfinite(r.detectable) else "–"
-        out.append("| " + " | ".join([r.label, r.selected or "–", r.dp_text, r.worst, rank, vs,
-                                      p, detectable, r.untuned, r.seeds]) + " |")
+        cells = [r.label, r.selected or "–", r.dp_text, r.worst, rank, vs, p, detectable,
+                 r.untuned, r.seeds]
+        out.append("| " + " | ".join(cells[i] for i in keep) + " |")
     return "\n".join(out + [""] + notes)
+
+
+def metrics_markdown(rows: list[Row], order: list[str]) -> str:
+    """Every test metric (last epoch), mean ± std over the complete tuned seeds, one line per
+    row in ``order`` (the Δp_task table's), with each metric's direction in its header."""
+    by_label = {row.label: row for row in rows if complete(row.tuned)}
+    labels = [label for label in order if label in by_label]
+    if not labels:
+        return ""
+    columns = metric_columns(complete(by_label[labels[0]].tuned)[0])
+    head = ["method"] + [f"{t} {m} {'↑' if h else '↓'}" for t, m, h in columns]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in labels:
+        values = np.array([test_values(r, columns) for r in complete(by_label[label].tuned)])
+        std = values.std(axis=0, ddof=1) if len(values) > 1 else np.full(len(columns), math.nan)
+        cells = [f"{m:.4g} ± {s:.2g}" if math.isfinite(s) else f"{m:.4g}"
+                 for m, s in zip(values.mean(axis=0), std)]
+        out.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(out + ["", "Test metrics at the last epoch, mean ± std over the seeds of "
+                             "each row's selected configuration."])
 
 
 def front_points(rows: list[Row]) -> tuple[list[str], pd.DataFrame]:

@@ -14,7 +14,7 @@ import methods  # noqa: F401  (registers the methods)
 from analysis.leaderboard import Row, compare, leaderboard_frame
 from analysis.measures import detectable_difference
 from analysis.records import RunRecord, read_records, write_records
-from engine.errors import DataError
+from engine.errors import ConfigError, DataError, UserError
 from engine.runs import leaderboard as L
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,6 +178,24 @@ def test_the_table_reads_every_row_against_tuned_stl_and_tests_against_ew():
     assert "paired" in notes[0] and "holm" in notes[0]
 
 
+def test_the_metrics_table_and_the_table_without_untuned_seeds():
+    from analysis.leaderboard import metrics_markdown, to_markdown
+
+    stl = [record("stl", s, (), (0, 0), (80.0, 2.0)) for s in range(3)]
+    ew = [record("ew", s, (), (0, 0), (80.0 + s, 2.0)) for s in range(3)]
+    one = [record("x", 0, (), (0, 0), (90.0, 1.5))]
+    rows = [Row("stl", (), stl, []), Row("ew", (), ew, []), Row("x", (), one, [])]
+    frame, notes = leaderboard_frame(rows)
+    assert "untuned" in to_markdown(frame, notes)
+    short = to_markdown(frame, notes, untuned=False).splitlines()
+    assert "untuned" not in short[0] and short[0].count("|") == short[2].count("|") == 10
+    lines = metrics_markdown(rows, ["x", "ew", "stl"]).splitlines()
+    assert lines[0] == "| method | a acc ↑ | b err ↓ |"
+    # one seed: no spread; three: the sample standard deviation
+    assert lines[2] == "| x | 90 | 1.5 |"
+    assert lines[3] == "| ew | 81 ± 1 | 2 ± 0 |" and lines[4].startswith("| stl | 80 ± 0 |")
+
+
 def test_compare_pairs_by_seed_and_falls_back_to_welch():
     diff, p, test, detectable = compare({0: 1.0, 1: 2.0, 2: 3.5}, {0: 0.0, 1: 1.0, 2: 2.0})
     assert test == "paired" and diff == pytest.approx(6.5 / 3 - 1.0)
@@ -274,18 +292,46 @@ def test_bad_input_is_a_one_line_error(tmp_path):
     assert "\n" not in empty.stderr.strip()
 
 
-def test_the_committed_tables_are_what_the_records_give():
-    protocol = L.load_protocol()
-    text = (ROOT / "docs" / "leaderboard.md").read_text()
+PROTOCOLS = sorted((ROOT / "benchmarks" / "leaderboard").glob("**/protocol.toml"))
+
+
+@pytest.mark.parametrize("path", PROTOCOLS, ids=lambda p: p.parent.name)
+def test_the_committed_tables_are_what_the_records_give(path):
+    protocol = L.load_protocol(path)
+    text = protocol.docs_path.read_text()
     checked = 0
     for benchmark in protocol.benchmarks:
-        begin, end = L.markers(benchmark)
+        begin, end = L.markers(benchmark, protocol)
         if begin not in text:
             continue
         section = text.split(begin, 1)[1].split(end, 1)[0].strip()
         assert section == L.docs_section(protocol, benchmark).strip(), benchmark
         checked += 1
     assert checked >= 1
+
+
+def test_another_protocols_sections_are_its_own(tmp_path):
+    """A protocol besides the default one writes its sections to its own page, under
+    markers naming its folder, and leaves a page's other sections alone."""
+    default = L.load_protocol()
+    other = L.load_protocol(ROOT / "benchmarks" / "leaderboard" / "repmtl_pretrained" / "protocol.toml")
+    assert other.docs_path == ROOT / "docs" / "repmtl.md" and default.docs_path.name == "leaderboard.md"
+    mine, theirs = L.markers("scenes", other), L.markers("scenes", default)
+    assert mine[0].startswith("<!-- leaderboard:repmtl_pretrained/scenes:begin")
+    assert "--protocol benchmarks/leaderboard/repmtl_pretrained/protocol.toml -b scenes" in mine[0]
+    assert theirs == L.markers("scenes")
+    page = tmp_path / "page.md"
+    page.write_text(f"intro\n{theirs[0]}\nkept\n{theirs[1]}\n{mine[0]}\nold\n{mine[1]}\nend\n")
+    L.write_docs(other, "scenes", page)
+    text = page.read_text()
+    assert "kept" in text and "old" not in text and text.endswith("end\n")
+    assert text.split(mine[0], 1)[1].split(mine[1])[0].strip() == L.docs_section(other, "scenes").strip()
+    with pytest.raises(UserError, match="no generated section for synthetic"):
+        L.write_docs(other, "synthetic", page)
+    bad = tmp_path / "protocol.toml"
+    bad.write_text(TINY_PROTOCOL.replace("profile =", "docs = 3\nprofile =", 1))
+    with pytest.raises(ConfigError, match="docs must be a page's path"):
+        L.load_protocol(bad)
 
 
 @pytest.mark.parametrize("folder", ["repmtl_pretrained", "repmtl_scratch"])
@@ -310,8 +356,8 @@ def test_the_repmtl_protocols_name_valid_settings(folder):
         for knob in (entry.knob if entry.label not in protocol.knob_from else ()):
             (request,) = build_requests("scenes", [entry.method], [0], protocol.profile,
                                         list(entry.with_(knob)), "cpu", None, check_data=False)
-            expected = "scratch" if folder == "repmtl_scratch" else "mobilenet_v2"
-            assert request.config.data.encoder == expected
+            expected = ("scratch", 48) if folder == "repmtl_scratch" else ("mobilenet_v2", 96)
+            assert (request.config.data.encoder, request.config.data.size) == expected
 
 
 INHERITING = TINY_PROTOCOL.replace('default_knob', 'untuned_seeds = false\ndefault_knob') \

@@ -48,8 +48,9 @@ def add_parser(sub, parents) -> None:
                    help="add this command's finished runs of the project's own methods to the "
                         "shipped records (plugins' runs are never added)")
     p.add_argument("--write-docs", action="store_true",
-                   help="regenerate this benchmark's section of docs/leaderboard.md from the "
-                        "shipped records")
+                   help="regenerate this benchmark's section of the protocol's page "
+                        "(docs/leaderboard.md; its `docs` key for another) from the shipped "
+                        "records")
     p.add_argument("--protocol", type=Path, default=None, metavar="FILE",
                    help="another protocol file (default benchmarks/leaderboard/protocol.toml); "
                         "its records are read from and written to records/ beside it")

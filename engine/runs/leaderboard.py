@@ -91,6 +91,16 @@ class Protocol:
         shared = {k: self.raw.get(k) for k in SHARED_KEYS}
         return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
 
+    @property
+    def docs_path(self) -> Path:
+        """The page holding this protocol's generated sections (``docs`` in the file, a path
+        from the project's root; docs/leaderboard.md by default)."""
+        return ROOT / self.raw.get("docs", "docs/leaderboard.md")
+
+    @property
+    def is_default(self) -> bool:
+        return self.path.resolve() == PROTOCOL.resolve()
+
     def records_path(self, benchmark: str) -> Path:
         """Records live beside their protocol, in ``records/``."""
         return self.path.parent / "records" / f"{benchmark}.jsonl.gz"
@@ -167,6 +177,12 @@ def load_protocol(path: Path = PROTOCOL) -> Protocol:
     if missing:
         raise ConfigError(f"{path}: missing {', '.join(missing)}")
     knob = lambda sets: tuple(override_set(t) for t in sets)  # noqa: E731
+    if not isinstance(raw.get("metrics_table", False), bool):
+        raise ConfigError(f"{path}: metrics_table must be true or false, got "
+                          f"{raw['metrics_table']!r}")
+    if not isinstance(raw.get("docs", ""), str):
+        raise ConfigError(f"{path}: docs must be a page's path from the project's root, got "
+                          f"{raw['docs']!r}")
     untuned_seeds = raw.get("untuned_seeds", True)
     if not isinstance(untuned_seeds, bool):
         raise ConfigError(f"{path}: untuned_seeds must be true or false, got {untuned_seeds!r}")
@@ -476,7 +492,6 @@ def advance(protocol: Protocol, benchmark: str, methods: list[str] | None, where
 
 # --------------------------------------------------------------------------- reporting
 
-DOCS = ROOT / "docs" / "leaderboard.md"
 FIGURES = ROOT / "docs" / "leaderboard"
 
 
@@ -501,17 +516,26 @@ def _unfinished(states: list[EntryState]) -> str:
     return ("Not finished (stage reached): " + ", ".join(waiting) + ".") if waiting else ""
 
 
+def tables(protocol: Protocol, rows: list, correction: str = "holm") -> list[str]:
+    """The Δp_task table (without the untuned column where the protocol trains no untuned
+    seeds) and, where the protocol asks (``metrics_table``), every test metric per row."""
+    from analysis.leaderboard import leaderboard_frame, metrics_markdown, to_markdown
+
+    frame, notes = leaderboard_frame(rows, correction)
+    out = [to_markdown(frame, notes, untuned=protocol.untuned_seeds)]
+    if protocol.raw.get("metrics_table", False):
+        out.append(metrics_markdown(rows, list(frame.label)))
+    return out
+
+
 def standing_text(outcome: Outcome, correction: str = "holm") -> str:
     """The table of the finished entries, and what is not finished."""
-    from analysis.leaderboard import leaderboard_frame, to_markdown
-
     rows = outcome.board.rows(outcome.states)
     parts = [f"## {outcome.board.benchmark}"]
     if not any(r.label == "stl" for r in rows):
         parts.append("No finished stl entry yet: no base for the table.")
     else:
-        frame, notes = leaderboard_frame(rows, correction)
-        parts.append(to_markdown(frame, notes))
+        parts += tables(outcome.board.protocol, rows, correction)
     parts.append(_unfinished(outcome.states))
     return "\n\n".join(p for p in parts if p)
 
@@ -581,13 +605,12 @@ def records_board(protocol: Protocol, benchmark: str) -> tuple[Board, list[Entry
 
 def docs_section(protocol: Protocol, benchmark: str) -> str:
     """The benchmark's section of docs/leaderboard.md, from the shipped records."""
-    from analysis.leaderboard import leaderboard_frame, to_markdown
-
     board, states = records_board(protocol, benchmark)
     records = list(board.known.values())
     if not records:
-        return "\n\n".join(part for part in (f"No records yet for {benchmark}.",
-                                               _not_ranked(protocol, benchmark)) if part)
+        return "\n\n".join(part for part in (
+            f"No records yet for {benchmark}.",
+            _not_ranked(protocol, benchmark) if protocol.is_default else "") if part)
     seconds = [r.step_time_s for r in records if r.step_time_s]
     envs = sorted({(r.env.get("torch"), r.env.get("torch_threads"), r.env.get("device"))
                    for r in records}, key=str)
@@ -599,12 +622,12 @@ def docs_section(protocol: Protocol, benchmark: str) -> str:
     parts = [head]
     rows = board.rows(states)
     if any(r.label == "stl" for r in rows):
-        frame, notes = leaderboard_frame(rows)
-        parts.append(to_markdown(frame, notes))
+        parts += tables(protocol, rows)
         if any(r.label.startswith(FRONT) for r in rows):
             parts.append(f"![{benchmark}: the fixed-weight front and the methods]"
                          f"(leaderboard/{benchmark}_front.png)")
-    parts += [_unfinished(states), _not_ranked(protocol, benchmark)]
+    # A study's protocol (not the default one) lists what it compares, not a ranking.
+    parts += [_unfinished(states), _not_ranked(protocol, benchmark) if protocol.is_default else ""]
     return "\n\n".join(p for p in parts if p)
 
 
@@ -620,16 +643,28 @@ def _not_ranked(protocol: Protocol, benchmark: str) -> str:
     return f"Not ranked on {benchmark} (the protocol lists a subset): {', '.join(others)}."
 
 
-def markers(benchmark: str) -> tuple[str, str]:
-    return (f"<!-- leaderboard:{benchmark}:begin (generated: run_bench.py leaderboard -b "
-            f"{benchmark} --no-run --write-docs) -->", f"<!-- leaderboard:{benchmark}:end -->")
+def markers(benchmark: str, protocol: Protocol | None = None) -> tuple[str, str]:
+    """The lines around a generated section: the benchmark's own for the default protocol,
+    ``<protocol folder>/<benchmark>`` for another, so that several protocols' sections of
+    one benchmark can share a page."""
+    if protocol is None or protocol.is_default:
+        key, option = benchmark, ""
+    else:
+        key = f"{protocol.path.parent.name}/{benchmark}"
+        where = protocol.path.resolve()
+        shown = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
+        option = f"--protocol {shown.as_posix()} "
+    return (f"<!-- leaderboard:{key}:begin (generated: run_bench.py leaderboard {option}-b "
+            f"{benchmark} --no-run --write-docs) -->", f"<!-- leaderboard:{key}:end -->")
 
 
-def write_docs(protocol: Protocol, benchmark: str, path: Path = DOCS) -> Path:
-    """Replace the benchmark's generated section of docs/leaderboard.md (and its front plot)."""
+def write_docs(protocol: Protocol, benchmark: str, path: Path | None = None) -> Path:
+    """Replace the benchmark's generated section of the protocol's page (docs/leaderboard.md
+    by default; and its front plot)."""
     from analysis.leaderboard import plot_front
 
-    begin, end = markers(benchmark)
+    path = protocol.docs_path if path is None else path
+    begin, end = markers(benchmark, protocol)
     text = path.read_text()
     if begin not in text or end not in text:
         raise UserError(f"{path}: no generated section for {benchmark} (expected the lines "
