@@ -69,6 +69,15 @@ def _same(model, reference, rtol=1e-4, atol=1e-6):
         torch.testing.assert_close(p, q, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
+def _lookahead_context(trainer, batch):
+    """The two lookahead services of a step context, on ``batch`` (the step's own)."""
+    from types import SimpleNamespace
+
+    lookahead = trainer.lookahead
+    return SimpleNamespace(model_parameters=lambda: list(lookahead.parameters),
+                           losses_at=lambda values: lookahead.losses_at(values, batch))
+
+
 # --------------------------------------------------------------------------- the lookahead
 
 def test_lookahead_leaves_the_model_as_it_was_and_differentiates_the_values():
@@ -131,10 +140,16 @@ def test_lookahead_methods_refuse_what_the_lookahead_does_not_cover(setting):
 
 # --------------------------------------------------------------------------- Auto-λ
 
-def test_autol_equals_the_authors_unrolled_step():
+@pytest.mark.parametrize("primary", [None, 1])
+def test_autol_equals_the_authors_unrolled_step(primary):
+    """Every task primary (the multi-task setting), or one (the auxiliary-learning setting:
+    only that task's loss after the virtual step is minimised)."""
+    names = _trainer("ew")[1].tasks
+    chosen = () if primary is None else (f"method.autol.primary={names[primary].name}",)
     trainer, bench = _trainer("autol", ("train.optimizer=sgd", "train.lr=0.05",
                                         "train.momentum=0.9", "train.weight_decay=1e-3",
-                                        "method.autol.lr=0.01"))
+                                        "method.autol.lr=0.01", *chosen))
+    mask = [primary is None or t == primary for t in range(3)]
     reference = copy.deepcopy(trainer.model)
     opt = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
     meta = torch.full((3,), 0.1, requires_grad=True)
@@ -149,8 +164,8 @@ def test_autol_equals_the_authors_unrolled_step():
             for w, w_, g in zip(reference.parameters(), copy_.parameters(), grads):
                 m = opt.state[w].get("momentum_buffer", 0.0) * 0.9 if opt.state[w] else 0.0
                 w_.copy_(w - alpha * (m + g + 1e-3 * w))
-        d = torch.autograd.grad(sum(_losses(bench, copy_, held_out)), list(copy_.parameters()),
-                                allow_unused=True)
+        held = sum(l for l, keep in zip(_losses(bench, copy_, held_out), mask) if keep)
+        d = torch.autograd.grad(held, list(copy_.parameters()), allow_unused=True)
         d = [x if x is not None else torch.zeros_like(p) for x, p in zip(d, copy_.parameters())]
         eps = 0.01 / torch.cat([x.reshape(-1) for x in d]).norm()
         finite = []
@@ -173,6 +188,28 @@ def test_autol_equals_the_authors_unrolled_step():
                                    rtol=1e-4, atol=1e-7)
         _same(trainer.model, reference)
     assert not torch.allclose(meta.detach(), torch.full((3,), 0.1))  # λ moved
+
+
+def test_forum_stops_the_inner_steps_once_the_loss_exceeds_its_guard():
+    """LibMTL stops the lower-level SGD once f > 1e5: with a step size that blows f up after
+    one step, θ_K is θ_1 whatever K is (without the guard the three further steps would
+    move it on)."""
+    from methods.forum import DIVERGED_INNER_LOSS
+
+    trainer, bench = _trainer("forum", ("method.forum.inner_lr=1e6", "method.forum.inner_steps=4"))
+    method = trainer.primary
+    batch = next(bench.batches("train", 16, torch.Generator().manual_seed(3)))
+    ctx = _lookahead_context(trainer, batch)
+    a = method.task_weights.weights().detach()
+    values = [p.detach().requires_grad_() for p in ctx.model_parameters()]
+    f0 = (a * ctx.losses_at(values)).sum()
+    grads = torch.autograd.grad(f0, values)
+    one = [(v - 1e6 * g).detach() for v, g in zip(values, grads)]
+    with torch.no_grad():
+        after_one = ctx.losses_at(one)
+    assert float((a * after_one).sum()) > DIVERGED_INNER_LOSS  # the guard is what stops it
+    got = method.inner_losses(ctx, ctx.model_parameters(), a)
+    torch.testing.assert_close(got, after_one, rtol=1e-5, atol=0.0)
 
 
 def test_autol_refuses_an_unknown_primary_task():
