@@ -220,6 +220,13 @@ class Method(nn.Module):
         self.num_tasks = len(self.task_names)
 
     @classmethod
+    def min_tasks(cls, config: MethodConfig) -> int:
+        """The fewest tasks the method is defined for under ``config`` (1 by default). The
+        method's constructor refuses fewer; the leaderboard leaves it out of a benchmark
+        with fewer."""
+        return 1
+
+    @classmethod
     def needs_for(cls, config: MethodConfig) -> Needs:
         """What the method asks of the engine under ``config`` (default: the class's
         ``needs``). Override where an option changes it (GradNorm's ``layer``); the step

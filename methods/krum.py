@@ -73,11 +73,15 @@ class Krum(GramianAggregator):
         n_selected: int = param(1, low=1)
         distance: str = param("squared", choices=DISTANCES)
 
+    @classmethod
+    def min_tasks(cls, config: Config) -> int:
+        return config.n_byzantine + 3
+
     def __init__(self, config: Config, task_names: tuple[str, ...]):
         super().__init__(config, task_names)
-        if self.num_tasks < config.n_byzantine + 3:
+        if self.num_tasks < self.min_tasks(config):
             raise ConfigError(f"method.krum.n_byzantine={config.n_byzantine} needs at least "
-                              f"{config.n_byzantine + 3} tasks (n_byzantine + 3); this "
+                              f"{self.min_tasks(config)} tasks (n_byzantine + 3); this "
                               f"benchmark has {self.num_tasks}")
         if config.n_selected > self.num_tasks:
             raise ConfigError(f"method.krum.n_selected={config.n_selected} is more than the "

@@ -48,11 +48,15 @@ class TrimmedMean(Aggregator):
     class Config(MethodConfig):
         trim_number: int = param(1, low=0)
 
+    @classmethod
+    def min_tasks(cls, config: Config) -> int:
+        return 2 * config.trim_number + 1
+
     def __init__(self, config: Config, task_names: tuple[str, ...]):
         super().__init__(config, task_names)
-        if self.num_tasks < 2 * config.trim_number + 1:
+        if self.num_tasks < self.min_tasks(config):
             raise ConfigError(f"method.trimmed_mean.trim_number={config.trim_number} needs at "
-                              f"least {2 * config.trim_number + 1} tasks (2·trim_number + 1); "
+                              f"least {self.min_tasks(config)} tasks (2·trim_number + 1); "
                               f"this benchmark has {self.num_tasks}")
 
     def aggregate(self, grads: Tensor, ctx: StepContext) -> Aggregated:

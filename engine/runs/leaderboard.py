@@ -115,7 +115,7 @@ class Protocol:
         if benchmark not in self.benchmarks:
             raise UserError(f"benchmark {benchmark!r} has no leaderboard; the protocol "
                             f"({self.path.name}) lists {', '.join(self.benchmarks)}")
-        names = self.methods(benchmark) if methods is None else list(methods)
+        names = self.methods(benchmark, tasks) if methods is None else list(methods)
         out = []
         for spec in names:
             name = canonical_name(spec)
@@ -137,9 +137,10 @@ class Protocol:
         rank = lambda e: first.index(e.method) if e.method in first else len(first)  # noqa: E731
         return sorted(out, key=rank)
 
-    def methods(self, benchmark: str) -> list[str]:
+    def methods(self, benchmark: str, tasks: int | None = None) -> list[str]:
         """The methods a benchmark ranks: its list, or every registered method that it
-        accepts, less the excluded ones and the front's ``fixed``."""
+        accepts, less the excluded ones, the front's ``fixed`` and, once the benchmark's
+        number of tasks is known (``tasks``), those defined only for more tasks."""
         from benchmarks.registry import BENCHMARKS
         from engine.runs.runner import check_compatible
         from methods.registry import METHODS, parse_method
@@ -156,8 +157,18 @@ class Protocol:
                 check_compatible(parse_method(name), name, bench_cls)
             except UserError:
                 continue
+            if tasks is not None and too_few_tasks(name, tasks):
+                continue
             names.append(name)
         return names
+
+
+def too_few_tasks(method: str, tasks: int) -> bool:
+    """The method, at its default settings, needs more than ``tasks`` tasks."""
+    from methods.registry import METHODS, parse_method
+
+    return any(METHODS.get(c).min_tasks(METHODS.get(c).Config()) > tasks
+               for c in parse_method(method).components)
 
 
 def is_builtin(method: str) -> bool:
