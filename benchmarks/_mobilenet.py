@@ -119,6 +119,14 @@ def _mobilenet() -> nn.Module:
     return tvm.mobilenet_v2(weights=None)
 
 
+def encoder_record(stride: int, weights: str, path: Path | None, digest: str | None,
+                   bn: str, **extra) -> dict:
+    """What a run records about its MobileNetV2 encoder (``benchmark.json``)."""
+    return {"encoder": {"arch": "mobilenet_v2", "stride": stride, "weights": weights,
+                        "weights_file": str(path) if path else None, "weights_sha256": digest,
+                        "batchnorm": bn, **extra}}
+
+
 class MobileNetTrunk(nn.Module):
     """MobileNetV2 ``features`` up to ``stride``, with ImageNet input normalisation."""
 

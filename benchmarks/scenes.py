@@ -37,7 +37,7 @@ from benchmarks.base import TaskSpec, TensorBenchmark, TensorSplit
 from benchmarks.dense import depth_task, normal_task, segmentation_task
 from benchmarks.registry import register_benchmark
 from datasets.scenes import CLASSES, generate_scenes
-from benchmarks._mobilenet import BN_MODES, MobileNetTrunk, load_state, resolve
+from benchmarks._mobilenet import BN_MODES, MobileNetTrunk, encoder_record, load_state, resolve
 from engine.errors import ConfigError, check_choice, check_range
 
 SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
@@ -173,7 +173,5 @@ class Scenes(TensorBenchmark):
     def extra_record(self) -> dict:
         if self.config.encoder != "mobilenet_v2":
             return {}
-        return {"encoder": {"arch": "mobilenet_v2", "stride": self.config.stride,
-                            "weights": self.config.weights,
-                            "weights_file": str(self.weights_file) if self.weights_file else None,
-                            "weights_sha256": self.weights_sha256, "batchnorm": self.config.bn}}
+        return encoder_record(self.config.stride, self.config.weights, self.weights_file,
+                              self.weights_sha256, self.config.bn)

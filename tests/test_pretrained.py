@@ -124,3 +124,72 @@ def test_the_scratch_encoder_is_the_default_and_refuses_weights():
         ScenesConfig(weights="imagenet").validate()
     with pytest.raises(ConfigError, match="data.stride"):
         ScenesConfig(encoder="mobilenet_v2", stride=4).validate()
+
+
+# --------------------------------------------------------------------------- two-image benchmarks
+
+def tiny_pairs(cls, root=None, **data):
+    from benchmarks._two_images import TwoImagesConfig
+
+    config = TwoImagesConfig(train_size=4, val_size=2, test_size=2, **data)
+    config.validate()
+    return cls(config, root, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["multi_mnist", "multi_fashion"])
+@pytest.mark.parametrize("size", [28, 64])
+def test_two_image_mobilenet_shapes(name, size, tmp_path):
+    """Z is the trunk's 1280 channels averaged over positions, at any input size; the
+    heads classify it into 10."""
+    from benchmarks.multi_fashion import MultiFashion
+    from benchmarks.multi_mnist import MultiMNIST
+    from tests.test_real_data_benchmarks import write_fashion
+
+    cls, root = ((MultiMNIST, None) if name == "multi_mnist"
+                 else (MultiFashion, write_fashion(tmp_path / "f")))
+    bench = tiny_pairs(cls, root, encoder="mobilenet_v2", size=size)
+    encoder = bench.make_encoder().eval()
+    z = encoder(bench.splits["train"].inputs)
+    assert z.shape == (4, 1280)
+    for task in bench.tasks:
+        assert bench.make_head(task)(z).shape == (4, 10)
+    seen = []
+    hook = encoder.trunk.features[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    encoder(bench.splits["train"].inputs)
+    hook.remove()
+    assert seen == [(4, 3, size, size)]  # resized, grey repeated to three channels
+    record = bench.extra_record()["encoder"]
+    assert record["input_size"] == size and record["stride"] == 32 and record["weights"] == "none"
+    assert not bench.has_encoder_blocks(bench.config)
+
+
+def test_two_image_defaults_are_multilenet_with_the_same_config_hash():
+    """The encoder options left at their defaults change neither the model nor the hash of
+    a run (the shipped leaderboard records are keyed by it)."""
+    from benchmarks._two_images import MultiLeNetEncoder
+    from benchmarks.multi_mnist import MultiMNIST
+    from engine.runs.runner import build_requests
+
+    bench = tiny_pairs(MultiMNIST)
+    assert type(bench.make_encoder()) is MultiLeNetEncoder
+    assert bench.make_head(bench.tasks[0])[0].in_features == 50
+    assert "encoder" not in bench.extra_record()
+    (request,) = build_requests("multi_mnist", ["ew"], [0], "quick", [], "cpu", None,
+                                check_data=False)
+    assert request.config.hash() == "39ef0963"  # as before the options existed
+    (moved,) = build_requests("multi_mnist", ["ew"], [0], "quick", ["data.size=28",
+                              "data.bn=frozen"], "cpu", None, check_data=False)
+    assert moved.config.hash() != "39ef0963"  # a late field away from its default enters
+
+
+def test_two_image_options_refuse_what_multilenet_cannot_take():
+    from benchmarks._two_images import TwoImagesConfig
+
+    with pytest.raises(ConfigError, match="need data.encoder=mobilenet_v2"):
+        TwoImagesConfig(weights="imagenet").validate()
+    with pytest.raises(ConfigError, match="need data.encoder=mobilenet_v2"):
+        TwoImagesConfig(size=64).validate()
+    with pytest.raises(ConfigError, match="data.size"):
+        TwoImagesConfig(encoder="mobilenet_v2", size=16).validate()
+    with pytest.raises(ConfigError, match="data.encoder"):
+        TwoImagesConfig(encoder="resnet").validate()

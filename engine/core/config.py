@@ -248,7 +248,11 @@ class RunConfig:
             for key in LATE_MODEL_KEYS:
                 if payload["model"][key] == model_defaults[key]:
                     payload["model"].pop(key)
-        # The same for the fields a method's config lists in its ``late_fields``.
+        # The same for the fields a benchmark's or a method's config lists in its
+        # ``late_fields``.
+        for key, default in late_field_defaults(self.data).items():
+            if payload["data"].get(key) == default:
+                payload["data"].pop(key)
         for component, cfg in self.methods.items():
             for key, default in late_field_defaults(cfg).items():
                 if payload["methods"][component].get(key) == default:
@@ -265,12 +269,12 @@ LATE_MODEL_KEYS = ("branch_warmup", "branch_tau")
 enter the hash only when set away from their defaults."""
 
 
-def late_field_defaults(method_config: Any) -> dict[str, Any]:
-    """The defaults of the fields that a method's config added after runs were on disk
-    (its ``late_fields``): they enter the hash only when set away from these."""
-    late = getattr(type(method_config), "late_fields", ())
+def late_field_defaults(section_config: Any) -> dict[str, Any]:
+    """The defaults of the fields that a method's or a benchmark's config added after runs
+    were on disk (its ``late_fields``): they enter the hash only when set away from these."""
+    late = getattr(type(section_config), "late_fields", ())
     defaults = {}
-    for f in dataclasses.fields(method_config):
+    for f in dataclasses.fields(section_config):
         if f.name in late:
             defaults[f.name] = (f.default_factory() if f.default is dataclasses.MISSING
                                 else f.default)
