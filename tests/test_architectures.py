@@ -266,20 +266,24 @@ def test_cgc_task_experts_are_task_specific():
     assert all(g is None for g in grads)
 
 
-def test_ple_last_level_task_experts_are_reached_by_their_own_task_only():
-    trainer, batch = _trainer("ple", "pcgrad")
+def _jacobian_columns(trainer, batch):
+    """A function giving, for a module of the shared parameters, the columns of the task
+    losses' Jacobian that belong to its parameters (T × its parameter count)."""
     engine = trainer.engine
-    extraction = trainer.model.encoders[0]
     _, losses = trainer.compute_task_losses(batch)
     jacobian = engine.jacobian(torch.stack(losses))
     offsets, start = {}, 0
     for p in engine.shared:
         offsets[id(p)] = (start, start + p.numel())
         start += p.numel()
+    return lambda module: torch.cat([jacobian[:, slice(*offsets[id(p)])]
+                                     for p in module.parameters()], dim=1)
 
-    def columns(module):
-        return torch.cat([jacobian[:, slice(*offsets[id(p)])] for p in module.parameters()], dim=1)
 
+def test_ple_last_level_task_experts_are_reached_by_their_own_task_only():
+    trainer, batch = _trainer("ple", "pcgrad")
+    extraction = trainer.model.encoders[0]
+    columns = _jacobian_columns(trainer, batch)
     second_own_last = columns(extraction.own[-1][1])
     assert second_own_last[0].abs().sum() == 0 and second_own_last[2].abs().sum() == 0
     assert second_own_last[1].abs().sum() > 0
@@ -328,16 +332,7 @@ def test_ltb_shares_every_copy_and_the_logits_and_follows_the_sampled_tree():
     with torch.no_grad():
         tree.logits.zero_()
         tree.logits[..., 0] = 50.0
-    _, losses = trainer.compute_task_losses(batch)
-    jacobian = engine.jacobian(torch.stack(losses))
-    offsets, start = {}, 0
-    for p in engine.shared:
-        offsets[id(p)] = (start, start + p.numel())
-        start += p.numel()
-
-    def columns(module):
-        return torch.cat([jacobian[:, slice(*offsets[id(p)])] for p in module.parameters()], dim=1)
-
+    columns = _jacobian_columns(trainer, batch)
     first = columns(tree.columns[0][0])
     assert all(first[t].abs().sum() > 0 for t in range(3))
     for column in tree.columns[1:]:  # the other copies of the first two blocks are unused
