@@ -293,3 +293,33 @@ def test_the_report_shows_a_saliency_folder_written_into_it(runs, tmp_path):
     assert "repmtl s0" in curves and "ew s0" not in curves
     build_report(root, out, ("md",), skip=SECTIONS)
     assert "Saliency" not in (out / "report.md").read_text()
+
+
+def test_the_diagnostics_script_tabulates_the_logged_statistics(runs, capsys):
+    """benchmarks/scripts/saliency_diagnostics.py: one line per run and epoch with the
+    logged values; the penalty columns empty for a run without a penalty; a run without
+    the statistics refused."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scripts" / "saliency_diagnostics.py"
+    spec = importlib.util.spec_from_file_location("saliency_diagnostics", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([f"ew={runs['ew_knob']}", f"repmtl={runs['repmtl']}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head[:4] == ["run", "epoch", "task entropy", "L_csa (log(B − 1))"]
+    assert "penalty ratio encoder" in head and "mean abs Ŝ sum" in head
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in lines[2:]}
+    assert set(rows) == {("ew", "0"), ("repmtl", "0")}
+    logged = read_records(runs["repmtl"])[0]["method"]
+    cells = [c.strip() for c in rows["repmtl", "0"].strip("|").split("|")]
+    assert cells[2] == f"{logged['saliency.task_entropy']:.3f}"
+    batch = json.loads((runs["repmtl"] / "config.json").read_text())["train"]["batch_size"]
+    assert cells[3] == f"{logged['saliency.L_csa']:.2f} ({math.log(batch - 1):.2f})"
+    assert cells[head.index("penalty ratio encoder")] == \
+        f"{logged['saliency.penalty_ratio.encoder']:.3g}"
+    ew_cells = [c.strip() for c in rows["ew", "0"].strip("|").split("|")]
+    assert ew_cells[head.index("penalty ratio encoder")] == "–"
+    with pytest.raises(SystemExit, match="no saliency statistics"):
+        script.main([f"ew={runs['ew']}"])
