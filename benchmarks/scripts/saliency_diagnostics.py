@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     runs = {}
     for spec in args.runs:
-        label, sep, path = spec.partition("=")
+        label, sep, path = spec.rpartition("=")  # a label may hold "=" (λ=0.9)
         if not sep or not Path(path).is_dir():
             p.error(f"{spec!r}: expected LABEL=RUN_DIR with an existing run folder")
         runs[label] = Path(path)
