@@ -119,6 +119,12 @@ def _mobilenet() -> nn.Module:
     return tvm.mobilenet_v2(weights=None)
 
 
+def load_backbone(spec: str) -> tuple[Path | None, str | None, dict[str, Tensor] | None]:
+    """(file, its checked SHA-256, its state dict) for ``data.weights``; all None for none."""
+    path, digest = resolve(spec)
+    return path, digest, load_state(path) if path is not None else None
+
+
 def encoder_record(stride: int, weights: str, path: Path | None, digest: str | None,
                    bn: str, **extra) -> dict:
     """What a run records about its MobileNetV2 encoder (``benchmark.json``)."""

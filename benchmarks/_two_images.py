@@ -27,10 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-
 from torch.nn import functional as F
 
-from benchmarks._mobilenet import BN_MODES, MobileNetTrunk, encoder_record, load_state, resolve
+from benchmarks._mobilenet import BN_MODES, MobileNetTrunk, encoder_record, load_backbone
 from benchmarks.base import TaskSpec, TensorBenchmark, TensorSplit
 from benchmarks.metrics import ACCURACY, AccuracyMeter, cross_entropy
 from datasets.mnist_pairs import multi_mnist_pairs
@@ -130,10 +129,8 @@ class TwoImagesBenchmark(TensorBenchmark):
                      "class of the bottom-right image"),
         )
 
-        mobilenet = config.encoder == "mobilenet_v2"
-        self.weights_file, self.weights_sha256 = (resolve(config.weights) if mobilenet
-                                                  else (None, None))
-        self.backbone_state = load_state(self.weights_file) if self.weights_file else None
+        self.weights_file, self.weights_sha256, self.backbone_state = (
+            load_backbone(config.weights) if config.encoder == "mobilenet_v2" else (None,) * 3)
 
     def make_encoder(self) -> nn.Module:
         c = self.config

@@ -37,7 +37,7 @@ from benchmarks.base import TaskSpec, TensorBenchmark, TensorSplit
 from benchmarks.dense import depth_task, normal_task, segmentation_task
 from benchmarks.registry import register_benchmark
 from datasets.scenes import CLASSES, generate_scenes
-from benchmarks._mobilenet import BN_MODES, MobileNetTrunk, encoder_record, load_state, resolve
+from benchmarks._mobilenet import BN_MODES, MobileNetTrunk, encoder_record, load_backbone
 from engine.errors import ConfigError, check_choice, check_range
 
 SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
@@ -139,9 +139,8 @@ class Scenes(TensorBenchmark):
             targets = {"seg": torch.from_numpy(s.label), "depth": torch.from_numpy(s.depth),
                        "normal": torch.from_numpy(s.normal)}
             self.splits[split] = TensorSplit(torch.from_numpy(s.image), targets).to(device)
-        self.weights_file, self.weights_sha256 = (resolve(config.weights)
-                                                  if config.encoder == "mobilenet_v2" else (None, None))
-        self.backbone_state = load_state(self.weights_file) if self.weights_file else None
+        self.weights_file, self.weights_sha256, self.backbone_state = (
+            load_backbone(config.weights) if config.encoder == "mobilenet_v2" else (None,) * 3)
 
     def make_encoder(self) -> nn.Module:
         c = self.config

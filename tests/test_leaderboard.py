@@ -337,6 +337,9 @@ def test_another_protocols_sections_are_its_own(tmp_path):
     bad.write_text(TINY_PROTOCOL.replace("profile =", "docs = 3\nprofile =", 1))
     with pytest.raises(ConfigError, match="docs must be a page's path"):
         L.load_protocol(bad)
+    bad.write_text(TINY_PROTOCOL.replace("profile =", 'metrics_table = "yes"\nprofile =', 1))
+    with pytest.raises(ConfigError, match="metrics_table must be true or false"):
+        L.load_protocol(bad)
 
 
 @pytest.mark.parametrize("folder", ["repmtl_pretrained", "repmtl_scratch"])
