@@ -368,6 +368,28 @@ def test_the_repmtl_protocols_name_valid_settings(folder):
             assert (request.config.data.encoder, request.config.data.size) == expected
 
 
+
+def test_the_long_repmtl_protocol_trains_the_pretrained_profile_three_times_longer():
+    """repmtl_pretrained_long: the pretrained profile at 60 epochs; Rep-MTL at its default λ
+    and at the λ the 20-epoch protocol selected; stl and ew without a knob."""
+    from engine.runs.runner import build_requests
+
+    protocol = L.load_protocol(ROOT / "benchmarks" / "leaderboard" / "repmtl_pretrained_long"
+                               / "protocol.toml")
+    entries = protocol.entries("scenes")
+    assert [e.method for e in entries] == ["stl", "ew", "repmtl"]
+    assert [e.knob for e in entries[:2]] == [(), ()]
+    for entry in entries:
+        for knob in ((), *entry.knob):
+            (request,) = build_requests("scenes", [entry.method], [0], protocol.profile,
+                                        list(entry.with_(knob)), "cpu", None, check_data=False)
+            config = request.config
+            assert (config.data.encoder, config.data.size, config.train.epochs) == \
+                ("mobilenet_v2", 96, 60)
+            if entry.method == "repmtl":
+                own = config.methods["repmtl"]
+                assert own.lambda_tsr == own.lambda_csa == (0.01 if knob else 0.9)
+
 INHERITING = TINY_PROTOCOL.replace('default_knob', 'untuned_seeds = false\ndefault_knob') \
     .replace('synthetic = ["stl", "ew", "cagrad", "fixed"]', 'synthetic = ["stl", "cagrad", "ew"]') \
     + '[knob_from.ew]\nentry = "cagrad"\nkeys = { "method.cagrad.c" = "train.weight_decay" }\n'
