@@ -192,44 +192,146 @@ def metrics_markdown(rows: list[Row], order: list[str]) -> str:
                              "each row's selected configuration."])
 
 
-def front_points(rows: list[Row]) -> tuple[list[str], pd.DataFrame]:
-    """The first metric of each of two tasks (test, mean over complete tuned seeds) per row."""
+def front_points(rows: list[Row]) -> tuple[list[str], pd.DataFrame, list[bool]]:
+    """The first metric of each of two tasks (test, mean over complete tuned seeds) per row,
+    and whether each is higher-is-better."""
     first = next(r for row in rows for r in complete(row.tuned))
     names = [f"{t} {next(iter(m))}" for t, m in first.tasks.items()]
     columns = [(t, next(iter(m)), True) for t, m in first.tasks.items()]
+    higher = [bool(next(iter(m.values()))["higher_is_better"]) for m in first.tasks.values()]
     points = {row.label: np.mean([test_values(r, columns) for r in complete(row.tuned)], axis=0)
               for row in rows if complete(row.tuned)}
-    return names, pd.DataFrame(points, index=names).T
+    return names, pd.DataFrame(points, index=names).T, higher
+
+
+def _front_weight(label: str) -> float:
+    return 0.5 if label == "ew" else float(label.split("=")[1])
+
+
+def front_labels(labels) -> list[str]:
+    """The fixed-weight entries and ew (the front's w = 0.5), in the order of w."""
+    front = [label for label in labels if label.startswith("fixed w=") or label == "ew"]
+    return sorted(front, key=_front_weight)
+
+
+def dominated_by_polyline(point: np.ndarray, vertices: np.ndarray) -> bool:
+    """Whether some point of the polyline through ``vertices`` (in order) is at least as
+    good as ``point`` in every coordinate (higher is better). A point q = a + s (b − a) of a
+    segment, s in [0, 1], needs a_i + s d_i ≥ p_i for every i: each coordinate bounds s from
+    one side, and the segment dominates p when the bounds leave some s."""
+    if len(vertices) == 1:
+        return bool(np.all(vertices[0] >= point))
+    for a, b in zip(vertices[:-1], vertices[1:]):
+        low, high = 0.0, 1.0
+        for ai, di, pi in zip(a, b - a, point):
+            need = pi - ai
+            if di > 0:
+                low = max(low, need / di)
+            elif di < 0:
+                high = min(high, need / di)
+            elif need > 0:
+                low, high = 1.0, 0.0
+        if low <= high:
+            return True
+    return False
+
+
+def beyond_front(rows: list[Row]) -> tuple[list[str], list[str]]:
+    """Xin et al.'s bar (2022): the methods (not stl, not the front itself) that no point of
+    the tuned fixed-weight front, nor of the straight line between two neighbouring front
+    points, matches or beats on both tasks; and the rest. Lower-is-better metrics are
+    negated first."""
+    _, points, higher = front_points(rows)
+    signed = points * np.where(higher, 1.0, -1.0)
+    front = front_labels(points.index)
+    if not front:
+        return [], []
+    vertices = signed.loc[front].to_numpy()
+    others = [label for label in points.index if label not in front and label != "stl"]
+    beyond = [label for label in others
+              if not dominated_by_polyline(signed.loc[label].to_numpy(), vertices)]
+    return beyond, [label for label in others if label not in beyond]
+
+
+def front_text(rows: list[Row]) -> str:
+    """The front's verdict in words (test metrics, means over seeds)."""
+    beyond, inside = beyond_front(rows)
+    if not beyond and not inside:
+        return ""
+    text = ("Against the fixed-weight front (Xin et al. 2022: a method beats static weighting "
+            "only if no tuned fixed weighting, nor a straight line between two neighbouring "
+            "ones, is at least as good on both tasks; test, means over seeds): ")
+    if beyond:
+        text += f"beyond it, {', '.join(beyond)}; "
+    text += f"on or inside it, {', '.join(inside)}." if inside else "no method inside it."
+    return text + (" Positions of means, not a test: a distance from the front smaller than "
+                   "the seeds' spread says nothing.")
+
+
+def _zoom_box(points: pd.DataFrame, names: list[str], labels: list[str]):
+    """The region of the crowd of methods around ew: the 10-90 % range of each coordinate
+    over the methods and ew, padded; None when there are too few to crowd."""
+    if len(labels) < 6:
+        return None
+    box = []
+    for name in names:
+        values = points.loc[labels, name]
+        low, high = values.quantile(0.1), values.quantile(0.9)
+        pad = 0.25 * (high - low) or 0.5
+        box.append((low - pad, high + pad))
+    return box
 
 
 def plot_front(rows: list[Row], path, title: str) -> None:
-    """Task 1 vs task 2: the fixed-weight front (with ew at w = 0.5) as a line, every other
-    method as a labelled point."""
+    """Task 1 vs task 2: the fixed-weight front (with ew at w = 0.5) as a line, stl as a
+    star, every other method as a point; where the methods crowd around ew, a second panel
+    zooms on them, and only the points outside it are labelled in the first."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
-    names, points = front_points(rows)
-    front = [label for label in points.index if label.startswith("fixed w=") or label == "ew"]
-    weight = lambda label: 0.5 if label == "ew" else float(label.split("=")[1])  # noqa: E731
-    front.sort(key=weight)
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    ax.plot(points.loc[front, names[0]], points.loc[front, names[1]], "-o", color="0.4",
-            label="fixed weights (w, 1 − w), tuned")
-    for label in front:
-        ax.annotate(f"w={weight(label):g}", points.loc[label, names], fontsize=7, color="0.3",
-                    xytext=(3, -9), textcoords="offset points")
+    names, points, _ = front_points(rows)
+    front = front_labels(points.index)
     others = [label for label in points.index if label not in front and label != "stl"]
-    ax.scatter(points.loc[others, names[0]], points.loc[others, names[1]], s=14, zorder=3,
-               label="methods, tuned")
-    for label in others:
-        ax.annotate(label, points.loc[label, names], fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.set_xlabel(names[0])
-    ax.set_ylabel(names[1])
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
+    box = _zoom_box(points, names, others + [label for label in front if label == "ew"])
+    fig, axes = plt.subplots(1, 2 if box else 1, figsize=(11.5 if box else 6.4, 5.2),
+                             squeeze=False)
+
+    def inside(label):
+        return box is not None and all(lo <= points.loc[label, n] <= hi
+                                       for n, (lo, hi) in zip(names, box))
+
+    for panel, ax in enumerate(axes[0]):
+        zoomed = panel == 1
+        ax.plot(points.loc[front, names[0]], points.loc[front, names[1]], "-o", color="0.4",
+                label="fixed weights (w, 1 − w), tuned")
+        for label in front:
+            if not zoomed or inside(label):
+                ax.annotate(f"w={_front_weight(label):g}", points.loc[label, names], fontsize=7,
+                            color="0.3", xytext=(3, -9), textcoords="offset points")
+        ax.scatter(points.loc[others, names[0]], points.loc[others, names[1]], s=14, zorder=3,
+                   label="methods, tuned")
+        for label in others:
+            if inside(label) == zoomed:
+                ax.annotate(label, points.loc[label, names], fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        if "stl" in points.index:
+            ax.scatter(*points.loc["stl", names], marker="*", s=90, color="black", zorder=4,
+                       label="stl (separate networks)")
+        if zoomed:
+            ax.set_xlim(*box[0])
+            ax.set_ylim(*box[1])
+            ax.set_title("the methods around ew", fontsize=9)
+        else:
+            ax.set_title(title, fontsize=9)
+            if box:
+                ax.add_patch(Rectangle((box[0][0], box[1][0]), box[0][1] - box[0][0],
+                                       box[1][1] - box[1][0], fill=False, ls="--", color="0.6"))
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import benchmarks  # noqa: F401  (registers the benchmarks)
@@ -432,3 +433,32 @@ def test_knob_from_refuses_a_malformed_table(tmp_path):
     path.write_text(TINY_PROTOCOL.replace("default_knob", "untuned_seeds = 1\ndefault_knob"))
     with pytest.raises(L.ConfigError, match="untuned_seeds must be true or false"):
         L.load_protocol(path)
+
+
+# --------------------------------------------------------------------------- the front
+
+def test_a_point_is_dominated_by_the_front_polyline_only_where_a_segment_beats_it():
+    from analysis.leaderboard import dominated_by_polyline
+
+    front = np.array([[0.0, 2.0], [2.0, 0.0]])  # the segment x + y = 2, x in [0, 2]
+    assert dominated_by_polyline(np.array([1.0, 1.0]), front)  # on it
+    assert dominated_by_polyline(np.array([0.5, 0.5]), front)
+    assert not dominated_by_polyline(np.array([1.1, 1.0]), front)  # just beyond
+    assert not dominated_by_polyline(np.array([3.0, -1.0]), front)  # past its end
+    assert dominated_by_polyline(np.array([1.0, 1.0]), np.array([[1.0, 1.0]]))
+    assert not dominated_by_polyline(np.array([1.0, 1.01]), np.array([[1.0, 1.0]]))
+
+
+def test_beyond_front_reads_lower_is_better_metrics_negated(tmp_path):
+    """Task a (accuracy, higher better) against task b (error, lower better): "good" lies
+    beyond the straight line from ew to w=0.9, "bad" behind the one from w=0.1 to ew; with b
+    read as higher-is-better the verdicts would swap."""
+    from analysis.leaderboard import beyond_front, plot_front
+
+    point = lambda label, acc, err: Row(label, (), [record(label, s, (), (acc, err))  # noqa: E731
+                                                    for s in (0, 1)], [])
+    rows = [point("stl", 96, 0.1), point("fixed w=0.1", 80, 0.2), point("ew", 90, 0.5),
+            point("fixed w=0.9", 95, 1.0), point("good", 92, 0.55), point("bad", 85, 0.5)]
+    assert beyond_front(rows) == (["good"], ["bad"])
+    plot_front(rows, tmp_path / "front.png", "t")
+    assert (tmp_path / "front.png").stat().st_size > 0

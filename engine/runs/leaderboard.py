@@ -635,8 +635,11 @@ def docs_section(protocol: Protocol, benchmark: str) -> str:
     if any(r.label == "stl" for r in rows):
         parts += tables(protocol, rows)
         if any(r.label.startswith(FRONT) for r in rows):
+            from analysis.leaderboard import front_text
+
             parts.append(f"![{benchmark}: the fixed-weight front and the methods]"
                          f"(leaderboard/{benchmark}_front.png)")
+            parts.append(front_text(rows))
     # A study's protocol (not the default one) lists what it compares, not a ranking.
     parts += [_unfinished(states), _not_ranked(protocol, benchmark) if protocol.is_default else ""]
     return "\n\n".join(p for p in parts if p)
