@@ -461,4 +461,8 @@ def test_beyond_front_reads_lower_is_better_metrics_negated(tmp_path):
             point("fixed w=0.9", 95, 1.0), point("good", 92, 0.55), point("bad", 85, 0.5)]
     assert beyond_front(rows) == (["good"], ["bad"])
     plot_front(rows, tmp_path / "front.png", "t")
-    assert (tmp_path / "front.png").stat().st_size > 0
+    crowd = rows + [point(f"m{k}", 90 + 0.1 * k, 0.5 - 0.01 * k) for k in range(6)]
+    plot_front(crowd, tmp_path / "zoomed.png", "t")  # a second panel, zoomed on the crowd
+    from PIL import Image
+
+    assert Image.open(tmp_path / "zoomed.png").width > 1.5 * Image.open(tmp_path / "front.png").width
