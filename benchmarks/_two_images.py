@@ -109,6 +109,10 @@ class TwoImagesBenchmark(TensorBenchmark):
     setting = "task shift"
     Config = TwoImagesConfig
 
+    @classmethod
+    def task_count(cls, config: TwoImagesConfig) -> int:
+        return 2  # the left and the right item
+
     def pools(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         raise NotImplementedError
 

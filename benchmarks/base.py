@@ -144,6 +144,13 @@ class Benchmark:
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
 
+    @classmethod
+    def task_count(cls, config) -> int | None:
+        """How many tasks the benchmark has with this data config, where that is known
+        without building the data (the leaderboard plans with it before the first run);
+        None: only a built benchmark tells."""
+        return None
+
     def make_encoder(self) -> nn.Module:
         raise NotImplementedError
 

@@ -89,6 +89,10 @@ class DigitsDomains(MultiInputTensorBenchmark):
     setting = "domain shift"
     Config = DigitsDomainsConfig
 
+    @classmethod
+    def task_count(cls, config: DigitsDomainsConfig) -> int:
+        return len(config.domains)
+
     def __init__(self, config: DigitsDomainsConfig, data_root: Path | None, device: torch.device):
         super().__init__(config, data_root, device)
         self.tasks = tuple(TaskSpec(d, cross_entropy, (ACCURACY,), AccuracyMeter,

@@ -85,6 +85,10 @@ class DigitsTasks(TensorBenchmark):
     setting = "task shift"
     Config = DigitsTasksConfig
 
+    @classmethod
+    def task_count(cls, config: DigitsTasksConfig) -> int:
+        return 3  # first, second, sum
+
     def __init__(self, config: DigitsTasksConfig, data_root: Path | None, device: torch.device):
         super().__init__(config, data_root, device)
         images, labels = load_digit_images()

@@ -127,6 +127,10 @@ class Scenes(TensorBenchmark):
     setting = "task shift"
     Config = ScenesConfig
 
+    @classmethod
+    def task_count(cls, config: ScenesConfig) -> int:
+        return 3  # seg, depth, normal
+
     def __init__(self, config: ScenesConfig, data_root: Path | None, device: torch.device):
         super().__init__(config, data_root, device)
         self.tasks = (segmentation_task("seg", len(CLASSES)), depth_task("depth"),

@@ -89,6 +89,10 @@ class Synthetic(TensorBenchmark):
     setting = "task shift"
     Config = SyntheticConfig
 
+    @classmethod
+    def task_count(cls, config: SyntheticConfig) -> int:
+        return config.num_tasks
+
     def __init__(self, config: SyntheticConfig, data_root: Path | None, device: torch.device):
         super().__init__(config, data_root, device)
         self.sigmas = config.task_sigmas()

@@ -50,6 +50,10 @@ class Yeast(TensorBenchmark):
     setting = "task shift"
     Config = YeastConfig
 
+    @classmethod
+    def task_count(cls, config: YeastConfig) -> int:
+        return LABELS
+
     def __init__(self, config: YeastConfig, data_root: Path | None, device: torch.device):
         super().__init__(config, data_root, device)
         features, labels = load_yeast()

@@ -466,3 +466,32 @@ def test_beyond_front_reads_lower_is_better_metrics_negated(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "zoomed.png").width > 1.5 * Image.open(tmp_path / "front.png").width
+
+
+def test_a_first_plan_leaves_out_the_methods_defined_for_more_tasks():
+    """Before any run, the config's task count keeps Krum and the trimmed mean off a
+    two-task benchmark's plan (they need three tasks or more), and on a 14-task one."""
+    protocol = L.load_protocol()
+    where = L.Where(Path("results"), "cpu", None, (), 1, False)
+    two = L.profile_board(protocol, "synthetic", where)
+    names = {e.method for e in protocol.entries("synthetic", None, two.tasks)}
+    assert two.tasks == 2 and "ew" in names and not names & {"krum", "trimmed_mean"}
+    many = L.profile_board(protocol, "yeast", where)
+    assert many.tasks == 14
+    assert {"krum", "trimmed_mean"} <= {e.method for e in protocol.entries("yeast", None, 14)}
+
+
+@pytest.mark.parametrize("name", ["synthetic", "yeast", "digits_tasks", "digits_domains",
+                                  "multi_mnist", "scenes"])
+def test_a_benchmarks_task_count_is_the_number_of_tasks_it_builds(name):
+    import torch
+
+    from benchmarks.registry import BENCHMARKS
+    from engine.runs.runner import build_requests
+
+    (request,) = build_requests(name, ["ew"], [0], "quick",
+                                ["data.train_size=16", "data.val_size=8", "data.test_size=8"]
+                                if name in ("multi_mnist", "scenes") else [], "cpu", None)
+    cls = BENCHMARKS.get(name)
+    built = cls(request.config.data, None, torch.device("cpu"))
+    assert cls.task_count(request.config.data) == len(built.tasks)

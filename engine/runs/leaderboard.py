@@ -112,9 +112,7 @@ class Protocol:
         front is asked for (every method, or ``fixed`` named in ``methods``)."""
         from methods.registry import canonical_name, parse_method
 
-        if benchmark not in self.benchmarks:
-            raise UserError(f"benchmark {benchmark!r} has no leaderboard; the protocol "
-                            f"({self.path.name}) lists {', '.join(self.benchmarks)}")
+        self.check_benchmark(benchmark)
         names = self.methods(benchmark, tasks) if methods is None else list(methods)
         out = []
         for spec in names:
@@ -136,6 +134,11 @@ class Protocol:
         first = list(FIRST) + [m for m in self.first if m not in FIRST]
         rank = lambda e: first.index(e.method) if e.method in first else len(first)  # noqa: E731
         return sorted(out, key=rank)
+
+    def check_benchmark(self, benchmark: str) -> None:
+        if benchmark not in self.benchmarks:
+            raise UserError(f"benchmark {benchmark!r} has no leaderboard; the protocol "
+                            f"({self.path.name}) lists {', '.join(self.benchmarks)}")
 
     def methods(self, benchmark: str, tasks: int | None = None) -> list[str]:
         """The methods a benchmark ranks: its list, or every registered method that it
@@ -259,10 +262,13 @@ class EntryState:
 class Board:
     """The protocol applied to one benchmark, over what is known so far."""
 
-    def __init__(self, protocol: Protocol, benchmark: str, profile_lr: float):
+    def __init__(self, protocol: Protocol, benchmark: str, profile_lr: float,
+                 tasks: int | None = None):
         self.protocol = protocol
         self.benchmark = benchmark
         self.profile_lr = profile_lr
+        self.tasks = tasks
+        """The benchmark's number of tasks where its config tells it before any run."""
         self.known: dict[tuple, RunRecord] = {}
 
     def lr_set(self, lr: float) -> tuple[str, ...]:
@@ -280,7 +286,7 @@ class Board:
 
     def states(self, methods: list[str] | None = None) -> list[EntryState]:
         reference = self.reference()
-        tasks = len(reference.tasks) if reference else None
+        tasks = len(reference.tasks) if reference else self.tasks
         return [self.state(e) for e in self.protocol.entries(self.benchmark, methods, tasks)]
 
     def rows(self, states: list[EntryState]) -> list:
@@ -431,12 +437,19 @@ class Where:
     progress: bool = False
 
 
-def profile_lr(protocol: Protocol, benchmark: str, where: Where) -> float:
+def profile_board(protocol: Protocol, benchmark: str, where: Where) -> Board:
+    """An empty board for the benchmark: the profile's learning rate (the untuned setting)
+    and, where the config tells it, the number of tasks (so that a first plan already leaves
+    out the methods defined for more tasks)."""
+    from benchmarks.registry import BENCHMARKS
     from engine.runs.runner import build_requests
 
-    (request,) = build_requests(benchmark, ["ew"], [protocol.tuning_seed], protocol.profile, [],
-                                where.device, where.data_root, check_data=False)
-    return float(request.config.train.lr)
+    protocol.check_benchmark(benchmark)  # before the protocol's settings meet its config
+    (request,) = build_requests(benchmark, ["ew"], [protocol.tuning_seed], protocol.profile,
+                                list(protocol.fixed), where.device, where.data_root,
+                                check_data=False)
+    return Board(protocol, benchmark, float(request.config.train.lr),
+                 BENCHMARKS.get(benchmark).task_count(request.config.data))
 
 
 def advance(protocol: Protocol, benchmark: str, methods: list[str] | None, where: Where,
@@ -456,7 +469,7 @@ def advance(protocol: Protocol, benchmark: str, methods: list[str] | None, where
     shipped = known_records(protocol, benchmark)
     check_hashes(shipped, protocol, benchmark, where)
     known = {r.key: r for r in shipped}
-    board = Board(protocol, benchmark, profile_lr(protocol, benchmark, where))
+    board = profile_board(protocol, benchmark, where)
     options = X.Options(str(where.out))
     requests: dict[tuple, object] = {}  # planned key -> its resolved request (planning is replayed)
     while True:
@@ -607,7 +620,7 @@ def drift_text(protocol: Protocol, benchmark: str, where: Where, outcome: Outcom
 
 def records_board(protocol: Protocol, benchmark: str) -> tuple[Board, list[EntryState]]:
     """The standing from the shipped records alone (no run folder is read)."""
-    board = Board(protocol, benchmark, profile_lr(protocol, benchmark, Where(Path("."))))
+    board = profile_board(protocol, benchmark, Where(Path(".")))
     shipped = known_records(protocol, benchmark)
     check_hashes(shipped, protocol, benchmark, Where(Path(".")))
     board.known = {r.key: r for r in shipped}
