@@ -387,9 +387,21 @@ def test_the_long_repmtl_protocol_trains_the_pretrained_profile_three_times_long
             config = request.config
             assert (config.data.encoder, config.data.size, config.train.epochs) == \
                 ("mobilenet_v2", 96, 60)
-            if entry.method == "repmtl":
+            if entry.method == "repmtl":  # λ = 0.01 for the learning rate, then 0.9
                 own = config.methods["repmtl"]
-                assert own.lambda_tsr == own.lambda_csa == (0.01 if knob else 0.9)
+                assert own.lambda_tsr == own.lambda_csa == (0.9 if knob else 0.01)
+
+
+def test_a_methods_own_settings_enter_every_run_and_yield_to_its_knob(tmp_path):
+    entry = L.Entry("r", "r", ("train.epochs=2",), (), ("method.r.lam=0.01",))
+    assert entry.with_() == ("method.r.lam=0.01", "train.epochs=2")
+    assert entry.with_(("method.r.lam=0.9",), ("train.lr=0.001",)) == \
+        ("method.r.lam=0.9", "train.epochs=2", "train.lr=0.001")
+    bad = tmp_path / "protocol.toml"
+    bad.write_text(TINY_PROTOCOL + '[method_set]\ncagrad = { "method.ew.x" = 1 }\n')
+    with pytest.raises(ConfigError, match=r"\[method_set\] cagrad must be a table of "
+                                          r"method.cagrad.<option> = value"):
+        L.load_protocol(bad)
 
 INHERITING = TINY_PROTOCOL.replace('default_knob', 'untuned_seeds = false\ndefault_knob') \
     .replace('synthetic = ["stl", "ew", "cagrad", "fixed"]', 'synthetic = ["stl", "cagrad", "ew"]') \

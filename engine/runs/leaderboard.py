@@ -57,9 +57,14 @@ class Entry:
     method: str
     base: tuple[str, ...]
     knob: tuple[tuple[str, ...], ...]
+    own: tuple[str, ...] = ()
+    """The protocol's settings of this method alone (``[method_set]``): part of every run,
+    shown in the tables, and replaced by a knob setting of the same key."""
 
     def with_(self, *extra: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(sorted(set(self.base).union(*extra)))
+        keys = {o.split("=", 1)[0] for e in extra for o in e}
+        own = [o for o in self.own if o.split("=", 1)[0] not in keys]
+        return tuple(sorted(set(self.base).union(own, *extra)))
 
 
 @dataclass
@@ -85,6 +90,9 @@ class Protocol:
     knob_from: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     """Entries whose knob is another entry's selected setting, renamed: ``{label: (source,
     {source key: own key})}`` (e.g. an ablation at the full method's selected λ)."""
+    method_set: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Settings of one method's every run (``[method_set]``: a λ other than its default,
+    say), so that its learning rate is selected at that setting."""
 
     def hash(self) -> str:
         """What the records depend on: the shared settings (not the method lists)."""
@@ -122,7 +130,8 @@ class Protocol:
             parse_method(name)  # refuses an unknown name with a hint
             if name in self.exclude:
                 raise UserError(f"{name} is left out of the leaderboard: {self.exclude[name]}")
-            out.append(Entry(name, name, self.fixed, self.knobs.get(name, self.default_knob)))
+            out.append(Entry(name, name, self.fixed, self.knobs.get(name, self.default_knob),
+                             self.method_set.get(name, ())))
         front = (methods is None and self.benchmarks[benchmark] == "all") or FRONT in names
         if front and tasks == 2:
             for w in self.front_weights:
@@ -206,7 +215,20 @@ def load_protocol(path: Path = PROTOCOL) -> Protocol:
                     {m: knob(v) for m, v in raw.get("knobs", {}).items()},
                     dict(raw.get("exclude", {})), dict(raw["benchmarks"]),
                     override_set(raw.get("set", {})), tuple(raw.get("first", ())),
-                    untuned_seeds, _knob_from(path, raw.get("knob_from", {}), raw))
+                    untuned_seeds, _knob_from(path, raw.get("knob_from", {}), raw),
+                    _method_set(path, raw.get("method_set", {})))
+
+
+def _method_set(path: Path, table: dict) -> dict[str, tuple[str, ...]]:
+    """``[method_set]``: method = { "<key>" = value, ... }, each key of that method's own."""
+    out = {}
+    for method, settings in table.items():
+        if not isinstance(settings, dict) or not all(
+                k.startswith(f"method.{method}.") for k in settings):
+            raise ConfigError(f"{path}: [method_set] {method} must be a table of "
+                              f"method.{method}.<option> = value, got {settings!r}")
+        out[method] = override_set(settings)
+    return out
 
 
 def _knob_from(path: Path, table: dict, raw: dict) -> dict[str, tuple[str, dict[str, str]]]:
