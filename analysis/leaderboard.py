@@ -208,10 +208,12 @@ def _front_weight(label: str) -> float:
     return 0.5 if label == "ew" else float(label.split("=")[1])
 
 
-def front_labels(labels) -> list[str]:
-    """The fixed-weight entries and ew (the front's w = 0.5), in the order of w."""
+def front_and_methods(labels) -> tuple[list[str], list[str]]:
+    """The fixed-weight entries and ew (the front's w = 0.5), in the order of w; and the
+    methods read against them (every other row but stl)."""
     front = [label for label in labels if label.startswith("fixed w=") or label == "ew"]
-    return sorted(front, key=_front_weight)
+    return (sorted(front, key=_front_weight),
+            [label for label in labels if label not in front and label != "stl"])
 
 
 def dominated_by_polyline(point: np.ndarray, vertices: np.ndarray) -> bool:
@@ -243,11 +245,10 @@ def beyond_front(rows: list[Row]) -> tuple[list[str], list[str]]:
     negated first."""
     _, points, higher = front_points(rows)
     signed = points * np.where(higher, 1.0, -1.0)
-    front = front_labels(points.index)
+    front, others = front_and_methods(points.index)
     if not front:
         return [], []
     vertices = signed.loc[front].to_numpy()
-    others = [label for label in points.index if label not in front and label != "stl"]
     beyond = [label for label in others
               if not dominated_by_polyline(signed.loc[label].to_numpy(), vertices)]
     return beyond, [label for label in others if label not in beyond]
@@ -293,8 +294,7 @@ def plot_front(rows: list[Row], path, title: str) -> None:
     from matplotlib.patches import Rectangle
 
     names, points, _ = front_points(rows)
-    front = front_labels(points.index)
-    others = [label for label in points.index if label not in front and label != "stl"]
+    front, others = front_and_methods(points.index)
     box = _zoom_box(points, names, others + [label for label in front if label == "ew"])
     fig, axes = plt.subplots(1, 2 if box else 1, figsize=(11.5 if box else 6.4, 5.2),
                              squeeze=False)

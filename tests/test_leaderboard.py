@@ -402,6 +402,26 @@ def test_a_methods_own_settings_enter_every_run_and_yield_to_its_knob(tmp_path):
     with pytest.raises(ConfigError, match=r"\[method_set\] cagrad must be a table of "
                                           r"method.cagrad.<option> = value"):
         L.load_protocol(bad)
+    # Loaded: the learning-rate runs carry the setting, and the table shows it as selected.
+    good = tmp_path / "good.toml"
+    good.write_text(TINY_PROTOCOL + '[method_set]\ncagrad = { "method.cagrad.c" = 0.3 }\n')
+    protocol = L.load_protocol(good)
+    (cagrad,) = protocol.entries("synthetic", ["cagrad"])
+    board = L.Board(protocol, "synthetic", 1e-3)
+    board.known = {}
+    assert all("method.cagrad.c=0.3" in p.overrides for p in board.state(cagrad).needed)
+    lr = lambda v: cagrad.with_((f"train.lr={v}",))  # noqa: E731
+    stl = tuple(sorted(protocol.fixed + ("train.lr=0.001",)))
+    board.known = {("stl", stl, 0): record("stl", 0, stl, (90.0, 1.0)),
+                   ("cagrad", lr(0.001), 0): record("cagrad", 0, lr(0.001), (85.0, 1.1)),
+                   ("cagrad", lr(0.003), 0): record("cagrad", 0, lr(0.003), (80.0, 1.2))}
+    knob = cagrad.with_(("train.lr=0.001",), ("method.cagrad.c=0.2",))
+    assert "method.cagrad.c=0.3" not in knob
+    board.known[("cagrad", knob, 0)] = record("cagrad", 0, knob, (70.0, 2.0))
+    board.known[("cagrad", lr(0.001), 1)] = record("cagrad", 1, lr(0.001), (85.0, 1.1))
+    (row,) = board.rows([board.state(cagrad)])
+    assert row.selected == ("method.cagrad.c=0.3", "train.lr=0.001")
+
 
 INHERITING = TINY_PROTOCOL.replace('default_knob', 'untuned_seeds = false\ndefault_knob') \
     .replace('synthetic = ["stl", "ew", "cagrad", "fixed"]', 'synthetic = ["stl", "cagrad", "ew"]') \
