@@ -4,7 +4,8 @@ One gzipped JSON-lines file per benchmark (``benchmarks/leaderboard/records/<nam
 Its first line is a header (format, benchmark, the protocol's hash); every further line is one
 complete run: method, seed, the protocol overrides that made it, config hash and resolved
 config, the task metrics' directions, per-epoch validation and test metrics, the mean
-training step time, and the environment that produced it (torch version, threads, commit).
+training step time, and the environment that produced it (torch version, threads, commit,
+machine).
 No checkpoints: a record is what tables, selection and tests need, a few kB per run.
 
 Records are written in a fixed order with a fixed gzip timestamp, so the same records give
@@ -97,7 +98,19 @@ def record_from_run(run_dir: Path, overrides: tuple[str, ...]) -> RunRecord | No
                      sum(times) / len(times) if times else None,
                      {"torch": env.get("packages", {}).get("torch"),
                       "torch_threads": env.get("torch_threads"),
-                      "git_commit": env.get("git_commit"), "device": env.get("device")})
+                      "git_commit": env.get("git_commit"), "device": env.get("device"),
+                      "machine": machine(env)})
+
+
+def machine(env: dict) -> str | None:
+    """The run's device in words: the GPU's name, else the CPU's model and core count
+    (None for runs made before env.json recorded them)."""
+    if env.get("device_name"):
+        return env["device_name"]
+    if env.get("processor"):
+        cores = env.get("cpu_count")
+        return env["processor"] + (f", {cores} cores" if cores else "")
+    return None
 
 
 def header(benchmark: str, protocol_hash: str) -> dict:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import benchmarks  # noqa: F401  (registers the benchmarks)
 import methods  # noqa: F401  (registers the methods)
 from analysis.leaderboard import Row, compare, leaderboard_frame
 from analysis.measures import detectable_difference
-from analysis.records import RunRecord, read_records, write_records
+from analysis.records import RunRecord, machine, read_records, write_records
+from engine.core import results as R
 from engine.errors import ConfigError, DataError, UserError
 from engine.runs import leaderboard as L
 
@@ -235,6 +237,8 @@ def test_the_command_runs_the_protocol_records_it_and_never_reruns_a_record(tmp_
     # are one config) -> every entry has its two seeds of the selected configuration.
     assert {r.method for r in runs} == {"stl", "ew", "cagrad", "fixed"}
     assert all(r.status in ("complete", "diverged") for r in runs)
+    this_machine = machine(R.environment(torch.device("cpu")))
+    assert all(r.env["machine"] == this_machine for r in runs)
     # A fresh results folder: everything comes from the records, nothing is trained.
     again = cli(*common, "--out", str(tmp_path / "fresh"))
     assert again.returncode == 0, again.stderr
@@ -250,6 +254,23 @@ def test_the_command_runs_the_protocol_records_it_and_never_reruns_a_record(tmp_
     refused = cli(*common, "--out", str(tmp_path / "fresh"))
     assert refused.returncode == 2
     assert "no longer describe this harness" in refused.stderr
+
+
+def test_the_docs_say_which_machines_and_commits_made_the_records():
+    def made(machine_name, commit):
+        r = record("ew", 0, (), (90.0, 1.0))
+        return RunRecord(**{**r.__dict__, "env": {**r.env, "machine": machine_name,
+                                                  "git_commit": commit}})
+    epyc = made("AMD EPYC, 2 cores", "c1")
+    assert L.made_with([epyc, epyc]) == ("torch x, 1 thread(s), cpu (AMD EPYC, 2 cores), "
+                                         "at 1 commit(s) of this repository")
+    assert L.made_with([epyc, made(None, "c2"), epyc]) == (
+        "torch x, 1 thread(s), cpu (AMD EPYC, 2 cores: 2 run(s)); "
+        "torch x, 1 thread(s), cpu (machine not recorded: 1 run(s)), "
+        "at 2 commit(s) of this repository")
+    assert machine({"processor": "AMD EPYC", "cpu_count": 2}) == "AMD EPYC, 2 cores"
+    assert machine({"processor": "AMD EPYC", "device_name": "NVIDIA H100"}) == "NVIDIA H100"
+    assert machine({"device": "cpu"}) is None
 
 
 @pytest.mark.slow

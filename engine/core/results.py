@@ -2,7 +2,7 @@
 
 ``results/<benchmark>/<method>/seed<k>-<config hash>/``
   config.json    the fully resolved config (and its hash)
-  env.json       Python, torch and package versions, device, git commit
+  env.json       Python, torch and package versions, device, CPU, git commit
   metrics.jsonl  one record per epoch and split (train, val, test)
   summary.json   status (running / complete / failed / diverged), reason, wall time, peak memory
   checkpoint.pt  the state at the end of the last finished epoch
@@ -163,6 +163,18 @@ def git_commit() -> str | None:
         return None
 
 
+def processor() -> str | None:
+    """The CPU's model name (Linux's /proc/cpuinfo, else what the platform reports), so
+    that timings and records say which machine made them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment(device: torch.device) -> dict:
     packages = {}
     for name in ("torch", "torchvision", "numpy", "scipy", "pandas", "scikit-learn", "matplotlib"):
@@ -172,7 +184,8 @@ def environment(device: torch.device) -> dict:
             packages[name] = None
     env = {"python": sys.version.split()[0], "platform": platform.platform(),
            "packages": packages, "device": str(device), "git_commit": git_commit(),
-           "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda}
+           "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
+           "processor": processor(), "cpu_count": os.cpu_count()}
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     return env

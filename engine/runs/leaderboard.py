@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -658,11 +659,8 @@ def docs_section(protocol: Protocol, benchmark: str) -> str:
             f"No records yet for {benchmark}.",
             _not_ranked(protocol, benchmark) if protocol.is_default else "") if part)
     seconds = [r.step_time_s for r in records if r.step_time_s]
-    envs = sorted({(r.env.get("torch"), r.env.get("torch_threads"), r.env.get("device"))
-                   for r in records}, key=str)
     head = (f"{len(records)} runs recorded ({sum(st.final for st in states)} of {len(states)} "
-            f"entries finished); made with " + "; ".join(
-                f"torch {t}, {n} thread(s), {d}" for t, n, d in envs)
+            f"entries finished); made with {made_with(records)}"
             + (f"; median training step {1000 * sorted(seconds)[len(seconds) // 2]:.0f} ms"
                if seconds else "") + ".")
     parts = [head]
@@ -678,6 +676,18 @@ def docs_section(protocol: Protocol, benchmark: str) -> str:
     # A study's protocol (not the default one) lists what it compares, not a ranking.
     parts += [_unfinished(states), _not_ranked(protocol, benchmark) if protocol.is_default else ""]
     return "\n\n".join(p for p in parts if p)
+
+
+def made_with(records: list[RunRecord]) -> str:
+    """Which software, threads and machines made the records, with the runs of each when
+    they differ, and at how many commits of this repository (every record names its own)."""
+    groups = Counter((r.env.get("torch"), r.env.get("torch_threads"), r.env.get("device"),
+                      r.env.get("machine") or "machine not recorded") for r in records)
+    text = "; ".join(f"torch {t}, {n} thread(s), {d} ({m}"
+                     + (f": {count} run(s))" if len(groups) > 1 else ")")
+                     for (t, n, d, m), count in sorted(groups.items(), key=str))
+    commits = {r.env.get("git_commit") for r in records} - {None}
+    return text + (f", at {len(commits)} commit(s) of this repository" if commits else "")
 
 
 def _not_ranked(protocol: Protocol, benchmark: str) -> str:
