@@ -204,6 +204,31 @@ def test_the_metrics_table_and_the_table_without_untuned_seeds():
     assert lines[3] == "| ew | 81 ± 1 | 2 ± 0 |" and lines[4].startswith("| stl | 80 ± 0 |")
 
 
+def test_a_table_before_ews_seeds_says_that_nothing_is_tested_yet():
+    stl = [record("stl", s, (), (0, 0), (80.0, 2.0)) for s in range(3)]
+    x = [record("x", s, (), (0, 0), (85.0, 2.0)) for s in range(3)]
+    frame, notes = leaderboard_frame([Row("stl", (), stl, []), Row("ew", (), [], []),
+                                      Row("x", (), x, [])])
+    assert frame.p.isna().all()
+    assert notes == ["Δ against tuned stl (mean of its seeds); no row is tested against tuned "
+                     "ew yet: ew's seeds are not finished."]
+    frame, notes = leaderboard_frame([Row("stl", (), stl, [])])
+    assert notes[0].endswith("ew's seeds are not finished.")
+
+
+def test_selections_at_the_edge_of_the_learning_rate_grid_are_named():
+    grid = [1e-4, 1e-3, 1e-2]
+    row = lambda label, lr: Row(label, (f"train.lr={lr}", "train.weight_decay=0.001"), [], [])  # noqa: E731
+    assert L.grid_edge_text(grid, [row("stl", 0.01), row("ew", 0.01)]).endswith(
+        "lr 0.01, the grid's largest, by every row.")
+    text = L.grid_edge_text(grid, [row("stl", 0.0001), row("ew", 0.001), row("x", 0.01),
+                                   row("y", 0.01)])
+    assert text.endswith("lr 0.0001, the grid's smallest, by stl; "
+                         "lr 0.01, the grid's largest, by x, y.")
+    assert L.grid_edge_text(grid, [row("stl", 0.001)]) == ""
+    assert L.grid_edge_text([1e-3], [row("stl", 0.001)]) == ""  # one value: no edge to cross
+
+
 def test_compare_pairs_by_seed_and_falls_back_to_welch():
     diff, p, test, detectable = compare({0: 1.0, 1: 2.0, 2: 3.5}, {0: 0.0, 1: 1.0, 2: 2.0})
     assert test == "paired" and diff == pytest.approx(6.5 / 3 - 1.0)

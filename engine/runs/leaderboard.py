@@ -572,7 +572,29 @@ def tables(protocol: Protocol, rows: list, correction: str = "holm") -> list[str
     out = [to_markdown(frame, notes, untuned=protocol.untuned_seeds)]
     if protocol.raw.get("metrics_table", False):
         out.append(metrics_markdown(rows, list(frame.label)))
-    return out
+    return out + [grid_edge_text(protocol.lr_grid, rows)]
+
+
+def grid_edge_text(lr_grid: list[float], rows: list) -> str:
+    """Which rows selected the smallest or the largest learning rate of the grid: their
+    optimum may lie beyond it, so a reader should know that the tuning was cut there."""
+    if len(lr_grid) < 2:
+        return ""
+    edges = {min(lr_grid): "smallest", max(lr_grid): "largest"}
+    at_edge: dict[float, list[str]] = {}
+    for row in rows:
+        for override in row.selected:
+            key, _, value = override.partition("=")
+            if key == "train.lr" and float(value) in edges:
+                at_edge.setdefault(float(value), []).append(row.label)
+    if not at_edge:
+        return ""
+    everyone = len(at_edge) == 1 and len(next(iter(at_edge.values()))) == len(rows)
+    parts = [f"lr {lr:g}, the grid's {edges[lr]}, "
+             + ("by every row" if everyone else "by " + ", ".join(labels))
+             for lr, labels in sorted(at_edge.items())]
+    return ("Selected at the edge of the learning-rate grid, where a rate beyond it might do "
+            "better: " + "; ".join(parts) + ".")
 
 
 def standing_text(outcome: Outcome, correction: str = "holm") -> str:
