@@ -303,7 +303,7 @@ def test_a_plugin_method_is_ranked_against_the_records_with_a_drift_check(tmp_pa
     protocol = tiny_protocol(tmp_path)
     common = ["leaderboard", "-b", "synthetic", "--protocol", str(protocol.path),
               "--no-progress"]
-    assert cli(*common, "-m", "stl", "ew", "--out", str(tmp_path / "base"),
+    assert cli(*common, "-m", "stl", "ew", "cagrad", "--out", str(tmp_path / "base"),
                "--record").returncode == 0
     records = protocol.records_path("synthetic")
     before = records.read_bytes()
@@ -321,6 +321,8 @@ def test_a_plugin_method_is_ranked_against_the_records_with_a_drift_check(tmp_pa
                "--record")
     assert user.returncode == 0, user.stderr
     assert "| halved |" in user.stdout and "| ew |" in user.stdout
+    # its row stands among every shipped one, tested under one correction over all of them
+    assert "| cagrad |" in user.stdout and "holm-corrected over 3 rows" in user.stdout
     assert "equals the shipped record exactly" in user.stdout
     assert records.read_bytes() == before  # a plugin's runs never enter the shipped records
     runs = (tmp_path / "mine" / "synthetic").glob("*/*/summary.json")

@@ -32,7 +32,8 @@ def add_parser(sub, parents) -> None:
                    help="a benchmark the protocol lists")
     p.add_argument("-m", "--methods", nargs="+", default=None, metavar="METHOD",
                    help="only these methods (default: every method the protocol lists for the "
-                        "benchmark); stl and ew are added, as the base and the reference")
+                        "benchmark); stl and ew are added, as the base and the reference. A "
+                        "plugin's method is printed among every finished row")
     p.add_argument("-j", "--jobs", type=positive_int, default=1, metavar="N",
                    help="runs trained at once, in separate processes (default 1)")
     p.add_argument("--out", type=folder_arg, default=Path("results"), metavar="DIR",
@@ -81,8 +82,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"rewrote the {args.benchmark} section of {path}", file=sys.stderr)
     if args.no_run and not args.write_docs:
         L.check_known(outcome, args.methods, protocol.records_path(args.benchmark), args.out)
-    print(L.standing_text(outcome, args.correction))
     plugin_rows = [m for m in (args.methods or []) if not L.is_builtin(m)]
+    print(L.standing_text(outcome, args.correction, every_row=bool(plugin_rows)))
     if plugin_rows and not args.no_run and not outcome.failures:
         print(L.drift_text(protocol, args.benchmark, where, outcome))
     for failure in outcome.failures:
