@@ -276,7 +276,9 @@ def front_text(rows: list[Row]) -> str:
 
 def _zoom_box(points: pd.DataFrame, names: list[str], labels: list[str]):
     """The region of the crowd of methods around ew: the 10-90 % range of each coordinate
-    over the methods and ew, padded; None when there are too few to crowd."""
+    over the methods and ew, padded, then widened until no point lies just outside an edge
+    (where its marker would show, cut and unlabelled); None when there are too few to
+    crowd."""
     if len(labels) < 6:
         return None
     box = []
@@ -284,7 +286,13 @@ def _zoom_box(points: pd.DataFrame, names: list[str], labels: list[str]):
         values = points.loc[labels, name]
         low, high = values.quantile(0.1), values.quantile(0.9)
         pad = 0.25 * (high - low) or 0.5
-        box.append((low - pad, high + pad))
+        low, high = low - pad, high + pad
+        margin = 0.04 * (high - low)
+        while near := [v for v in points[name] if low - margin <= v < low]:
+            low = min(near) - margin
+        while near := [v for v in points[name] if high < v <= high + margin]:
+            high = max(near) + margin
+        box.append((low, high))
     return box
 
 
@@ -314,7 +322,8 @@ def plot_front(rows: list[Row], path, title: str) -> None:
                 label="fixed weights (w, 1 − w), tuned")
         for label in front:
             if not zoomed or inside(label):
-                ax.annotate(f"w={_front_weight(label):g}", points.loc[label, names], fontsize=7,
+                text = "ew (w=0.5)" if label == "ew" else f"w={_front_weight(label):g}"
+                ax.annotate(text, points.loc[label, names], fontsize=7,
                             color="0.3", xytext=(3, -9), textcoords="offset points")
         ax.scatter(points.loc[others, names[0]], points.loc[others, names[1]], s=14, zorder=3,
                    label="methods, tuned")

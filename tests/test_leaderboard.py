@@ -529,6 +529,22 @@ def test_a_point_is_dominated_by_the_front_polyline_only_where_a_segment_beats_i
     assert not dominated_by_polyline(np.array([1.0, 1.01]), np.array([[1.0, 1.0]]))
 
 
+def test_the_zoom_box_takes_in_a_point_that_would_sit_on_its_edge():
+    import pandas as pd
+    from analysis.leaderboard import _zoom_box
+
+    crowd = [f"m{i}" for i in range(8)]
+    points = pd.DataFrame({"a": [*range(8), 7.9, 20.0], "b": [0.0] * 10},
+                          index=[*crowd, "near", "far"])
+    (low, high), b = _zoom_box(points, ["a", "b"], crowd)
+    # 10-90 % of 0..7 is 0.7..6.3, padded by a quarter of it: -0.7..7.7; "near" (7.9) lies
+    # within 4 % of the range beyond the edge, so the box takes it in with that margin.
+    assert low == pytest.approx(-0.7)
+    assert high == pytest.approx(7.9 + 0.04 * 8.4)
+    assert b == pytest.approx((-0.5, 0.5))  # no spread: half a unit either side
+    assert _zoom_box(points, ["a", "b"], crowd[:5]) is None  # too few to crowd
+
+
 def test_beyond_front_reads_lower_is_better_metrics_negated(tmp_path):
     """Task a (accuracy, higher better) against task b (error, lower better): "good" lies
     beyond the straight line from ew to w=0.9, "bad" behind the one from w=0.1 to ew; with b
