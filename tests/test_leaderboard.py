@@ -19,6 +19,7 @@ from analysis.records import RunRecord, machine, read_records, write_records
 from engine.core import results as R
 from engine.errors import ConfigError, DataError, UserError
 from engine.runs import leaderboard as L
+from engine.runs import leaderboard_report as LR
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -219,14 +220,14 @@ def test_a_table_before_ews_seeds_says_that_nothing_is_tested_yet():
 def test_selections_at_the_edge_of_the_learning_rate_grid_are_named():
     grid = [1e-4, 1e-3, 1e-2]
     row = lambda label, lr: Row(label, (f"train.lr={lr}", "train.weight_decay=0.001"), [], [])  # noqa: E731
-    assert L.grid_edge_text(grid, [row("stl", 0.01), row("ew", 0.01)]).endswith(
+    assert LR.grid_edge_text(grid, [row("stl", 0.01), row("ew", 0.01)]).endswith(
         "lr 0.01, the grid's largest, by every row.")
-    text = L.grid_edge_text(grid, [row("stl", 0.0001), row("ew", 0.001), row("x", 0.01),
+    text = LR.grid_edge_text(grid, [row("stl", 0.0001), row("ew", 0.001), row("x", 0.01),
                                    row("y", 0.01)])
     assert text.endswith("lr 0.0001, the grid's smallest, by stl; "
                          "lr 0.01, the grid's largest, by x, y.")
-    assert L.grid_edge_text(grid, [row("stl", 0.001)]) == ""
-    assert L.grid_edge_text([1e-3], [row("stl", 0.001)]) == ""  # one value: no edge to cross
+    assert LR.grid_edge_text(grid, [row("stl", 0.001)]) == ""
+    assert LR.grid_edge_text([1e-3], [row("stl", 0.001)]) == ""  # one value: no edge to cross
 
 
 def test_compare_pairs_by_seed_and_falls_back_to_welch():
@@ -287,9 +288,9 @@ def test_the_docs_say_which_machines_and_commits_made_the_records():
         return RunRecord(**{**r.__dict__, "env": {**r.env, "machine": machine_name,
                                                   "git_commit": commit}})
     epyc = made("AMD EPYC, 2 cores", "c1")
-    assert L.made_with([epyc, epyc]) == ("torch x, 1 thread(s), cpu (AMD EPYC, 2 cores), "
+    assert LR.made_with([epyc, epyc]) == ("torch x, 1 thread(s), cpu (AMD EPYC, 2 cores), "
                                          "at 1 commit(s) of this repository")
-    assert L.made_with([epyc, made(None, "c2"), epyc]) == (
+    assert LR.made_with([epyc, made(None, "c2"), epyc]) == (
         "torch x, 1 thread(s), cpu (AMD EPYC, 2 cores: 2 run(s)); "
         "torch x, 1 thread(s), cpu (machine not recorded: 1 run(s)), "
         "at 2 commit(s) of this repository")
@@ -355,11 +356,11 @@ def test_the_committed_tables_are_what_the_records_give(path):
     text = protocol.docs_path.read_text()
     checked = 0
     for benchmark in protocol.benchmarks:
-        begin, end = L.markers(benchmark, protocol)
+        begin, end = LR.markers(benchmark, protocol)
         if begin not in text:
             continue
         section = text.split(begin, 1)[1].split(end, 1)[0].strip()
-        assert section == L.docs_section(protocol, benchmark).strip(), benchmark
+        assert section == LR.docs_section(protocol, benchmark).strip(), benchmark
         checked += 1
     assert checked >= 1
 
@@ -370,18 +371,18 @@ def test_another_protocols_sections_are_its_own(tmp_path):
     default = L.load_protocol()
     other = L.load_protocol(ROOT / "benchmarks" / "leaderboard" / "repmtl_pretrained" / "protocol.toml")
     assert other.docs_path == ROOT / "docs" / "repmtl.md" and default.docs_path.name == "leaderboard.md"
-    mine, theirs = L.markers("scenes", other), L.markers("scenes", default)
+    mine, theirs = LR.markers("scenes", other), LR.markers("scenes", default)
     assert mine[0].startswith("<!-- leaderboard:repmtl_pretrained/scenes:begin")
     assert "--protocol benchmarks/leaderboard/repmtl_pretrained/protocol.toml -b scenes" in mine[0]
-    assert theirs == L.markers("scenes")
+    assert theirs == LR.markers("scenes")
     page = tmp_path / "page.md"
     page.write_text(f"intro\n{theirs[0]}\nkept\n{theirs[1]}\n{mine[0]}\nold\n{mine[1]}\nend\n")
-    L.write_docs(other, "scenes", page)
+    LR.write_docs(other, "scenes", page)
     text = page.read_text()
     assert "kept" in text and "old" not in text and text.endswith("end\n")
-    assert text.split(mine[0], 1)[1].split(mine[1])[0].strip() == L.docs_section(other, "scenes").strip()
+    assert text.split(mine[0], 1)[1].split(mine[1])[0].strip() == LR.docs_section(other, "scenes").strip()
     with pytest.raises(UserError, match="no generated section for synthetic"):
-        L.write_docs(other, "synthetic", page)
+        LR.write_docs(other, "synthetic", page)
     bad = tmp_path / "protocol.toml"
     bad.write_text(TINY_PROTOCOL.replace("profile =", "docs = 3\nprofile =", 1))
     with pytest.raises(ConfigError, match="docs must be a page's path"):
@@ -499,7 +500,7 @@ def test_an_entry_takes_its_knob_from_another_entrys_selection(tmp_path):
     assert [p.stage for p in board.state(cagrad).needed] == ["final"]  # no untuned seed
     inherited = tuple(sorted(lr(0.001) + ("train.weight_decay=0.2",)))
     assert [(p.stage, p.overrides) for p in board.state(ew).needed] == [("knob", inherited)]
-    assert "ew (waits for cagrad)" in L._unfinished([waiting])
+    assert "ew (waits for cagrad)" in LR._unfinished([waiting])
 
 
 def test_knob_from_refuses_a_malformed_table(tmp_path):

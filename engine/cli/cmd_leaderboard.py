@@ -62,6 +62,7 @@ def add_parser(sub, parents) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from engine.runs import leaderboard as L
+    from engine.runs import leaderboard_report as LR
 
     protocol = L.load_protocol(args.protocol or L.PROTOCOL)
     methods = None
@@ -72,20 +73,20 @@ def main(args: argparse.Namespace) -> int:
     outcome = L.advance(protocol, args.benchmark, methods, where,
                         dry_run=args.dry_run or args.no_run)
     if args.dry_run:
-        print(L.plan_text(outcome))
+        print(LR.plan_text(outcome))
         return 0
     if args.record:
         added = L.export_records(protocol, args.benchmark, list(outcome.board.known.values()))
         print(f"added {added} run(s) to {protocol.records_path(args.benchmark)}", file=sys.stderr)
     if args.write_docs:
-        path = L.write_docs(protocol, args.benchmark)
+        path = LR.write_docs(protocol, args.benchmark)
         print(f"rewrote the {args.benchmark} section of {path}", file=sys.stderr)
     if args.no_run and not args.write_docs:
-        L.check_known(outcome, args.methods, protocol.records_path(args.benchmark), args.out)
+        LR.check_known(outcome, args.methods, protocol.records_path(args.benchmark), args.out)
     plugin_rows = [m for m in (args.methods or []) if not L.is_builtin(m)]
-    print(L.standing_text(outcome, args.correction, every_row=bool(plugin_rows)))
+    print(LR.standing_text(outcome, args.correction, every_row=bool(plugin_rows)))
     if plugin_rows and not args.no_run and not outcome.failures:
-        print(L.drift_text(protocol, args.benchmark, where, outcome))
+        print(LR.drift_text(protocol, args.benchmark, where, outcome))
     for failure in outcome.failures:
         print(f"failed: {failure}", file=sys.stderr)
     return 1 if outcome.failures else 0
