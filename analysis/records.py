@@ -103,12 +103,12 @@ def record_from_run(run_dir: Path, overrides: tuple[str, ...]) -> RunRecord | No
 
 
 def machine(env: dict) -> str | None:
-    """The run's device in words: the GPU's name, else the CPU's model and core count
-    (None for runs made before env.json recorded them)."""
+    """The run's device in words: the GPU's name, else the CPU's model and the cores the
+    run could use (None for runs made before env.json recorded them)."""
     if env.get("device_name"):
         return env["device_name"]
     if env.get("processor"):
-        cores = env.get("cpu_count")
+        cores = env.get("cores")
         return env["processor"] + (f", {cores} cores" if cores else "")
     return None
 

@@ -294,9 +294,19 @@ def test_the_docs_say_which_machines_and_commits_made_the_records():
         "torch x, 1 thread(s), cpu (AMD EPYC, 2 cores: 2 run(s)); "
         "torch x, 1 thread(s), cpu (machine not recorded: 1 run(s)), "
         "at 2 commit(s) of this repository")
-    assert machine({"processor": "AMD EPYC", "cpu_count": 2}) == "AMD EPYC, 2 cores"
+    assert machine({"processor": "AMD EPYC", "cores": 2}) == "AMD EPYC, 2 cores"
     assert machine({"processor": "AMD EPYC", "device_name": "NVIDIA H100"}) == "NVIDIA H100"
     assert machine({"device": "cpu"}) is None
+
+
+def test_the_processor_is_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
+                       "model name\t: AMD EPYC 7B13\nprocessor\t: 1\n"
+                       "model name\t: AMD EPYC 7B13\n")
+    assert R.processor(cpuinfo) == "AMD EPYC 7B13"
+    env = R.environment(torch.device("cpu"))
+    assert env["cores"] == R.usable_cores() >= 1 and "processor" in env
 
 
 @pytest.mark.slow

@@ -163,11 +163,19 @@ def git_commit() -> str | None:
         return None
 
 
-def processor() -> str | None:
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it, which a
+    container or a batch scheduler narrows below the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def processor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     """The CPU's model name (Linux's /proc/cpuinfo, else what the platform reports), so
     that timings and records say which machine made them."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip() or None
     except OSError:
@@ -185,7 +193,7 @@ def environment(device: torch.device) -> dict:
     env = {"python": sys.version.split()[0], "platform": platform.platform(),
            "packages": packages, "device": str(device), "git_commit": git_commit(),
            "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
-           "processor": processor(), "cpu_count": os.cpu_count()}
+           "processor": processor(), "cores": usable_cores()}
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     return env

@@ -156,8 +156,7 @@ def worker_devices(device: str, jobs: int) -> list[str | None]:
 def run_processes(specs: list[RunSpec], options: Options, jobs: int,
                   progress: bool = True) -> list[RunResult]:
     ctx = multiprocessing.get_context("spawn")  # no forked CUDA or thread-pool state
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // jobs)
+    threads = max(1, R.usable_cores() // jobs)
     devices = worker_devices(specs[0].device, jobs) if specs else []
     queue = list(enumerate(specs))
     running: dict[Any, tuple] = {}  # sentinel -> (index, slot, spec, connection, process)
